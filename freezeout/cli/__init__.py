@@ -1,0 +1,44 @@
+"""The ``freezeout`` command: each subcommand lives in a module of this package and registers itself."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .common import CLIError, OneLineParser
+
+__all__ = ["build_parser", "main"]
+
+# (module, command) pairs; a module provides add_parser(subparsers) that sets `func` on its parser.
+_COMMANDS = ("demo",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="freezeout", description="Accelerate training by progressively freezing layers.")
+    parser.add_argument("--version", action="version", version=f"freezeout {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
+    sub.required = True
+    import importlib
+
+    for name in _COMMANDS:
+        importlib.import_module(f".{name}", __name__).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("freezeout: interrupted", file=sys.stderr)
+        return 130
+    except (CLIError, ValueError, OSError) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"freezeout {args.command}: error: {message}", file=sys.stderr)
+        return 2

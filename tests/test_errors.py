@@ -1,0 +1,73 @@
+"""Bad arguments raise ValueError naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from freezeout import FreezeOut, param_groups
+from tests.conftest import TinyNet
+
+
+def sgd(groups):
+    return torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [
+        ({"t0": 0.0}, "t0"),
+        ({"t0": 1.01}, "t0"),
+        ({"t0": float("nan")}, "t0"),
+        ({"total_steps": 0}, "total_steps"),
+        ({"total_steps": 2.5}, "total_steps"),
+        ({"schedule": "exp"}, "schedule"),
+    ],
+)
+def test_bad_scalar_arguments(tiny, kwargs, word):
+    opt = sgd(param_groups(tiny, tiny.layers))
+    args = {"total_steps": 10, **kwargs}
+    with pytest.raises(ValueError, match=word):
+        FreezeOut(opt, tiny.layers, **args)
+
+
+def test_empty_layer_list(tiny):
+    with pytest.raises(ValueError, match="layers"):
+        param_groups(tiny, [])
+    opt = sgd(tiny.parameters())
+    with pytest.raises(ValueError, match="layers"):
+        FreezeOut(opt, [], total_steps=10)
+
+
+def test_layer_not_inside_the_model(tiny):
+    stranger = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="not a submodule"):
+        param_groups(tiny, [tiny.stem, stranger])
+
+
+def test_same_layer_or_parameter_twice(tiny):
+    with pytest.raises(ValueError, match="same module"):
+        param_groups(tiny, [tiny.stem, tiny.stem])
+    nested = [tiny.blocks[0], tiny.blocks[0][2]]  # a block and a conv inside it share parameters
+    with pytest.raises(ValueError, match="shares a parameter"):
+        param_groups(tiny, nested)
+
+
+def test_optimizer_not_built_from_param_groups(tiny):
+    with pytest.raises(ValueError, match="param groups"):
+        FreezeOut(sgd(tiny.parameters()), tiny.layers, total_steps=10)
+    groups = param_groups(tiny, tiny.layers)
+    groups[0]["params"], groups[1]["params"] = groups[1]["params"], groups[0]["params"]
+    with pytest.raises(ValueError, match="group 0"):
+        FreezeOut(sgd(groups), tiny.layers, total_steps=10)
+
+
+def test_param_groups_layout_covers_every_parameter_once():
+    model = TinyNet()
+    groups = param_groups(model, model.layers, weight_decay=0.0)
+    assert len(groups) == len(model.layers) + 1
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters())
+    assert {id(p) for p in groups[-1]["params"]} == {id(p) for m in (model.head, model.fc) for p in m.parameters()}
+    assert all(g["weight_decay"] == 0.0 for g in groups)

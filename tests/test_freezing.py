@@ -1,0 +1,117 @@
+"""Frozen means frozen (SPEC §2), checked bit for bit on a real training loop."""
+
+from __future__ import annotations
+
+import copy
+import io
+import pickle
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from freezeout import FreezeOut, freeze_times, learning_rates, param_groups, saved_tensor_bytes
+from tests.conftest import batch
+
+OPTIMIZERS = {
+    "sgd": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adamw": lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=1e-2),
+    "adam": lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=1e-4),
+}
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def train_step(model, opt, sched, step):
+    model.train()  # a real loop calls this every epoch; frozen layers must stay in eval mode
+    x, y = batch(step)
+    opt.zero_grad(set_to_none=False)  # in-place zeroing must not revive frozen parameters
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    sched.step()
+
+
+def test_lrs_follow_the_formulas_from_construction_on(tiny):
+    opt = OPTIMIZERS["sgd"](param_groups(tiny, tiny.layers))
+    sched = FreezeOut(opt, tiny.layers, total_steps=20, t0=0.5, schedule="linear", scale_lr=True)
+    times = freeze_times(4, 0.5, "linear")
+    for step in range(21):
+        want = learning_rates(step, 20, times, [0.1] * 5, scale_lr=True)
+        assert [g["lr"] for g in opt.param_groups] == pytest.approx(want)
+        if step < 20:
+            train_step(tiny, opt, sched, step)
+    assert sched.num_frozen == 4
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_frozen_layers_are_bit_identical_for_the_rest_of_the_run(tiny, name):
+    layers = tiny.layers
+    opt = OPTIMIZERS[name](param_groups(tiny, layers))
+    sched = FreezeOut(opt, layers, total_steps=24, t0=0.4, schedule="linear")
+    frozen_at: dict[int, dict[str, torch.Tensor]] = {}
+    before = {i: snapshot(layer) for i, layer in enumerate(layers)}
+    for step in range(24):
+        train_step(tiny, opt, sched, step)
+        for i in range(sched.num_frozen):
+            layer = layers[i]
+            if i not in frozen_at:
+                frozen_at[i] = snapshot(layer)
+                # trained before it froze: weights and BN statistics moved (so this test can fail)
+                assert any(not torch.equal(before[i][k], v) for k, v in frozen_at[i].items())
+            assert not layer.training and all(not m.training for m in layer.modules())
+            for p in layer.parameters():
+                assert p.grad is None and not p.requires_grad
+                assert p not in opt.state  # optimizer state released
+    assert sorted(frozen_at) == [0, 1, 2, 3]
+    for i, layer in enumerate(layers):
+        now = snapshot(layer)
+        assert all(torch.equal(frozen_at[i][k], now[k]) for k in now), f"layer {i} moved after freezing"
+    assert tiny.fc.weight.requires_grad and tiny.fc.weight.grad is not None  # the rest still trains
+
+
+def test_bn_uses_running_stats_once_frozen(tiny):
+    opt = OPTIMIZERS["sgd"](param_groups(tiny, tiny.layers))
+    sched = FreezeOut(opt, tiny.layers, total_steps=4, t0=0.5, schedule="linear")
+    for step in range(4):
+        train_step(tiny, opt, sched, step)
+    tiny.train()
+    x, _ = batch(99)
+    block = tiny.blocks[0]
+    with torch.no_grad():
+        h = tiny.stem(x)
+        reference = copy.deepcopy(block).eval()  # a plain eval-mode copy: the oracle
+        assert torch.equal(block(h), reference(h))
+
+
+def test_saved_for_backward_bytes_match_a_hand_frozen_oracle(tiny):
+    oracle = copy.deepcopy(tiny)
+    opt = OPTIMIZERS["sgd"](param_groups(tiny, tiny.layers))
+    sched = FreezeOut(opt, tiny.layers, total_steps=10, t0=0.5, schedule="linear")
+    x, _ = batch(0)
+    _, full = saved_tensor_bytes(lambda: tiny(x))
+    for step in range(7):  # t = 0.7: layers with t_i in {0.5, 0.625} frozen
+        train_step(tiny, opt, sched, step)
+    assert sched.num_frozen == 2
+    oracle.train()
+    for layer in oracle.layers[:2]:
+        layer.requires_grad_(False)
+        layer.eval()
+    tiny.train()
+    _, ours = saved_tensor_bytes(lambda: tiny(x))
+    _, want = saved_tensor_bytes(lambda: oracle(x))
+    assert ours == want
+    assert ours < full
+
+
+def test_a_model_with_frozen_layers_still_pickles(tiny):
+    opt = OPTIMIZERS["sgd"](param_groups(tiny, tiny.layers))
+    sched = FreezeOut(opt, tiny.layers, total_steps=2, t0=0.5, schedule="linear")
+    train_step(tiny, opt, sched, 0)
+    train_step(tiny, opt, sched, 1)
+    clone = pickle.loads(pickle.dumps(tiny))
+    buf = io.BytesIO()
+    torch.save(tiny, buf)
+    clone.train()
+    assert not clone.stem.training and clone.fc.training
