@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="freezeout-demo-"))
     base = {**DEMO, "epochs": args.epochs, "seed": args.seed, "device": "cpu"}
     configs = {name: TrainConfig(**base, **opts).validate() for name, opts in RUNS}
-    progress = not args.no_progress and sys.stderr.isatty()
+    progress = not args.no_progress
     summaries = {}
     threads = torch.get_num_threads()
     # One thread: ops this small gain nothing from intra-op parallelism, and on a busy machine OpenMP

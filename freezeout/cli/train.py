@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..config import DATASETS, TrainConfig
 from ..models import MODELS
@@ -114,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
     from ..trainer import train  # torch import only once the arguments are known good
 
     config = config_from_args(args)
-    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress and sys.stderr.isatty())
+    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
     print_summary(summary, args.out)
     return 0
