@@ -1,0 +1,267 @@
+"""The paper's experiment as a function: train a model with FreezeOut and write the run's results."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .config import TrainConfig
+from .controller import FreezeOut
+from .data import Batches, Dataset, channel_stats, load_dataset
+from .groups import param_groups
+from .models import build_model
+from .runfiles import append_jsonl, atomic_json, atomic_torch_save, check_writable, read_json, truncate_jsonl
+
+__all__ = ["EVAL_BATCH", "evaluate", "resolve_device", "train"]
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
+CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":  # kernels run asynchronously: time them only once they are done
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device, bf16: bool) -> Any:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode over ``batches`` (one sync at the end)."""
+    model.eval()
+    loss = torch.zeros((), device=batches.device, dtype=torch.float64)
+    correct = torch.zeros((), device=batches.device, dtype=torch.int64)
+    with torch.inference_mode(), _autocast(batches.device, bf16):
+        for x, y in batches:
+            out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    n = len(batches.y)
+    return loss.item() / n, correct.item() / n
+
+
+def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = TrainConfig.from_dict(ckpt["config"])
+    except Exception as exc:  # a torn or foreign file: say which, in one line
+        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
+    _same_config(saved, config, path)
+    return ckpt
+
+
+def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
+    differ = saved.differences(config)
+    if differ:
+        raise ValueError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
+
+
+class _Run:
+    """Model, optimizer, FreezeOut and data batches of one config, built the same way at start and resume."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device) -> None:
+        self.config, self.device = config, device
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, config.depth, config.growth, data.num_classes, data.in_channels)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(device=device, memory_format=memory_format)
+        self.layers = self.model.layers
+        groups = param_groups(self.model, self.layers)
+        c = config
+        self.opt = torch.optim.SGD(
+            groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
+        mean, std = channel_stats(data.train_x)
+        kw = {"device": device, "channels_last": config.channels_last}
+        self.train_batches = Batches(
+            data.train_x, data.train_y, c.batch_size, mean, std, train=True, pad=data.pad, flip=data.flip,
+            generator=self.generator, **kw,
+        )  # fmt: skip
+        self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
+        if data.val_x is not None:
+            self.eval_sets["val"] = Batches(data.val_x, data.val_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)
+        self.steps_per_epoch = len(self.train_batches)  # the last partial batch is a step too
+        self.total_steps = c.epochs * self.steps_per_epoch
+        self.sched = FreezeOut(
+            self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
+        )
+
+    def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "freezeout": self.sched.state_dict(),
+            "rng": rng,
+            "epoch": epoch,
+            "step": self.sched.step_count,
+            "config": self.config.to_dict(),
+            **extra,
+        }
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        # PyTorch's usual order: everything built as at the start, then model, optimizer, FreezeOut.
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["freezeout"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> None:
+        """One pass over the training data: the hot path, with no host sync inside."""
+        model, opt, sched = self.model, self.opt, self.sched
+        model.train()  # frozen layers stay in eval mode
+        loss_sum.zero_()
+        frozen = sched.num_frozen
+        for x, y in self.train_batches:
+            with _autocast(self.device, self.config.bf16):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            loss_sum.add_(loss.detach(), alpha=y.shape[0])
+            if bar is not None:
+                bar.update()
+                if sched.num_frozen != frozen:
+                    frozen = sched.num_frozen
+                    bar.set_postfix_str(f"{label} frozen={frozen}", refresh=False)
+
+    def lr_summary(self) -> dict[str, float]:
+        lrs = self.sched.get_last_lr()
+        return {"min": min(lrs[:-1]), "max": max(lrs[:-1]), "head": lrs[-1]}
+
+
+def _progress_bar(run: _Run, epoch: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm  # the cli extra; the library itself needs only torch
+
+    bar = tqdm(total=run.total_steps, initial=run.sched.step_count, unit="step", dynamic_ncols=True, leave=False)
+    bar.set_postfix_str(f"epoch={epoch + 1}/{run.config.epochs} loss=? frozen={run.sched.num_frozen}")
+    return bar
+
+
+def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = False, progress: bool = False) -> dict:
+    """Train; write into out_dir: config.json (at start), metrics.jsonl (one JSON object per epoch),
+    checkpoint.pt (after every epoch, atomic), summary.json (atomic, written last: its presence means
+    the run finished). resume=True continues from checkpoint.pt (ValueError if its config differs).
+    Returns the summary dict.
+
+    Everything that can fail on bad input (config, data, model, a checkpoint to resume, a writable
+    ``out_dir``) is checked before the first file is written.
+    """
+    started = time.perf_counter()
+    config = config.validate()
+    out = Path(out_dir)
+    if resume and (out / SUMMARY).is_file():
+        summary = read_json(out / SUMMARY)
+        _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+        log.info("%s already finished; nothing to resume", out)
+        return summary
+    if resume:
+        ckpt = _load_checkpoint(out / CHECKPOINT, config)
+    elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
+        raise ValueError(f"out_dir {out} already holds a run: resume it or choose another out_dir")
+    device = resolve_device(config.device)
+    if config.bf16 and device.type != "cuda":
+        raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
+    data = load_dataset(config.dataset, config.data_dir, config.val_split)
+    run = _Run(config, data, device)
+    check_writable(out)
+
+    epoch, train_seconds, wall_before, last = 0, 0.0, 0.0, {}
+    if resume:
+        run.load(ckpt)
+        epoch, train_seconds, wall_before, last = (
+            ckpt["epoch"],
+            ckpt["train_seconds"],
+            ckpt["wall_seconds"],
+            ckpt["last"],
+        )
+        truncate_jsonl(out / METRICS, lambda r: r.get("epoch", 0) <= epoch)  # lines past the checkpoint: redone
+        log.info("resuming %s at epoch %d (step %d)", out, epoch, run.sched.step_count)
+    else:
+        atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__})
+        truncate_jsonl(out / METRICS, lambda r: False)  # a run killed before its first checkpoint: start over
+
+    bar = _progress_bar(run, epoch, progress)
+    loss_sum = torch.zeros((), device=device)
+    n_train = len(run.train_batches.y)
+    label = f"epoch={epoch + 1}/{config.epochs} loss=?"
+    try:
+        while epoch < config.epochs:
+            _sync(device)
+            t = time.perf_counter()
+            run.train_epoch(loss_sum, bar, label)
+            _sync(device)
+            epoch_seconds = time.perf_counter() - t
+            train_loss = loss_sum.item() / n_train
+            t = time.perf_counter()
+            record: dict[str, Any] = {"epoch": epoch + 1, "step": run.sched.step_count, "train_loss": train_loss}
+            for name, batches in run.eval_sets.items():
+                loss, acc = evaluate(run.model, batches, config.bf16)
+                record.update({f"{name}_loss": loss, f"{name}_error": 1 - acc, f"{name}_accuracy": acc})
+            _sync(device)
+            record["eval_seconds"] = time.perf_counter() - t
+            record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
+            epoch, train_seconds, last = epoch + 1, train_seconds + epoch_seconds, record
+            append_jsonl(out / METRICS, record)  # before the checkpoint: a resume truncates what it redoes
+            wall = wall_before + time.perf_counter() - started
+            extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
+            atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
+            log.info(
+                "epoch %d/%d loss %.4f test error %.4f frozen %d/%d (%.1f s)",
+                epoch, config.epochs, train_loss, record["test_error"], record["num_frozen"], len(run.layers),
+                epoch_seconds,
+            )  # fmt: skip
+            label = f"epoch={min(epoch + 1, config.epochs)}/{config.epochs} loss={train_loss:.3f}"
+            if bar is not None:
+                bar.set_postfix_str(f"{label} frozen={run.sched.num_frozen}")
+    finally:
+        if bar is not None:
+            bar.close()
+
+    summary = {
+        "config": config.to_dict(),
+        "version": __version__,
+        "epochs": config.epochs,
+        "steps_per_epoch": run.steps_per_epoch,
+        "total_steps": run.total_steps,
+        "num_layers": len(run.layers),
+        "num_frozen": run.sched.num_frozen,
+        **{k: v for k, v in last.items() if k.startswith(("test_", "val_"))},
+        "train_seconds": train_seconds,
+        "wall_seconds": wall_before + time.perf_counter() - started,
+        "device": str(device),
+        "finished": True,
+    }
+    atomic_json(out / SUMMARY, summary)
+    return summary
