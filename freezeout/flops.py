@@ -101,7 +101,7 @@ def _check_events(layers: Sequence[nn.Module], events: list[tuple[str, int]]) ->
     events = [e for e in events if e[0] != "other"]
     expected = [e for i in range(len(layers)) for e in (("enter", i), ("exit", i))]
     if events != expected:
-        inner = next(b for a, b in zip(events, expected) if a != b)
+        inner = next(a for a, b in zip(events, expected) if a != b)
         raise ValueError(
             f"{_name(layers, inner[1])} runs inside another listed layer: freezable layers must run one after another"
         )
