@@ -1,0 +1,226 @@
+"""Measured wall-clock saving of FreezeOut against the t0 = 1 baseline, next to the estimates.
+
+Real training loops (``param_groups`` + SGD with Nesterov momentum and weight decay + ``FreezeOut``, the
+path a user runs) on random data of the example's shape over a compressed schedule. Baseline and
+FreezeOut runs alternate, in a rotating order, and each total is a median over repeats, since absolute
+times drift on a shared machine. The *ideal* is the measured step-time curve ``T(k)`` integrated over
+the very same schedule; the *calibrated* estimate integrates it over the continuous schedule.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .controller import FreezeOut
+from .estimate import integrate_step_times, predict
+from .flops import batch_size_of, layer_flops
+from .groups import check_layers
+from .schedule import freeze_times, validate_schedule, validate_t0
+from .timing import copy_model, default_ks, make_optimizer, random_targets, step_time_curve, sync, train_step
+
+__all__ = ["STRATEGIES", "BenchConfig", "run_bench"]
+
+log = logging.getLogger(__name__)
+
+# The paper's four strategies: (schedule, scale_lr).
+STRATEGIES: tuple[tuple[str, bool], ...] = (("linear", False), ("linear", True), ("cubic", False), ("cubic", True))
+
+
+def _positive(name: str, value: Any, low: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass
+class BenchConfig:
+    # A compressed schedule: a few dozen steps let every layer freeze at its own step or close to it,
+    # while a whole table of runs still fits in minutes on a CPU.
+    steps: int = 40
+    # Median of 3 alternating runs: one stall on a shared machine cannot move the result.
+    repeats: int = 3
+    strategies: Sequence[tuple[str, bool]] = field(default_factory=lambda: [("cubic", True)])  # paper default
+    t0s: Sequence[float] = (0.8,)  # the paper's recommended t0
+    # The step-time curve: 2 timed steps per k (median of 2) keep a 39-layer curve to ~80 steps.
+    curve_repeats: int = 2
+    curve_points: int = 41  # every k for up to 40 layers; more layers: this many k's, interpolated
+    lr: float = 0.1  # the paper's base LR, so the optimizer does its usual work
+    seed: int = 0
+    device: str = "cpu"
+    overhead_calls: int = 2000  # sched.step() calls timed on their own (microseconds each)
+
+    def validate(self) -> BenchConfig:
+        for name in ("steps", "repeats", "curve_repeats", "overhead_calls"):
+            _positive(name, getattr(self, name))
+        _positive("curve_points", self.curve_points, 2)
+        if not self.strategies or not self.t0s:
+            raise ValueError("strategies and t0s must each name at least one value")
+        for schedule, _ in self.strategies:
+            validate_schedule(schedule)
+        self.t0s = [validate_t0(t) for t in self.t0s]
+        return self
+
+
+def _loop(
+    template: tuple[nn.Module, list[nn.Module]],
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: Callable,
+    config: BenchConfig,
+    t0: float,
+    schedule: str,
+    scale_lr: bool,
+) -> dict[str, float]:
+    """One timed training run from a fresh copy of the template; returns its seconds."""
+    model, layers = copy_model(*template)
+    optimizer = make_optimizer(model, layers, config.lr)
+    sched = FreezeOut(optimizer, layers, config.steps, t0=t0, schedule=schedule, scale_lr=scale_lr)
+    cuda = torch.device(config.device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(config.device)
+    model.train()
+    sched_seconds = 0.0
+    sync(config.device)
+    start = time.perf_counter()
+    for s in range(config.steps):
+        x, y = data[s % len(data)]
+        train_step(model, optimizer, x, y, loss_fn)
+        mark = time.perf_counter()
+        sched.step()
+        sched_seconds += time.perf_counter() - mark
+    sync(config.device)
+    out = {"seconds": time.perf_counter() - start, "sched_seconds": sched_seconds, "num_frozen": sched.num_frozen}
+    if cuda:
+        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(config.device)
+    return out
+
+
+def _sched_step_seconds(template: tuple[nn.Module, list[nn.Module]], config: BenchConfig) -> float:
+    """Seconds per ``sched.step()`` that freezes nothing (the per-step cost; freezing is once per layer)."""
+    model, layers = copy_model(*template)
+    optimizer = make_optimizer(model, layers, config.lr)
+    sched = FreezeOut(optimizer, layers, 100 * config.overhead_calls)  # t stays < 0.01: nothing freezes
+    start = time.perf_counter()
+    for _ in range(config.overhead_calls):
+        sched.step()
+    return (time.perf_counter() - start) / config.overhead_calls
+
+
+def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
+    keys = [k for k in runs[0] if k != "num_frozen"]
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
+    out["runs_seconds"] = [r["seconds"] for r in runs]
+    return out
+
+
+def run_bench(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    example_input: torch.Tensor,
+    config: BenchConfig | None = None,
+    *,
+    target: torch.Tensor | None = None,
+    loss_fn: Callable | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Benchmark FreezeOut on ``model``: paper, calibrated, ideal and realized saving for every strategy
+    and t0 of ``config``, plus memory and the cost of ``sched.step()``. The model is not changed.
+
+    ``progress(k)`` reports ``k`` more timed steps done (for a progress bar); ``total_work(config, n)``
+    says how many there will be.
+    """
+    config = (config or BenchConfig()).validate()
+    layers = check_layers(layers)
+    n = len(layers)
+    batch = batch_size_of(example_input)
+    flops, rest = layer_flops(model, layers, example_input)
+    device = torch.device(config.device)
+    loss_fn = loss_fn or F.cross_entropy
+    curve = step_time_curve(
+        model,
+        layers,
+        example_input,
+        target=target,
+        loss_fn=loss_fn,
+        ks=default_ks(n, config.curve_points),
+        repeats=config.curve_repeats,
+        device=device,
+        lr=config.lr,
+        progress=progress,
+    )
+    template = copy_model(model, layers, device)
+    g = torch.Generator().manual_seed(config.seed)
+    data = []
+    for i in range(min(config.steps, 4)):  # a few distinct batches: content does not change the cost
+        x = torch.randn(example_input.shape, generator=g, dtype=example_input.dtype).to(device)
+        y = random_targets(template[0], x, seed=config.seed + i) if target is None else target.to(device)
+        data.append((x, y))
+    runs = [("baseline", 1.0, "cubic", True)] + [
+        (f"{s}-{'scaled' if sc else 'unscaled'}-{t0:g}", t0, s, sc) for s, sc in config.strategies for t0 in config.t0s
+    ]
+    warm = BenchConfig(**{**asdict(config), "steps": 2})
+    _loop(template, data, loss_fn, warm, 1.0, "cubic", True)  # first-run costs land outside the timings
+    results: dict[str, list] = {name: [] for name, *_ in runs}
+    for r in range(config.repeats):
+        shift = r % len(runs)  # rotate the order so no run always follows the same neighbour
+        for name, t0, schedule, scale in runs[shift:] + runs[:shift]:
+            results[name].append(_loop(template, data, loss_fn, config, t0, schedule, scale))
+            if progress:
+                progress(config.steps)
+    base = _median_runs(results["baseline"])
+    step_time = base["seconds"] / config.steps
+    per_call = _sched_step_seconds(template, config)
+    rows = []
+    for name, t0, schedule, scale in runs[1:]:
+        times = freeze_times(n, t0, schedule)
+        row = predict(flops, rest, t0, schedule, scale, linear_correction=True, step_times=curve["step_times"])
+        med = _median_runs(results[name])
+        row.update(
+            name=name,
+            ideal_saving=integrate_step_times(curve["step_times"], times, config.steps)["saving"],
+            realized_saving=1.0 - med["seconds"] / base["seconds"],
+            seconds=med["seconds"],
+            runs_seconds=med["runs_seconds"],
+            sched_step_fraction=med["sched_seconds"] / (med["seconds"] - med["sched_seconds"]),
+            num_frozen_at_end=results[name][0]["num_frozen"],
+        )
+        if "peak_memory_bytes" in med:
+            row["peak_memory_bytes"] = med["peak_memory_bytes"]
+        rows.append(row)
+    memory: dict[str, Any] = {"saved_for_backward_bytes": curve["saved_bytes"]}
+    if "peak_memory_bytes" in base:
+        memory["baseline_peak_bytes"] = base["peak_memory_bytes"]
+    elif sys.platform != "win32":
+        import resource
+
+        memory["process_peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "config": asdict(config),
+        "num_layers": n,
+        "batch_size": batch,
+        "input_shape": list(example_input.shape),
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+        "layer_flops": flops,
+        "rest_flops": rest,
+        "step_times": curve["step_times"],
+        "curve_ks": curve["ks"],
+        "baseline": {**base, "step_seconds": step_time},
+        "sched_step": {"seconds_per_call": per_call, "fraction_of_step": per_call / step_time},
+        "memory": memory,
+        "rows": rows,
+    }
+
+
+def total_work(config: BenchConfig, num_layers: int) -> int:
+    """Timed steps ``run_bench`` reports through ``progress``."""
+    curve = len(default_ks(num_layers, config.curve_points)) * config.curve_repeats
+    return curve + config.repeats * config.steps * (1 + len(config.strategies) * len(config.t0s))

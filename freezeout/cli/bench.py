@@ -1,0 +1,95 @@
+"""``freezeout bench``: the real wall-clock saving of FreezeOut against the t0 = 1 baseline, and the estimates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .estimate import add_model_args, build, strategies
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .common import positive_int
+
+    p = sub.add_parser("bench", help="measure FreezeOut's real saving vs. the baseline, next to the estimates")
+    add_model_args(p)
+    b = p.add_argument_group("benchmark")
+    b.add_argument("--steps", type=positive_int, default=40, help="steps of the compressed schedule (default 40)")
+    b.add_argument("--repeats", type=positive_int, default=3, help="alternating runs per row, median (default 3)")
+    b.add_argument("--curve-repeats", type=positive_int, default=2, help="timed steps per k of the curve (default 2)")
+    b.add_argument("--curve-points", type=int, default=41, help="k values measured, rest interpolated (default 41)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
+    b.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:6.1f}%"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..bench import BenchConfig, run_bench, total_work
+
+    model, layers, x = build(args)
+    config = BenchConfig(
+        steps=args.steps,
+        repeats=args.repeats,
+        strategies=strategies(args),
+        t0s=args.t0,
+        curve_repeats=args.curve_repeats,
+        curve_points=args.curve_points,
+        seed=args.seed,
+        device=args.device,
+    ).validate()
+    with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
+        result = run_bench(model, layers, x.to(args.device), config, progress=bar.update)
+    result["model"] = {"name": args.model, "depth": args.depth, "growth": args.growth, "num_classes": args.num_classes}
+    base = result["baseline"]
+    print(
+        f"{args.model}-{args.depth} (k={args.growth}), batch {args.batch_size}, {args.steps} steps, "
+        f"{result['num_layers']} layers, {result['threads']} threads on {result['device']}: "
+        f"baseline {base['seconds']:.2f} s ({1e3 * base['step_seconds']:.1f} ms/step)"
+    )
+    print(
+        f"{'schedule':<8} {'LR':<8} {'t0':>5} {'paper':>7} {'paper*':>7} {'calibr.':>7} {'ideal':>7} "
+        f"{'realized':>8} {'real/ideal':>10} {'sched.step':>10}"
+    )
+    for row in result["rows"]:
+        ratio = row["realized_saving"] / row["ideal_saving"] if row["ideal_saving"] else float("nan")
+        print(
+            f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f} "
+            f"{_pct(row['paper_saving'])} {_pct(row['paper_saving_corrected'])} {_pct(row['calibrated_saving'])} "
+            f"{_pct(row['ideal_saving'])} {_pct(row['realized_saving']):>8} {ratio:>10.3f} "
+            f"{100 * row['sched_step_fraction']:>9.3f}%"
+        )
+    sched, mem = result["sched_step"], result["memory"]
+    saved = mem["saved_for_backward_bytes"]
+    print(
+        f"paper* = with the authors' x1.3 for linear; sched.step() alone: {1e6 * sched['seconds_per_call']:.1f} us "
+        f"= {100 * sched['fraction_of_step']:.4f}% of a baseline step; saved for backward: "
+        f"{saved['none_frozen'] / 2**20:.1f} MiB (none frozen) -> {saved['all_frozen'] / 2**20:.1f} MiB (all frozen)"
+    )
+    if args.out:
+        _write_json(args.out, result)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,170 @@
+"""Per-layer forward FLOPs, and the check that a model's ``layers`` really are its forward path.
+
+FreezeOut's saving rests on the listed layers running one after another, input side first, with the
+rest (the head) after them: then freezing a prefix cuts the backward pass short. Both the FLOP count
+and the check come from one hooked forward pass on an example input.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .groups import check_layers
+
+__all__ = ["batch_size_of", "check_forward_path", "layer_flops"]
+
+
+def batch_size_of(example_input: Any) -> int:
+    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
+        raise ValueError("example_input must be a tensor whose first dimension is the batch")
+    if example_input.shape[0] < 1:
+        raise ValueError(f"batch size must be >= 1, got {example_input.shape[0]}")
+    return int(example_input.shape[0])
+
+
+def _name(layers: Sequence[nn.Module], i: int) -> str:
+    return f"layers[{i}] ({type(layers[i]).__name__})"
+
+
+def _trace(
+    model: nn.Module, layers: Sequence[nn.Module], run: Callable[[], Any], on_enter=None, on_exit=None
+) -> tuple[Any, list[tuple[str, int]], list[Any]]:
+    """Run ``run()`` with hooks on ``layers``; return its result, the (event, layer) log and each output."""
+    events: list[tuple[str, int]] = []
+    outputs: list[Any] = [None] * len(layers)
+
+    def pre(i: int):
+        def hook(module, args):
+            events.append(("enter", i))
+            if on_enter:
+                on_enter(i)
+
+        return hook
+
+    def post(i: int):
+        def hook(module, args, out):
+            events.append(("exit", i))
+            outputs[i] = out
+            if on_exit:
+                on_exit(i)
+
+        return hook
+
+    def other(name: str):
+        def hook(module, args):
+            events.append(("other", name))
+
+        return hook
+
+    handles = [layer.register_forward_pre_hook(pre(i)) for i, layer in enumerate(layers)]
+    handles += [layer.register_forward_hook(post(i)) for i, layer in enumerate(layers)]
+    # Modules with parameters of their own outside every listed layer: they must not run between layers.
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    for name, m in model.named_modules():
+        if id(m) not in inside and any(True for _ in m.parameters(recurse=False)):
+            handles.append(m.register_forward_pre_hook(other(name or type(m).__name__)))
+    try:
+        result = run()
+    finally:
+        for h in handles:
+            h.remove()
+    return result, events, outputs
+
+
+def _check_events(layers: Sequence[nn.Module], events: list[tuple[str, int]]) -> None:
+    """Every layer entered exactly once, in list order, each finishing before the next starts, and no
+    unlisted module with parameters runs between the first and the last layer."""
+    entered = [i for kind, i in events if kind == "enter"]
+    for i in range(len(layers)):
+        count = entered.count(i)
+        if count == 0:
+            raise ValueError(f"{_name(layers, i)} never ran in the forward pass: layers must cover the forward path")
+        if count > 1:
+            raise ValueError(f"{_name(layers, i)} ran {count} times in the forward pass; each layer must run once")
+    for a, b in itertools.pairwise(entered):
+        if b < a:
+            raise ValueError(f"{_name(layers, a)} ran before layers[{b}]: list layers in forward order")
+    first, last = events.index(("enter", 0)), events.index(("exit", len(layers) - 1))
+    for j in range(first, last):
+        if events[j][0] == "other":
+            before = max((i for kind, i in events[:j] if kind == "exit"), default=0)
+            raise ValueError(
+                f"module {events[j][1]!r} has parameters, is not in layers and runs between layers[{before}] and "
+                f"layers[{before + 1}]: layers must cover the forward path (list it, or move it to the head)"
+            )
+    events = [e for e in events if e[0] != "other"]
+    expected = [e for i in range(len(layers)) for e in (("enter", i), ("exit", i))]
+    if events != expected:
+        inner = next(a for a, b in zip(events, expected) if a != b)
+        raise ValueError(
+            f"{_name(layers, inner[1])} runs inside another listed layer: freezable layers must run one after another"
+        )
+
+
+def _check_reaches_output(layers: Sequence[nn.Module], outputs: list[Any], result: Any) -> None:
+    """Each layer's output must feed the model's output, or freezing it saves nothing (a side branch)."""
+    if not isinstance(result, torch.Tensor) or not result.requires_grad:
+        return
+    tensors = [o if isinstance(o, torch.Tensor) and o.requires_grad else None for o in outputs]
+    present = [t for t in tensors if t is not None]
+    if not present:
+        return
+    grads = iter(torch.autograd.grad(result.float().sum(), present, allow_unused=True))
+    for i, t in enumerate(tensors):
+        if t is not None and next(grads) is None:
+            raise ValueError(f"the output of {_name(layers, i)} does not reach the model's output")
+
+
+def _forward(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor, on_enter=None, on_exit=None):
+    """One checked forward in eval mode (no BatchNorm statistics change); modes are restored after."""
+    layers = check_layers(layers)
+    batch_size_of(example_input)
+    modes = {m: m.training for m in model.modules()}
+    x = example_input.detach().clone()
+    if x.is_floating_point():
+        x.requires_grad_(True)  # so every layer on the path yields a tensor that reaches the output
+    try:
+        for m in model.modules():  # plain eval, set directly: a frozen layer's train() is locked anyway
+            m.training = False
+        result, events, outputs = _trace(model, layers, lambda: model(x), on_enter, on_exit)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    _check_events(layers, events)
+    return result, outputs
+
+
+def check_forward_path(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor) -> None:
+    """Raise ``ValueError`` unless each of ``layers`` runs exactly once, in list order, one after another,
+    and feeds the model's output, when ``model(example_input)`` runs."""
+    result, outputs = _forward(model, layers, example_input)
+    _check_reaches_output(layers, outputs, result)
+
+
+def layer_flops(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor) -> tuple[list[int], int]:
+    """Forward FLOPs of each layer on ``example_input`` (PyTorch's FlopCounterMode), and of the rest.
+
+    One forward runs under the counter; hooks read the running total as each layer starts and ends.
+    The counter counts matmuls and convolutions only (not BatchNorm, ReLU, concatenation), as the
+    paper's ``c_i`` does. Also checks the forward path like ``check_forward_path``.
+    """
+    counter = FlopCounterMode(display=False)
+    marks: dict[tuple[str, int], int] = {}
+    with counter:
+        result, outputs = _forward(
+            model,
+            layers,
+            example_input,
+            on_enter=lambda i: marks.__setitem__(("enter", i), counter.get_total_flops()),
+            on_exit=lambda i: marks.__setitem__(("exit", i), counter.get_total_flops()),
+        )
+        total = counter.get_total_flops()
+    _check_reaches_output(layers, outputs, result)
+    per_layer = [int(marks[("exit", i)] - marks[("enter", i)]) for i in range(len(layers))]
+    return per_layer, int(total - sum(per_layer))

@@ -1,0 +1,167 @@
+"""Measured training-step time with the first ``k`` layers frozen, the curve ``T(k)`` the estimates use.
+
+A frozen prefix is set up exactly as ``freeze_layer`` leaves it (``requires_grad`` off, grads ``None``,
+eval mode), but by toggling, so one model copy and one optimizer serve every ``k``; k's alternate
+round robin after a warm-up round and each ``T(k)`` is a median, which keeps slow drift on a shared
+machine from biasing one end of the curve.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .groups import check_layers, param_groups, unwrap
+from .measure import saved_tensor_bytes
+
+__all__ = [
+    "copy_model",
+    "default_ks",
+    "make_optimizer",
+    "random_targets",
+    "set_frozen_prefix",
+    "step_time_curve",
+    "sync",
+    "train_step",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a wall-clock reading covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_model(model: nn.Module, layers: Sequence[nn.Module], device: Any = None) -> tuple[nn.Module, list]:
+    """A deep copy of ``model`` (on ``device``) and its layers, found again by their module names."""
+    inner = unwrap(model)
+    names = {id(m): name for name, m in inner.named_modules()}
+    missing = [i for i, layer in enumerate(layers) if id(layer) not in names]
+    if missing:
+        raise ValueError(f"layers[{missing[0]}] is not a submodule of the model")
+    clone = copy.deepcopy(inner)
+    if device is not None:
+        clone.to(device)
+    return clone, [clone.get_submodule(names[id(layer)]) for layer in layers]
+
+
+def make_optimizer(model: nn.Module, layers: Sequence[nn.Module], lr: float = 0.1) -> torch.optim.Optimizer:
+    """The paper's optimizer (SGD, Nesterov momentum 0.9, weight decay 1e-4) on FreezeOut's groups."""
+    return torch.optim.SGD(param_groups(model, layers), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def random_targets(model: nn.Module, example_input: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Random class labels for cross-entropy, the class count read from the model's output ``(B, C)``."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for m in model.modules():  # eval: reading the output shape must not move BatchNorm statistics
+            m.training = False
+        with torch.no_grad():
+            out = model(example_input)
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        raise ValueError("pass target= and loss_fn= for a model whose output is not (batch, classes) logits")
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, out.shape[1], (out.shape[0],), generator=g).to(out.device)
+
+
+def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> None:
+    """Make the first ``k`` layers frozen and the others trainable, as ``freeze_layer`` would."""
+    model.train()
+    for i, layer in enumerate(layers):
+        for p in layer.parameters():
+            p.requires_grad_(i >= k)
+            if i < k:
+                p.grad = None
+        layer.train(i >= k)
+
+
+def train_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    optimizer.step()
+
+
+def default_ks(n: int, max_points: int = 41) -> list[int]:
+    """Every ``k = 0 .. n`` up to ``max_points`` values; beyond that, evenly spaced ones (0 and n kept)."""
+    if n + 1 <= max_points:
+        return list(range(n + 1))
+    return sorted({round(j * n / (max_points - 1)) for j in range(max_points)})
+
+
+def step_time_curve(
+    model: nn.Module,
+    layers: Sequence[nn.Module],
+    example_input: torch.Tensor,
+    *,
+    target: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    ks: Sequence[int] | None = None,
+    repeats: int = 3,
+    warmup: int = 2,
+    device: str | torch.device | None = None,
+    lr: float = 0.1,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Median training-step time ``T(k)`` with the first ``k`` layers frozen, on a copy of ``model``.
+
+    ``ks`` picks the k's to measure (default ``default_ks``: all of them up to 40 layers); the rest are
+    interpolated linearly. One step is zero_grad, forward, loss, backward and ``optimizer.step()`` of
+    the paper's SGD. ``loss_fn`` defaults to cross-entropy on random labels. ``warmup`` untimed steps run at
+    ``k = n`` and ``k = 0`` first. ``progress(1)`` is called after every timed step.
+    Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes.
+    """
+    from .estimate import interpolate_step_times
+
+    layers = check_layers(layers)
+    n = len(layers)
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    ks = default_ks(n) if ks is None else sorted(set(ks) | {0, n})
+    if any(not 0 <= k <= n for k in ks):
+        raise ValueError(f"ks must lie in 0 .. {n} (number of layers), got {ks}")
+    device = torch.device(device) if device is not None else example_input.device
+    clone, clone_layers = copy_model(model, layers, device)
+    x = example_input.to(device)
+    y = (random_targets(clone, x) if target is None else target).to(device)
+    loss_fn = loss_fn or F.cross_entropy
+    optimizer = make_optimizer(clone, clone_layers, lr)
+    for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
+        set_frozen_prefix(clone, clone_layers, k)
+        for _ in range(warmup):
+            train_step(clone, optimizer, x, y, loss_fn)
+    samples: dict[int, list[float]] = {k: [] for k in ks}
+    for r in range(repeats):
+        for k in ks if r % 2 == 0 else reversed(ks):  # alternate direction: drift hits every k alike
+            set_frozen_prefix(clone, clone_layers, k)
+            sync(device)
+            start = time.perf_counter()
+            train_step(clone, optimizer, x, y, loss_fn)
+            sync(device)
+            samples[k].append(time.perf_counter() - start)
+            if progress:
+                progress(1)
+    measured = {k: statistics.median(v) for k, v in samples.items()}
+    saved = {}
+    for k in (0, n):
+        set_frozen_prefix(clone, clone_layers, k)
+        saved[k] = saved_tensor_bytes(lambda: clone(x))[1]
+    return {
+        "ks": list(ks),
+        "step_times": interpolate_step_times(measured, n),
+        "samples": {str(k): v for k, v in samples.items()},
+        "saved_bytes": {"none_frozen": saved[0], "all_frozen": saved[n]},
+        "device": str(device),
+    }

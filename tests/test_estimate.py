@@ -1,0 +1,151 @@
+"""The estimates: FLOPs against hand counts, the paper's formula, integrating a step-time curve."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from freezeout import freeze_times, num_frozen_at
+from freezeout.estimate import (
+    LINEAR_CORRECTION,
+    estimate_saving,
+    integrate_step_times,
+    interpolate_step_times,
+    paper_saving,
+    predict,
+    steps_per_frozen_count,
+)
+from freezeout.flops import layer_flops
+
+
+class Toy(nn.Module):
+    """conv 3->4 (3x3) -> conv 4->5 (1x1) -> linear 5*6*6 -> 7 (freezable); head linear 7 -> 3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Sequential(nn.ReLU(), nn.Conv2d(4, 5, 1, bias=False))
+        self.mid = nn.Sequential(nn.Flatten(), nn.Linear(5 * 6 * 6, 7))
+        self.fc = nn.Linear(7, 3)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return [self.conv1, self.conv2, self.mid]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.mid(self.conv2(self.conv1(x)))))
+
+
+def test_layer_flops_match_hand_count():
+    torch.manual_seed(0)
+    model, batch = Toy(), 2
+    flops, rest = layer_flops(model, model.layers, torch.randn(batch, 3, 6, 6))
+    # conv: 2 * Cin * Cout * k * k * H * W * batch (stride 1, same padding); linear: 2 * in * out * batch
+    assert flops == [2 * 3 * 4 * 9 * 36 * batch, 2 * 4 * 5 * 1 * 36 * batch, 2 * 180 * 7 * batch]
+    assert rest == 2 * 7 * 3 * batch
+
+
+def test_layer_flops_leave_model_unchanged():
+    torch.manual_seed(0)
+    model = Toy()
+    model.conv2.insert(1, nn.BatchNorm2d(4))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    layer_flops(model, model.layers, torch.randn(4, 3, 6, 6))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # no BatchNorm statistics moved
+    assert all(m.training for m in model.modules())
+
+
+def test_paper_saving_hand_computed():
+    # C = 2 (10 + 20 + 5) = 70; C_f = 1.5 * 10 + 1.75 * 20 + 2 * 5 = 60
+    assert paper_saving([10, 20], 5, [0.5, 0.75]) == pytest.approx(1 - 60 / 70)
+    assert paper_saving([10, 20], 5, [0.5, 0.75], correction=1.3) == pytest.approx(1.3 * (1 - 60 / 70))
+    assert paper_saving([10, 20], 5, [1.0, 1.0]) == 0.0  # t0 = 1: the baseline
+    with pytest.raises(ValueError, match="same length"):
+        paper_saving([1, 2], 0, [0.5])
+
+
+def test_predict_applies_correction_to_linear_only():
+    flops, rest = [5.0, 7.0, 9.0], 3.0
+    for schedule in ("linear", "cubic"):
+        row = predict(flops, rest, 0.6, schedule, linear_correction=True)
+        plain = paper_saving(flops, rest, freeze_times(3, 0.6, schedule))
+        want = LINEAR_CORRECTION if schedule == "linear" else 1.0
+        assert row["paper_saving"] == pytest.approx(plain)
+        assert row["paper_saving_corrected"] == pytest.approx(want * plain)
+    # scaling changes learning rates, not freeze times: the same estimate, labelled apart
+    a, b = predict(flops, rest, 0.5, "cubic", True), predict(flops, rest, 0.5, "cubic", False)
+    assert a["paper_saving"] == b["paper_saving"] and a["scale_lr"] != b["scale_lr"]
+
+
+def test_integrate_linear_curve_closed_form():
+    # T(k) = a + b k, linear schedule, n = 4, t0 = 0.5, S = 16: freeze steps 8, 10, 12, 14 exactly.
+    a, b, n, t0, steps = 3.0, -0.5, 4, 0.5, 16
+    times = freeze_times(n, t0, "linear")
+    curve = [a + b * k for k in range(n + 1)]
+    assert steps_per_frozen_count(times, steps) == [8, 2, 2, 2, 2]
+    # sum over steps of T(frozen) = S a + b sum_i (S - t_i S)
+    want = steps * a + b * sum(steps - t * steps for t in times)
+    got = integrate_step_times(curve, times, steps)
+    assert got["time"] == pytest.approx(want)
+    assert got["baseline"] == steps * a
+    assert got["saving"] == pytest.approx(1 - want / (steps * a))
+    # the continuous limit: per unit of training, a + b sum_i (1 - t_i)
+    cont = integrate_step_times(curve, times, None)
+    assert cont["time"] == pytest.approx(a + b * sum(1 - t for t in times))
+
+
+@pytest.mark.parametrize(
+    ("n", "t0", "schedule", "steps"), [(39, 0.8, "cubic", 40), (7, 0.3, "linear", 13), (5, 1.0, "cubic", 9)]
+)
+def test_step_counts_agree_with_num_frozen_at(n, t0, schedule, steps):
+    times = freeze_times(n, t0, schedule)
+    brute = [0] * (n + 1)
+    for s in range(steps):
+        brute[num_frozen_at(s, steps, times)] += 1
+    assert steps_per_frozen_count(times, steps) == brute
+    curve = [1.0 + math.sin(k) ** 2 for k in range(n + 1)]
+    assert integrate_step_times(curve, times, steps)["time"] == pytest.approx(sum(c * w for c, w in zip(curve, brute)))
+
+
+def test_interpolate_step_times():
+    line = {k: 2.0 - 0.1 * k for k in (0, 3, 10)}
+    assert interpolate_step_times(line, 10) == pytest.approx([2.0 - 0.1 * k for k in range(11)])
+    with pytest.raises(ValueError, match="k = 0 and k = n"):
+        interpolate_step_times({0: 1.0, 5: 0.5}, 10)
+
+
+def test_estimate_saving_paper_and_calibrated():
+    torch.manual_seed(0)
+    model = Toy()
+    x = torch.randn(2, 3, 6, 6)
+    before = [p.detach().clone() for p in model.parameters()]
+    out = estimate_saving(model, model.layers, x, t0=0.5, schedule="linear", calibrate=True, repeats=1)
+    flops, rest = layer_flops(model, model.layers, x)
+    assert out["paper_saving"] == pytest.approx(paper_saving(flops, rest, freeze_times(3, 0.5, "linear")))
+    assert len(out["step_times"]) == 4 and all(t > 0 for t in out["step_times"])
+    want = integrate_step_times(out["step_times"], freeze_times(3, 0.5, "linear"))["saving"]
+    assert out["calibrated_saving"] == pytest.approx(want)
+    # measured on a copy: the user's model did not train
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"t0": 0.0}, "t0 must be in"), ({"t0": 1.5}, "t0 must be in"), ({"schedule": "quadratic"}, "schedule must be")],
+)
+def test_estimate_rejects_bad_arguments(kwargs, match):
+    model = Toy()
+    with pytest.raises(ValueError, match=match):
+        estimate_saving(model, model.layers, torch.randn(2, 3, 6, 6), **kwargs)
+
+
+def test_estimate_rejects_empty_batch():
+    model = Toy()
+    with pytest.raises(ValueError, match="batch size must be >= 1"):
+        estimate_saving(model, model.layers, torch.randn(0, 3, 6, 6))
