@@ -1,6 +1,7 @@
 """FreezeOut: accelerate training by progressively freezing layers (Brock et al., 2017)."""
 
 from .controller import FreezeOut
+from .discovery import find_layers
 from .freezing import freeze_layer, is_frozen
 from .groups import param_groups, unwrap
 from .measure import saved_tensor_bytes
@@ -11,6 +12,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FreezeOut",
     "__version__",
+    "find_layers",
     "freeze_layer",
     "freeze_times",
     "is_frozen",
