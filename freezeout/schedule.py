@@ -100,13 +100,15 @@ def learning_rates(
 def num_frozen_at(step: int, total_steps: int, times: Sequence[float]) -> int:
     """How many layers are frozen at ``step``: those with ``t >= t_i``.
 
-    A layer with ``t_i >= 1`` never freezes, so ``t0 = 1`` is plain cosine annealing with nothing frozen,
-    while for ``t0 < 1`` every ``t_i < 1`` and all layers are frozen at the end.
+    ``t0 = 1`` (first ``t_i`` = 1) is plain cosine annealing and nothing ever freezes; for any ``t0 < 1``
+    all layers are frozen at the end, even where rounding makes a late ``t_i`` come out as exactly 1.
     """
+    if not times or times[0] >= 1.0:
+        return 0
     t = progress(step, total_steps)
     count = 0
     for t_i in times:  # increasing, so the frozen layers are a prefix
-        if t_i >= 1.0 or t < t_i:
+        if t < t_i:
             break
         count += 1
     return count
