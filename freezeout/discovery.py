@@ -228,6 +228,8 @@ def find_layers(
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
     if granularity != "auto" and (isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1):
         raise ValueError(f"granularity must be 'auto' or an integer >= 1 (module-name depth), got {granularity!r}")
+    if patterns is not None and granularity != "auto":
+        raise ValueError("give granularity or patterns, not both: patterns name the layers exactly")
     model = unwrap(model)
     root, counts = _trace(model, example_input)
     calls = _by_patterns(root, patterns) if patterns is not None else _candidates(root, granularity)

@@ -96,6 +96,8 @@ def test_pattern_matching_nothing_names_it():
         find_layers(ResNet(), IMG, patterns=["relu"])
     with pytest.raises(ValueError, match="patterns must be"):
         find_layers(ResNet(), IMG, patterns=[])
+    with pytest.raises(ValueError, match="give granularity or patterns, not both"):
+        find_layers(ResNet(), IMG, granularity=2, patterns=["layer1.*"])
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "deep", True])
