@@ -1,0 +1,140 @@
+"""FreezeOut inside a Lightning ``Trainer``: ``FreezeOutCallback`` (needs the ``[lightning]`` extra).
+
+Usage::
+
+    class Net(L.LightningModule):
+        def freezable_layers(self):  # input side first; or pass layers=... to the callback
+            return [self.stem, *self.blocks]
+
+        def configure_optimizers(self):  # FreezeOut is the LR schedule: configure no scheduler
+            return torch.optim.SGD(freezeout.param_groups(self, self.freezable_layers()), lr=0.1, momentum=0.9)
+
+    L.Trainer(max_epochs=100, callbacks=[FreezeOutCallback(t0=0.8)]).fit(Net(), loader)
+
+Total steps come from ``trainer.estimated_stepping_batches`` (gradient accumulation included), and the
+schedule advances once per optimizer step (whenever ``trainer.global_step`` moves). The controller is
+built in ``on_train_start``: Lightning restores the optimizer from a checkpoint after ``on_fit_start``
+and before ``on_train_start``, and FreezeOut's state must be loaded after the optimizer's (SPEC §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from ..controller import FreezeOut
+
+try:
+    import lightning.pytorch as pl
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("freezeout.integrations.lightning needs Lightning: pip install 'freezeout[lightning]'") from exc
+
+__all__ = ["FreezeOutCallback"]
+
+LayersArg = Sequence[nn.Module] | Callable[[Any], Sequence[nn.Module]] | None
+
+
+class FreezeOutCallback(pl.Callback):
+    """Applies FreezeOut to the single optimizer of a ``LightningModule`` (see the module doc).
+
+    ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to
+    call ``pl_module.freezable_layers()``. The optimizer must be built from
+    ``freezeout.param_groups(pl_module, layers)`` with the same layers. Logs ``freezeout/num_frozen``,
+    ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
+    """
+
+    def __init__(self, layers: LayersArg = None, t0: float = 0.8, schedule: str = "cubic", scale_lr: bool = True):
+        super().__init__()
+        if not (layers is None or callable(layers) or isinstance(layers, Sequence)):
+            raise ValueError(
+                "layers must be None (use pl_module.freezable_layers()), a list of nn.Module or a callable "
+                f"pl_module -> list, got {type(layers).__name__}"
+            )
+        self.layers_arg = layers
+        self.t0, self.schedule, self.scale_lr = t0, schedule, scale_lr
+        self.controller: FreezeOut | None = None
+        self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
+
+    def _resolve_layers(self, pl_module: Any) -> Sequence[nn.Module]:
+        if self.layers_arg is None:
+            if not callable(getattr(pl_module, "freezable_layers", None)):
+                raise ValueError(
+                    "FreezeOutCallback(layers=None) needs a freezable_layers() method on the LightningModule "
+                    "(returning its layers input side first), or pass layers=..."
+                )
+            return pl_module.freezable_layers()
+        return self.layers_arg(pl_module) if callable(self.layers_arg) else self.layers_arg
+
+    @staticmethod
+    def _check_objects(trainer: Any, pl_module: Any) -> None:
+        if not isinstance(trainer, pl.Trainer):
+            raise ValueError(f"FreezeOutCallback needs a lightning.pytorch.Trainer, got {type(trainer).__name__}")
+        if not isinstance(pl_module, pl.LightningModule):
+            raise ValueError(
+                f"FreezeOutCallback needs a lightning.pytorch.LightningModule, got {type(pl_module).__name__}"
+            )
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._check_objects(trainer, pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._check_objects(trainer, pl_module)
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"FreezeOutCallback needs exactly one optimizer, got {len(trainer.optimizers)}")
+        if trainer.lr_scheduler_configs:
+            raise ValueError(
+                "FreezeOutCallback is the LR schedule (per-layer cosine): return no lr_scheduler from "
+                "configure_optimizers"
+            )
+        total = trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("FreezeOutCallback needs a finite run: set max_epochs or max_steps on the Trainer")
+        try:
+            self.controller = FreezeOut(
+                trainer.optimizers[0],
+                self._resolve_layers(pl_module),
+                int(total),
+                t0=self.t0,
+                schedule=self.schedule,
+                scale_lr=self.scale_lr,
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"FreezeOutCallback: {exc}. In configure_optimizers build the optimizer from "
+                "freezeout.param_groups(self, layers) with the layers given to the callback"
+            ) from exc
+        if self._pending is not None:
+            self.controller.load_state_dict(self._pending)
+            self._pending = None
+        self._catch_up(trainer)
+
+    def _catch_up(self, trainer: Any) -> None:
+        # One FreezeOut step per optimizer step: global_step counts those, also under gradient accumulation.
+        while self.controller.step_count < trainer.global_step:
+            self.controller.step()
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.controller is None:
+            return
+        self._catch_up(trainer)
+        c = self.controller
+        lrs = c.get_last_lr()
+        training = lrs[c.num_frozen :]  # frozen layers are a prefix with LR 0
+        metrics = {
+            "freezeout/num_frozen": float(c.num_frozen),
+            "freezeout/lr_max": max(training),
+            "freezeout/lr_min": min(training),
+            "freezeout/lr_head": lrs[-1],
+        }
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    def state_dict(self) -> dict[str, Any]:
+        if self.controller is not None:
+            return self.controller.state_dict()
+        return dict(self._pending or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Lightning calls this before the optimizer exists; the state is applied in on_train_start.
+        self._pending = dict(state_dict) if state_dict else None

@@ -1,0 +1,110 @@
+"""compile_blocks: recompiles bounded per layer while FreezeOut freezes, results equal eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+from torch._dynamo.testing import CompileCounter
+from torch._dynamo.utils import counters
+
+from freezeout import FreezeOut, compile_blocks, param_groups, uncompile_blocks
+from freezeout.models import DenseNetBC
+
+STEPS = 12
+# Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
+pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def run(model, layers, steps=STEPS, t0=0.2):
+    """FreezeOut (linear, t0=0.2) to the end: layers freeze one by one, on distinct steps."""
+    opt = torch.optim.SGD(param_groups(model, layers), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    sched = FreezeOut(opt, layers, total_steps=steps, t0=t0, schedule="linear")
+    frozen_per_step = []
+    for step in range(steps):
+        g = torch.Generator().manual_seed(step)
+        x, y = torch.randn(4, 3, 8, 8, generator=g), torch.randint(0, 10, (4,), generator=g)
+        model.train()
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        sched.step()
+        frozen_per_step.append(sched.num_frozen)
+    return frozen_per_step
+
+
+def densenet():
+    torch.manual_seed(0)
+    return DenseNetBC(depth=16, growth=4)  # 9 freezable layers: more freeze events than the limit of 8
+
+
+def recompile_limit_hit() -> bool:
+    return any("recompile limit" in k.lower() for k in counters["unimplemented"])
+
+
+def test_whole_model_compile_runs_out_of_recompiles_when_layers_freeze():
+    # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8.
+    model = densenet()
+    cnt = CompileCounter()
+    compiled = torch.compile(model, backend=cnt)
+    run_whole = run(compiled, model.layers)
+    assert run_whole[-1] == 9
+    assert cnt.frame_count == 8 and recompile_limit_hit()
+
+
+def test_per_block_compile_recompiles_at_most_three_times_per_layer():
+    model = densenet()
+    layers = model.layers
+    cnt = CompileCounter()
+    compile_blocks(layers, backend=cnt)
+    frozen = run(model, layers)
+    n = len(layers)
+    assert frozen[-1] == n and len(set(frozen)) == n + 1  # one freeze per step: the worst case
+    # stem: trainable, frozen; every later layer: also once when its input stops requiring grad
+    assert cnt.frame_count == 2 + 3 * (n - 1)
+    assert not recompile_limit_hit()
+
+
+def test_per_block_compile_equals_eager_training():
+    eager = densenet()
+    run(eager, eager.layers)
+    model = densenet()
+    compile_blocks(model.layers, backend="aot_eager")  # through AOTAutograd, without inductor's codegen
+    run(model, model.layers)
+    for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_uncompile_restores_eager_forward_and_errors():
+    model = densenet()
+    compile_blocks(model.layers, backend=CompileCounter())
+    with pytest.raises(ValueError, match=r"layers\[0\] \(Conv2d\) is compiled already"):
+        compile_blocks(model.layers)
+    uncompile_blocks(model.layers)
+    assert all("forward" not in layer.__dict__ for layer in model.layers)
+    import copy
+
+    copy.deepcopy(model)  # compiled functions are gone
+    with pytest.raises(ValueError, match="layers must be a non-empty list"):
+        compile_blocks([])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's import
+def test_inductor_per_block_matches_eager():
+    eager = densenet()
+    run(eager, eager.layers, steps=6, t0=0.5)
+    model = densenet()
+    compile_blocks(model.layers)  # the default inductor backend: generated C++ on CPU
+    run(model, model.layers, steps=6, t0=0.5)
+    for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)

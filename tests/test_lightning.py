@@ -1,0 +1,168 @@
+"""FreezeOutCallback in a real Lightning Trainer on CPU: schedule, freezing, accumulation, exact resume."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+pl = pytest.importorskip("lightning.pytorch")
+
+import freezeout  # noqa: E402
+from freezeout.integrations.lightning import FreezeOutCallback  # noqa: E402
+
+# Lightning's advice for tiny CPU runs, not problems of the code under test.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
+    pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval.*"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used.*"),
+    # Lightning 2.6 still builds torch's LeafSpec, deprecated in torch 2.13: not ours to fix.
+    pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"),
+]
+EPOCHS, BATCHES, BS = 2, 6, 8
+
+
+class Net(pl.LightningModule):
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()) for _ in range(3)
+        )
+        self.fc = nn.Linear(width, 3)
+
+    def freezable_layers(self) -> list[nn.Module]:
+        return [self.stem, *self.blocks]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.fc(x.mean((2, 3)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        groups = freezeout.param_groups(self, self.freezable_layers())
+        return torch.optim.SGD(groups, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
+
+
+def loader() -> torch.utils.data.DataLoader:
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(BATCHES * BS, 3, 6, 6, generator=g), torch.arange(48) % 3)
+    return torch.utils.data.DataLoader(data, batch_size=BS, shuffle=False)
+
+
+class Recorder(pl.Callback):
+    """Runs after FreezeOutCallback: LRs, step counts, and each layer's state right after it froze."""
+
+    def __init__(self, fo: FreezeOutCallback) -> None:
+        self.fo, self.rows, self.frozen_at = fo, [], {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        c = self.fo.controller
+        self.rows.append((trainer.global_step, c.step_count, c.get_last_lr(), dict(trainer.callback_metrics)))
+        for i in range(c.num_frozen):
+            layer = c.layers[i]
+            self.frozen_at.setdefault(i, {k: v.clone() for k, v in layer.state_dict().items()})
+
+
+def trainer(callbacks, **kw) -> pl.Trainer:
+    opts = dict(max_epochs=EPOCHS, enable_progress_bar=False, logger=False, enable_checkpointing=False)
+    opts.update(deterministic=True, enable_model_summary=False, accelerator="cpu", log_every_n_steps=1)
+    return pl.Trainer(callbacks=callbacks, **{**opts, **kw})
+
+
+def fit(t0=0.3, ckpt=None, callbacks=(), **kw):
+    pl.seed_everything(0, verbose=False)
+    model = Net()
+    fo = FreezeOutCallback(t0=t0, schedule="linear", scale_lr=False)
+    rec = Recorder(fo)
+    tr = trainer([fo, rec, *callbacks], **kw)
+    tr.fit(model, loader(), ckpt_path=ckpt)
+    return model, fo, rec, tr
+
+
+def test_lrs_follow_the_schedule_and_frozen_layers_stay_bit_identical():
+    model, fo, rec, _ = fit()
+    c = fo.controller
+    total = EPOCHS * BATCHES
+    assert c.total_steps == total and c.step_count == total and c.num_frozen == 4
+    for global_step, count, lrs, metrics in rec.rows:
+        assert count == global_step
+        want = freezeout.learning_rates(global_step, total, c.times, c.base_lrs, scale_lr=False)
+        assert lrs == pytest.approx(want, abs=0, rel=1e-12)
+        assert metrics["freezeout/num_frozen"].item() == freezeout.num_frozen_at(global_step, total, c.times)
+        assert metrics["freezeout/lr_head"].item() == pytest.approx(want[-1], rel=1e-6)
+    assert sorted(rec.frozen_at) == [0, 1, 2, 3]
+    for i, snap in rec.frozen_at.items():
+        now = model.freezable_layers()[i].state_dict()
+        assert all(torch.equal(v, now[k]) for k, v in snap.items()), f"layer {i} moved after freezing"
+        assert freezeout.is_frozen(model.freezable_layers()[i])
+
+
+def test_gradient_accumulation_counts_optimizer_steps():
+    _, fo, rec, _ = fit(accumulate_grad_batches=2)
+    assert fo.controller.total_steps == EPOCHS * BATCHES // 2 == fo.controller.step_count
+    assert [r[1] for r in rec.rows] == [r[0] for r in rec.rows] == [(i + 1) // 2 for i in range(EPOCHS * BATCHES)]
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming into it: intended
+def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def ckpt(sub):
+        return ModelCheckpoint(dirpath=tmp_path / sub, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+
+    straight, fo_a, _, _ = fit(callbacks=[ckpt("a")], enable_checkpointing=True)
+    first = tmp_path / "a" / "epoch=0.ckpt"
+    saved = torch.load(first, weights_only=False)
+    assert saved["callbacks"]["FreezeOutCallback"]["step_count"] == BATCHES
+    assert saved["global_step"] == BATCHES
+    resumed, fo_b, rec_b, _ = fit(ckpt=str(first), callbacks=[ckpt("a")], enable_checkpointing=True)
+    assert fo_b.controller.step_count == fo_a.controller.step_count == EPOCHS * BATCHES
+    assert rec_b.rows[0][0] == BATCHES + 1  # continued from the checkpoint's step, not from 0
+    a, b = straight.state_dict(), resumed.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"resumed run differs in {k}"
+
+
+def test_layout_and_configuration_errors():
+    class NoFreezable(Net):
+        freezable_layers = None
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(freezeout.param_groups(self, [self.stem, *self.blocks]), lr=0.1)
+
+    class TwoGroups(Net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    class WithScheduler(Net):
+        def configure_optimizers(self):
+            opt = super().configure_optimizers()
+            return [opt], [torch.optim.lr_scheduler.StepLR(opt, 1)]
+
+    cases = [
+        (NoFreezable, "needs a freezable_layers"),
+        (TwoGroups, r"param groups .*freezeout\.param_groups\(self, layers\)"),
+        (WithScheduler, "return no lr_scheduler"),
+    ]
+    for cls, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            trainer([FreezeOutCallback()]).fit(cls(), loader())
+    with pytest.raises(ValueError, match="needs a finite run"):
+        trainer([FreezeOutCallback()], max_epochs=-1).fit(Net(), loader())
+
+
+def test_used_with_non_lightning_objects():
+    with pytest.raises(ValueError, match="layers must be None"):
+        FreezeOutCallback(layers=3)
+    cb = FreezeOutCallback(layers=lambda m: m.freezable_layers())
+    with pytest.raises(ValueError, match=r"needs a lightning\.pytorch\.Trainer, got object"):
+        cb.on_train_start(object(), Net())
+    with pytest.raises(ValueError, match=r"needs a lightning\.pytorch\.LightningModule, got Linear"):
+        cb.setup(trainer([cb]), nn.Linear(2, 2), "fit")
