@@ -162,8 +162,11 @@ def _write_json(path: Path, obj: Any) -> None:
     write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-def prepare_sweep_dir(base_config: Any, grid: Grid, sweep_dir: str | os.PathLike) -> dict[str, Any]:
-    """Create ``sweep_dir`` with ``sweep.json``, or check that the one there has the same base config.
+def prepare_sweep_dir(
+    base_config: Any, grid: Grid, sweep_dir: str | os.PathLike, *, write: bool = True
+) -> dict[str, Any]:
+    """Create ``sweep_dir`` with ``sweep.json``, or check that the one there has the same base config
+    (``write=False``: only check, as a dry run does).
 
     A different base config raises ``ValueError`` naming the differing fields (mixing runs of two configs
     would make the aggregate meaningless). The grid may grow: ``sweep.json`` keeps the union.
@@ -184,8 +187,9 @@ def prepare_sweep_dir(base_config: Any, grid: Grid, sweep_dir: str | os.PathLike
             raise ValueError(f"{out} holds a sweep with a different config ({what}); use another --out")
         old_grid = old.get("grid", {})
         record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(path, record)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
     return record
 
 
@@ -270,6 +274,8 @@ def dry_run(
     """
     specs = expand(grid)
     base = _base_dict(base_config)
+    if sweep_dir is not None:
+        prepare_sweep_dir(base_config, grid, sweep_dir, write=False)  # the statuses would mean nothing otherwise
     epochs = int(base.get("epochs", 0))
     rows = []
     for spec in specs:

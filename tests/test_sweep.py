@@ -121,6 +121,8 @@ def test_dry_run_counts_what_is_left(tmp_path):
     assert plan["num_runs"] == 9 and plan["num_to_run"] == 8 and plan["epochs_to_run"] == 8 * 3
     assert plan["runs"][0] == {"name": "baseline_seed=0", "status": "finished", "epochs": 3}
     assert plan["estimate"] is None
+    with pytest.raises(ValueError, match="different config"):
+        dry_run({**BASE, "lr": 0.05}, grid, tmp_path)
     assert not any(p.name != "baseline_seed=0" and p.is_dir() for p in tmp_path.iterdir())  # nothing run
 
 
