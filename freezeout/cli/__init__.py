@@ -13,7 +13,7 @@ from .common import CLIError, OneLineParser
 __all__ = ["build_parser", "main"]
 
 # (module, command) pairs; a module provides add_parser(subparsers) that sets `func` on its parser.
-_COMMANDS = ("demo", "train", "estimate", "bench")
+_COMMANDS = ("demo", "train", "estimate", "bench", "sweep", "plot")
 
 
 def build_parser() -> argparse.ArgumentParser:

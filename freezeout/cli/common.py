@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
-__all__ = ["CLIError", "OneLineParser", "positive_int", "unit_interval"]
+__all__ = [
+    "CLIError",
+    "OneLineParser",
+    "add_config_arguments",
+    "config_from_args",
+    "depth",
+    "nonneg_int",
+    "positive_int",
+    "unit_interval",
+]
 
 
 class CLIError(Exception):
@@ -40,3 +49,78 @@ def unit_interval(text: str) -> float:
     if not (0.0 < value <= 1.0):
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
     return value
+
+
+def nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def depth(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer 6n + 4 (10, 40, 76, 186, ...), got {text!r}") from None
+    if value < 10 or (value - 4) % 6:
+        raise argparse.ArgumentTypeError(f"must be 6n + 4 with n >= 1 (10, 40, 76, 186, ...), got {value}")
+    return value
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = True) -> dict[str, Any]:
+    """The flags of a ``TrainConfig``, in argument groups (returned by name, to add more to them).
+
+    ``per_run=False`` leaves out what a sweep sets for each run (schedule, scale-lr, t0, seed), so that
+    ``freezeout train`` and ``freezeout sweep`` share one definition of the rest.
+    """
+    from ..config import DATASETS, TrainConfig
+    from ..models import MODELS
+    from ..schedule import SCHEDULES
+
+    d = TrainConfig()
+    groups = {name: parser.add_argument_group(name) for name in ("data", "model", "optimisation")}
+    g = groups["data"]
+    g.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="digits is embedded (default: %(default)s)")
+    g.add_argument(
+        "--data-dir", help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder"
+    )
+    g.add_argument("--val-split", type=nonneg_int, default=d.val_split, help="training examples held out (0)")
+    g = groups["model"]
+    g.add_argument("--model", choices=MODELS, default=d.model)
+    g.add_argument("--depth", type=depth, default=d.depth, help="6n + 4 (default: %(default)s)")
+    g.add_argument("--growth", type=positive_int, default=d.growth, help="growth rate k (default: %(default)s)")
+    g = groups["optimisation"]
+    g.add_argument("--epochs", type=positive_int, default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")
+    g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    if per_run:
+        g = groups["FreezeOut schedule"] = parser.add_argument_group("FreezeOut schedule")
+        g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
+        g.add_argument(
+            "--scale-lr", action=argparse.BooleanOptionalAction, default=d.scale_lr, help="lr_i(0) = lr / t_i (on)"
+        )
+        g.add_argument("--t0", type=unit_interval, default=d.t0, help="in (0, 1]; 1 = baseline (default: %(default)s)")
+    g = groups["run"] = parser.add_argument_group("run")
+    if per_run:
+        g.add_argument("--seed", type=nonneg_int, default=d.seed, help="(default: %(default)s)")
+    g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
+    g.add_argument("--channels-last", action="store_true", help="channels_last memory format (a CUDA speed-up)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    return groups
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The validated ``TrainConfig`` of the flags ``add_config_arguments`` added (others keep defaults)."""
+    from dataclasses import fields
+
+    from ..config import TrainConfig
+
+    return TrainConfig(
+        **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    ).validate()

@@ -1,0 +1,164 @@
+"""A sweep's results as one table: per strategy and t0, mean and std over seeds, next to the paper's estimate.
+
+Only finished runs count (``summary.json`` that is a JSON object with ``finished: true``); any other run
+directory is listed under ``incomplete`` and never enters a mean. Each run is compared with the baseline
+(t0 = 1) of the SAME seed:
+
+* ``speedup = 1 - train_seconds / baseline_train_seconds`` (fraction of training time saved; the paper's
+  "speedup") and ``time_ratio = train_seconds / baseline_train_seconds``;
+* ``rel_error = (test_error - baseline_test_error) / baseline_test_error`` (relative increase in error).
+
+``std`` is the sample standard deviation (ddof = 1); with a single seed it is undefined: NaN in memory
+and in the CSV, ``null`` in the JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from .sweep import SWEEP_FILE, read_summary, strategy_of, write_atomic
+
+__all__ = ["COLUMNS", "aggregate", "collect_runs", "mean_std", "write_aggregate"]
+
+log = logging.getLogger(__name__)
+
+COLUMNS = (
+    "strategy",
+    "schedule",
+    "scale_lr",
+    "t0",
+    "n",
+    "seeds",
+    "test_error_mean",
+    "test_error_std",
+    "speedup_mean",
+    "speedup_std",
+    "time_ratio_mean",
+    "time_ratio_std",
+    "rel_error_mean",
+    "rel_error_std",
+    "paper_speedup",
+)
+_METRICS = ("test_error", "speedup", "time_ratio", "rel_error")
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof = 1; NaN for one value, both NaN for none)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+def collect_runs(sweep_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
+    """One record per finished run (name, strategy, schedule, scale_lr, t0, seed, test_error, train_seconds)
+    and the names of the run directories that did not finish."""
+    runs, incomplete = [], []
+    for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
+        summary = read_summary(run_dir)
+        if summary is None:
+            incomplete.append(run_dir.name)
+            continue
+        c = summary["config"]
+        runs.append(
+            {
+                "name": run_dir.name,
+                "strategy": strategy_of(c),
+                "schedule": c["schedule"],
+                "scale_lr": bool(c["scale_lr"]),
+                "t0": float(c["t0"]),
+                "seed": int(c["seed"]),
+                "test_error": float(summary["test_error"]),
+                "train_seconds": float(summary["train_seconds"]),
+            }
+        )
+    return runs, incomplete
+
+
+def aggregate(sweep_dir: str | os.PathLike, paper: bool = True) -> dict[str, Any]:
+    """The table of a sweep directory: ``{"rows", "runs", "incomplete", "base_config"}``.
+
+    A run whose seed has no finished baseline has a test error but no speedup or relative error (those
+    cells are the mean over the seeds that have one; ``n`` counts all). ``paper=True`` adds the paper's
+    FLOP-predicted speedup (Eq. 2-3, no x1.3 correction), which builds the model once (no training).
+    """
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise ValueError(f"sweep directory {sweep_dir} does not exist")
+    runs, incomplete = collect_runs(sweep_dir)
+    if not runs:
+        raise ValueError(f"{sweep_dir} has no finished runs to aggregate")
+    if incomplete:
+        log.warning("%d unfinished runs left out: %s", len(incomplete), ", ".join(incomplete))
+    baselines = {r["seed"]: r for r in runs if r["strategy"] == "baseline"}
+    for r in runs:
+        b = baselines.get(r["seed"])
+        ok = b is not None and b["train_seconds"] > 0 and b["test_error"] > 0
+        r["time_ratio"] = r["train_seconds"] / b["train_seconds"] if ok else math.nan
+        r["speedup"] = 1.0 - r["time_ratio"]
+        r["rel_error"] = (r["test_error"] - b["test_error"]) / b["test_error"] if ok else math.nan
+
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["strategy"], r["t0"])].append(r)
+    base_config = _base_config(sweep_dir, runs)
+    predicted = {}
+    if paper:
+        from .sweep_time import paper_savings
+
+        predicted = paper_savings(base_config, [(g[0]["schedule"], t0) for (_, t0), g in groups.items()])
+    rows = []
+    for (strategy, t0), group in sorted(groups.items(), key=lambda kv: (kv[0][0] != "baseline", kv[0])):
+        row: dict[str, Any] = {
+            "strategy": strategy,
+            "schedule": group[0]["schedule"],
+            "scale_lr": group[0]["scale_lr"],
+            "t0": t0,
+            "n": len(group),
+            "seeds": sorted(r["seed"] for r in group),
+        }
+        for m in _METRICS:
+            row[f"{m}_mean"], row[f"{m}_std"] = mean_std([r[m] for r in group if not math.isnan(r[m])])
+        row["paper_speedup"] = predicted.get((group[0]["schedule"], t0), math.nan)
+        rows.append(row)
+    return {"rows": rows, "runs": runs, "incomplete": incomplete, "base_config": base_config}
+
+
+def _base_config(sweep_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return json.loads((sweep_dir / SWEEP_FILE).read_text())["base_config"]
+    except (OSError, ValueError, KeyError, TypeError):  # a folder of runs made by hand: any run's config
+        return read_summary(sweep_dir / runs[0]["name"])["config"]
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None  # JSON has no NaN
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_aggregate(table: dict[str, Any], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``aggregate.csv`` (the rows) and ``aggregate.json`` (everything) into ``out_dir``, atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in table["rows"]:
+        writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"]))})
+    csv_path, json_path = out / "aggregate.csv", out / "aggregate.json"
+    write_atomic(csv_path, text.getvalue().encode())
+    write_atomic(json_path, (json.dumps(_json_safe(table), indent=2, sort_keys=True) + "\n").encode())
+    return csv_path, json_path

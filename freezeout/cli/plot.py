@@ -1,0 +1,51 @@
+"""``freezeout plot``: the paper's Figure 1 (LR schedules) and Figure 2 (a sweep's speedup vs. error)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import CLIError
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="draw Figure 1 (LR schedules) and Figure 2 (a sweep's speedup vs. test error) as PNGs",
+        description="Figure 1 needs no data; Figure 2 reads a sweep directory's finished runs (nothing is retrained).",
+    )
+    p.add_argument("--sweep", metavar="SWEEP_DIR", help="sweep directory for Figure 2 (from `freezeout sweep`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for figure1.png / figure2.png")
+    p.add_argument(
+        "--figure",
+        choices=("1", "2", "all"),
+        default=None,
+        help="which figure (default: both with --sweep, else 1)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    figure = args.figure or ("all" if args.sweep else "1")
+    if figure in ("2", "all") and not args.sweep:
+        raise CLIError("Figure 2 needs --sweep SWEEP_DIR (a folder made by `freezeout sweep`)")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError("plotting needs matplotlib: pip install 'freezeout[plot]'") from None
+    from ..plot import plot_figure1, plot_figure2
+
+    out = Path(args.out)
+    written = []
+    if figure in ("2", "all"):  # first: a folder with nothing to plot fails before any file is written
+        from ..aggregate import aggregate
+
+        table = aggregate(args.sweep, paper=False)
+        written.append(plot_figure2(out / "figure2.png", table))
+    if figure in ("1", "all"):
+        written.insert(0, plot_figure1(out / "figure1.png"))
+    for path in written:
+        print(f"wrote {path}")
+    return 0

@@ -1,0 +1,85 @@
+"""``freezeout sweep``: the paper's study, strategies x t0 x seeds plus a baseline per seed, resumable."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from ..sweep import STRATEGIES, Grid
+from .common import add_config_arguments, config_from_args, nonneg_int
+
+__all__ = ["add_parser", "format_table"]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="run strategies x t0 x seeds plus a baseline per seed (resumable), then aggregate",
+        description="One run folder per point inside --out; re-running skips finished runs and resumes interrupted "
+        "ones. Ends by writing aggregate.csv and aggregate.json into --out. The other flags set the base config.",
+    )
+    g = p.add_argument_group("grid")
+    g.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES), help="(default: all four)")
+    g.add_argument(
+        "--t0",
+        dest="t0s",
+        metavar="T0",
+        nargs="*",
+        type=float,
+        default=[0.5, 0.65, 0.8],
+        help="values in (0, 1) (default: %(default)s)",
+    )
+    g.add_argument("--seeds", nargs="*", type=nonneg_int, default=[0, 1], help="(default: %(default)s)")
+    g.add_argument("--out", required=True, metavar="SWEEP_DIR", help="sweep folder (created, or resumed)")
+    g.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time; run nothing")
+    g.add_argument(
+        "--timing-steps", type=nonneg_int, default=3, help="SGD steps timed for the dry run's estimate (0: count only)"
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_arguments(p, per_run=False)
+    p.set_defaults(func=run)
+
+
+def _pct(x: Any) -> str:
+    return "   -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.2f}"
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    """The aggregate as aligned text, percentages, ``mean ± std`` over seeds."""
+    lines = [
+        f"{'strategy':<16} {'t0':>5} {'n':>2}  {'test error %':>15}  {'time saved %':>15}  "
+        f"{'rel. error +%':>15}  {'paper %':>7}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['strategy']:<16} {r['t0']:>5g} {r['n']:>2}  "
+            f"{_pct(r['test_error_mean'])} ± {_pct(r['test_error_std'])}  "
+            f"{_pct(r['speedup_mean'])} ± {_pct(r['speedup_std'])}  "
+            f"{_pct(r['rel_error_mean'])} ± {_pct(r['rel_error_std'])}  {_pct(r['paper_speedup']):>7}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..sweep import dry_run, run_sweep
+
+    config = config_from_args(args)
+    grid = Grid(tuple(args.strategies), tuple(args.t0s), tuple(args.seeds)).validate()
+    if args.dry_run:
+        plan = dry_run(config, grid, args.out, timing_steps=args.timing_steps)
+        for row in plan["runs"]:
+            print(f"{row['name']:<36} {row['status']:<12} {row['epochs']} epochs")
+        print(f"{plan['num_runs']} runs, {plan['num_to_run']} to run, {plan['epochs_to_run']} epochs to run")
+        e = plan["estimate"]
+        if e is not None:
+            print(f"estimated time: {e['seconds'] / 3600:.2f} h ({e['seconds']:.0f} s; {e['method']})")
+        return 0
+    from ..aggregate import aggregate, write_aggregate
+
+    run_sweep(config, grid, args.out, progress=not args.no_progress)
+    table = aggregate(args.out)
+    csv_path, _ = write_aggregate(table, args.out)
+    print(format_table(table["rows"]))
+    print(f"wrote {csv_path} and aggregate.json")
+    return 0

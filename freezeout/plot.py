@@ -1,0 +1,137 @@
+"""The paper's Figures 1 and 2 as PNGs: data built by pure functions, drawn by matplotlib (the plot extra).
+
+Figure 1: each layer's learning rate over training for a 5-layer network at t0 = 0.5, one panel per
+strategy, straight from ``freezeout.learning_rates`` (no training). Figure 2: the speedup vs. test error
+trade-off of a sweep, from its aggregate table (its files; nothing is retrained).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from .schedule import freeze_times, learning_rates
+from .sweep import STRATEGIES, parse_strategy, write_atomic
+
+__all__ = ["figure1_data", "figure2_data", "plot_figure1", "plot_figure2"]
+
+
+def figure1_data(
+    n_layers: int = 5, t0: float = 0.5, base_lr: float = 0.1, points: int = 401
+) -> dict[str, dict[str, Any]]:
+    """Per strategy: progress ``t`` (``points`` values over [0, 1]), each layer's freeze time and LR curve,
+    and the curve of the rest (the head, never frozen)."""
+    data = {}
+    for strategy in STRATEGIES:
+        schedule, scale = parse_strategy(strategy)
+        times = freeze_times(n_layers, t0, schedule)
+        steps = points - 1
+        curves = [learning_rates(s, steps, times, [base_lr] * (n_layers + 1), scale) for s in range(points)]
+        data[strategy] = {
+            "t": [s / steps for s in range(points)],
+            "times": times,
+            "layers": [[c[i] for c in curves] for i in range(n_layers)],
+            "rest": [c[-1] for c in curves],
+        }
+    return data
+
+
+def figure2_data(table: dict[str, Any]) -> dict[str, Any]:
+    """From an aggregate table: the baseline's test error and, per strategy, points in order of speedup.
+
+    Values in percent. A NaN std (one seed) becomes 0: no spread is known, none is drawn.
+    """
+
+    def pct(x: float) -> float:
+        return 0.0 if x is None or math.isnan(x) else 100.0 * x
+
+    base = [r for r in table["rows"] if r["strategy"] == "baseline"]
+    out: dict[str, Any] = {"baseline": None, "strategies": {}}
+    if base:
+        out["baseline"] = {"error": pct(base[0]["test_error_mean"]), "error_std": pct(base[0]["test_error_std"])}
+    for strategy in STRATEGIES:
+        rows = [r for r in table["rows"] if r["strategy"] == strategy and not _nan(r["speedup_mean"])]
+        rows.sort(key=lambda r: r["speedup_mean"])
+        if rows:
+            out["strategies"][strategy] = {
+                key: [pct(r[f"{m}_{stat}"]) for r in rows]
+                for key, m, stat in (
+                    ("speedup", "speedup", "mean"),
+                    ("speedup_std", "speedup", "std"),
+                    ("error", "test_error", "mean"),
+                    ("error_std", "test_error", "std"),
+                    ("paper_speedup", "paper", "speedup"),
+                )
+            } | {"t0": [r["t0"] for r in rows], "n": [r["n"] for r in rows]}
+    return out
+
+
+def _nan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    write_atomic(path, buf.getvalue())
+    return path
+
+
+def plot_figure1(path: str | os.PathLike, data: dict[str, dict[str, Any]] | None = None) -> Path:
+    """Figure 1 as a PNG at ``path`` (written atomically); returns the path."""
+    from matplotlib.figure import Figure  # Agg canvas, no global backend or pyplot state
+
+    data = data or figure1_data()
+    fig = Figure(figsize=(9, 6.5), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True)
+    titles = {"linear": "linear", "cubic": "cubic"}
+    for ax, strategy in zip(axes.T.flat, STRATEGIES):
+        d = data[strategy]
+        schedule, scale = parse_strategy(strategy)
+        for i, (curve, t_i) in enumerate(zip(d["layers"], d["times"])):
+            ax.plot(d["t"], curve, label=f"layer {i + 1} (t$_{i + 1}$={t_i:.2f})")
+        ax.plot(d["t"], d["rest"], "k--", lw=1, label="rest (head)")
+        ax.set_title(f"{titles[schedule]}, {'scaled' if scale else 'unscaled'}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[1]:
+        ax.set_xlabel("training progress t")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("learning rate")
+    fig.suptitle("FreezeOut per-layer learning rates, 5 layers, t$_0$ = 0.5 (base LR 0.1)")
+    return _save(fig, path)
+
+
+def plot_figure2(path: str | os.PathLike, table: dict[str, Any], title: str = "") -> Path:
+    """Figure 2 as a PNG at ``path``: speedup (x) vs. test error (y), mean ±1 std over seeds per strategy."""
+    from matplotlib.figure import Figure
+
+    data = figure2_data(table)
+    if not data["strategies"]:
+        raise ValueError("the table has no FreezeOut run with a finished baseline of its seed: nothing to plot")
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.subplots()
+    if data["baseline"]:
+        b = data["baseline"]
+        ax.axhline(b["error"], color="k", ls="--", lw=1, label=f"baseline (t$_0$ = 1): {b['error']:.2f} %")
+        ax.axhspan(b["error"] - b["error_std"], b["error"] + b["error_std"], color="k", alpha=0.08)
+        ax.axvline(0, color="k", lw=0.5)
+    for strategy, d in data["strategies"].items():
+        (line,) = ax.plot(d["speedup"], d["error"], "o-", label=strategy)
+        lo = [e - s for e, s in zip(d["error"], d["error_std"])]
+        hi = [e + s for e, s in zip(d["error"], d["error_std"])]
+        ax.fill_between(d["speedup"], lo, hi, color=line.get_color(), alpha=0.15)
+        ax.errorbar(d["speedup"], d["error"], xerr=d["speedup_std"], fmt="none", ecolor=line.get_color(), alpha=0.5)
+        for x, y, t0 in zip(d["speedup"], d["error"], d["t0"]):
+            ax.annotate(f"{t0:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    ax.set_xlabel("wall-clock speedup vs. same-seed baseline (% of training time saved)")
+    ax.set_ylabel("test error (%)")
+    ax.set_title(title or "FreezeOut: speedup vs. test error (mean ±1 std over seeds; labels: t$_0$)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

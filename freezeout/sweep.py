@@ -1,0 +1,303 @@
+"""The paper's study as data: a grid of strategies x t0 x seeds plus one baseline per seed, run resumably.
+
+A sweep directory holds ``sweep.json`` (the base training config and the grid) and one run directory per
+point, named after the point (``cubic-scaled_t0=0.8_seed=0``, ``baseline_seed=0``), each written by the
+trainer (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``). Re-running a sweep skips
+finished runs, resumes interrupted ones and starts the rest afresh; the files are the only state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .schedule import SCHEDULES
+
+__all__ = [
+    "PER_RUN_FIELDS",
+    "STRATEGIES",
+    "Grid",
+    "RunSpec",
+    "dry_run",
+    "expand",
+    "parse_strategy",
+    "prepare_sweep_dir",
+    "read_summary",
+    "run_config",
+    "run_status",
+    "run_sweep",
+    "strategy_of",
+    "write_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+# The paper's four strategies, in its Figure 1 order: schedule x whether LRs are scaled by 1 / t_i.
+STRATEGIES = ("linear-unscaled", "linear-scaled", "cubic-unscaled", "cubic-scaled")
+# What the sweep sets per run; everything else in the training config is the sweep's base config.
+PER_RUN_FIELDS = ("schedule", "scale_lr", "t0", "seed")
+SWEEP_FILE = "sweep.json"
+SUMMARY = "summary.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+def parse_strategy(name: str) -> tuple[str, bool]:
+    """``"cubic-scaled"`` -> ``("cubic", True)``; ``ValueError`` naming the allowed names otherwise."""
+    schedule, _, scaling = str(name).partition("-")
+    if schedule not in SCHEDULES or scaling not in ("scaled", "unscaled"):
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    return schedule, scaling == "scaled"
+
+
+def strategy_of(config: dict[str, Any]) -> str:
+    """A run config's strategy name: ``"baseline"`` at t0 = 1, else e.g. ``"cubic-scaled"``."""
+    if float(config["t0"]) == 1.0:
+        return "baseline"
+    return f"{config['schedule']}-{'scaled' if config['scale_lr'] else 'unscaled'}"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One point of the grid. ``strategy`` is ``"baseline"`` for t0 = 1, where the strategy is moot."""
+
+    name: str  # also the run directory's name inside the sweep directory
+    strategy: str
+    schedule: str
+    scale_lr: bool
+    t0: float
+    seed: int
+
+    @property
+    def baseline(self) -> bool:
+        return self.t0 == 1.0
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Strategies x t0 values x seeds; every seed also gets a baseline (t0 = 1)."""
+
+    strategies: tuple[str, ...] = STRATEGIES
+    t0s: tuple[float, ...] = (0.5, 0.65, 0.8)  # around the paper's Figure 2 range
+    seeds: tuple[int, ...] = (0, 1)  # two seeds: the fewest that give a standard deviation
+
+    def __post_init__(self) -> None:
+        # Normalise lists to tuples (hashable, JSON round trip) and drop repeats, keeping the order.
+        for name in ("strategies", "t0s", "seeds"):
+            object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
+
+    def validate(self) -> Grid:
+        if not self.seeds:
+            raise ValueError("seeds is empty: the grid has no runs (give at least one seed)")
+        if not self.strategies and self.t0s:
+            raise ValueError("strategies is empty but t0 values were given: name at least one strategy")
+        if self.strategies and not self.t0s:
+            raise ValueError("t0 list is empty but strategies were given: give at least one t0 in (0, 1)")
+        for s in self.strategies:
+            parse_strategy(s)
+        for t0 in self.t0s:
+            ok = not isinstance(t0, bool) and isinstance(t0, (int, float)) and math.isfinite(t0)
+            if not ok or not (0.0 < t0 < 1.0):
+                raise ValueError(f"every t0 must be in (0, 1) (t0 = 1 is the baseline, run anyway), got {t0!r}")
+        for seed in self.seeds:
+            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+                raise ValueError(f"every seed must be an integer >= 0, got {seed!r}")
+        return self
+
+    def to_dict(self) -> dict[str, list]:
+        return {"strategies": list(self.strategies), "t0s": list(self.t0s), "seeds": list(self.seeds)}
+
+
+def expand(grid: Grid) -> list[RunSpec]:
+    """Every run of ``grid``, baselines first (speedups need them), then seed by seed."""
+    grid = grid.validate()
+    # The baseline's schedule is moot at t0 = 1 (every t_i = 1, lr_i(0) = lr); cubic-scaled is the default.
+    runs = [RunSpec(f"baseline_seed={s}", "baseline", "cubic", True, 1.0, s) for s in grid.seeds]
+    for seed in grid.seeds:
+        for strategy in grid.strategies:
+            schedule, scale = parse_strategy(strategy)
+            for t0 in grid.t0s:
+                runs.append(
+                    RunSpec(f"{strategy}_t0={float(t0):g}_seed={seed}", strategy, schedule, scale, float(t0), seed)
+                )
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ValueError("two t0 values print the same (6 significant digits): make them differ visibly")
+    return runs
+
+
+def run_config(base: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
+    """The training config dict of one run: the base with the run's own fields set."""
+    return {**base, "schedule": spec.schedule, "scale_lr": spec.scale_lr, "t0": spec.t0, "seed": spec.seed}
+
+
+def _base_dict(base_config: Any) -> dict[str, Any]:
+    d = base_config.to_dict() if hasattr(base_config, "to_dict") else dict(base_config)
+    # JSON round trip so that what we compare is exactly what sweep.json holds (tuples -> lists, ...).
+    return json.loads(json.dumps({k: v for k, v in d.items() if k not in PER_RUN_FIELDS}))
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never half."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def prepare_sweep_dir(
+    base_config: Any, grid: Grid, sweep_dir: str | os.PathLike, *, write: bool = True
+) -> dict[str, Any]:
+    """Create ``sweep_dir`` with ``sweep.json``, or check that the one there has the same base config
+    (``write=False``: only check, as a dry run does).
+
+    A different base config raises ``ValueError`` naming the differing fields (mixing runs of two configs
+    would make the aggregate meaningless). The grid may grow: ``sweep.json`` keeps the union.
+    """
+    out = Path(sweep_dir)
+    base = _base_dict(base_config)
+    record = {"version": 1, "base_config": base, "grid": grid.validate().to_dict()}
+    path = out / SWEEP_FILE
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+            old_base = old["base_config"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} is not a sweep file: {exc}") from None
+        diff = sorted(k for k in set(base) | set(old_base) if base.get(k) != old_base.get(k))
+        if diff:
+            what = ", ".join(f"{k}: {old_base.get(k)!r} -> {base.get(k)!r}" for k in diff)
+            raise ValueError(f"{out} holds a sweep with a different config ({what}); use another --out")
+        old_grid = old.get("grid", {})
+        record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(path, record)
+    return record
+
+
+def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The run's summary if it finished (valid JSON object with ``finished: true``), else ``None``."""
+    try:
+        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) and summary.get("finished") is True else None
+
+
+def run_status(run_dir: str | os.PathLike) -> str:
+    """``"finished"``, ``"interrupted"`` (a checkpoint to resume from) or ``"new"``."""
+    if read_summary(run_dir) is not None:
+        return "finished"
+    return "interrupted" if (Path(run_dir) / CHECKPOINT).is_file() else "new"
+
+
+def _make_config(d: dict[str, Any]) -> Any:
+    from .config import TrainConfig
+
+    return TrainConfig.from_dict(d).validate()
+
+
+def run_sweep(
+    base_config: Any,
+    grid: Grid,
+    sweep_dir: str | os.PathLike,
+    train_fn: Callable[..., dict] | None = None,
+    progress: bool = False,
+    make_config: Callable[[dict[str, Any]], Any] = _make_config,
+) -> list[dict[str, Any]]:
+    """Run every point of ``grid`` into ``sweep_dir``; return the summaries in grid order.
+
+    ``train_fn(config, out_dir, *, resume, progress)`` defaults to ``freezeout.trainer.train``;
+    ``make_config`` turns a run's config dict into what ``train_fn`` takes (a ``TrainConfig``).
+    """
+    specs = expand(grid)
+    record = prepare_sweep_dir(base_config, grid, sweep_dir)
+    if train_fn is None:
+        from .trainer import train as train_fn
+    bar = None
+    if progress:
+        from tqdm import tqdm  # the cli extra
+
+        bar = tqdm(total=len(specs), unit="run", dynamic_ncols=True)
+    summaries = []
+    try:
+        for spec in specs:
+            run_dir = Path(sweep_dir) / spec.name
+            status = run_status(run_dir)
+            if bar is not None:
+                bar.set_postfix_str(f"{spec.name} ({status})")
+            if status == "finished":
+                log.info("%s finished already: skipped", spec.name)
+                summary = read_summary(run_dir)
+            else:
+                if status == "new" and run_dir.exists():
+                    shutil.rmtree(run_dir)  # half-written files of a run killed before its first checkpoint
+                log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
+                config = make_config(run_config(record["base_config"], spec))
+                summary = train_fn(config, run_dir, resume=status == "interrupted", progress=False)
+            summaries.append(summary)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return summaries
+
+
+def dry_run(
+    base_config: Any, grid: Grid, sweep_dir: str | os.PathLike | None = None, *, timing_steps: int = 0
+) -> dict[str, Any]:
+    """The grid, each run's status in ``sweep_dir`` and what is left to run.
+
+    With ``timing_steps > 0`` also an estimated time: a baseline epoch timed from that many SGD steps of
+    the model (``freezeout.sweep_time.time_baseline_epoch``), times each remaining run's epochs, times
+    its predicted fraction of the baseline's time (``1 -`` the paper's FLOP saving). Without it, only the
+    number of runs and epochs: nothing better is known without running the model.
+    """
+    specs = expand(grid)
+    base = _base_dict(base_config)
+    if sweep_dir is not None:
+        prepare_sweep_dir(base_config, grid, sweep_dir, write=False)  # the statuses would mean nothing otherwise
+    epochs = int(base.get("epochs", 0))
+    rows = []
+    for spec in specs:
+        status = run_status(Path(sweep_dir) / spec.name) if sweep_dir is not None else "new"
+        rows.append({"name": spec.name, "status": status, "epochs": epochs})
+    todo = [spec for spec, row in zip(specs, rows) if row["status"] != "finished"]
+    out: dict[str, Any] = {
+        "runs": rows,
+        "num_runs": len(rows),
+        "num_to_run": len(todo),
+        "epochs_to_run": epochs * len(todo),
+        "estimate": None,
+    }
+    if timing_steps > 0 and todo:
+        from .sweep_time import paper_savings, time_baseline_epoch
+
+        per_epoch = time_baseline_epoch(base, steps=timing_steps)
+        saving = paper_savings(base, [(s.schedule, s.t0) for s in todo])
+        fractions = [1.0 - saving[(s.schedule, s.t0)] for s in todo]
+        out["estimate"] = {
+            "seconds": per_epoch * epochs * sum(fractions),
+            "seconds_per_baseline_epoch": per_epoch,
+            "method": f"baseline epoch timed from {timing_steps} CPU steps x epochs x (1 - paper FLOP saving)",
+        }
+    return out
