@@ -6,7 +6,9 @@ directory is listed under ``incomplete`` and never enters a mean. Each run is co
 
 * ``speedup = 1 - train_seconds / baseline_train_seconds`` (fraction of training time saved; the paper's
   "speedup") and ``time_ratio = train_seconds / baseline_train_seconds``;
-* ``rel_error = (test_error - baseline_test_error) / baseline_test_error`` (relative increase in error).
+* ``rel_error = (test_error - baseline_test_error) / baseline_test_error`` (relative increase in error;
+  NaN when the baseline made no error, where a relative change means nothing) and
+  ``error_increase = test_error - baseline_test_error`` (absolute, always defined).
 
 ``std`` is the sample standard deviation (ddof = 1); with a single seed it is undefined: NaN in memory
 and in the CSV, ``null`` in the JSON.
@@ -46,9 +48,11 @@ COLUMNS = (
     "time_ratio_std",
     "rel_error_mean",
     "rel_error_std",
+    "error_increase_mean",
+    "error_increase_std",
     "paper_speedup",
 )
-_METRICS = ("test_error", "speedup", "time_ratio", "rel_error")
+_METRICS = ("test_error", "speedup", "time_ratio", "rel_error", "error_increase")
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -101,10 +105,11 @@ def aggregate(sweep_dir: str | os.PathLike, paper: bool = True) -> dict[str, Any
     baselines = {r["seed"]: r for r in runs if r["strategy"] == "baseline"}
     for r in runs:
         b = baselines.get(r["seed"])
-        ok = b is not None and b["train_seconds"] > 0 and b["test_error"] > 0
-        r["time_ratio"] = r["train_seconds"] / b["train_seconds"] if ok else math.nan
+        timed = b is not None and b["train_seconds"] > 0
+        r["time_ratio"] = r["train_seconds"] / b["train_seconds"] if timed else math.nan
         r["speedup"] = 1.0 - r["time_ratio"]
-        r["rel_error"] = (r["test_error"] - b["test_error"]) / b["test_error"] if ok else math.nan
+        r["error_increase"] = r["test_error"] - b["test_error"] if b is not None else math.nan
+        r["rel_error"] = r["error_increase"] / b["test_error"] if b is not None and b["test_error"] > 0 else math.nan
 
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:

@@ -267,10 +267,10 @@ def dry_run(
 ) -> dict[str, Any]:
     """The grid, each run's status in ``sweep_dir`` and what is left to run.
 
-    With ``timing_steps > 0`` also an estimated time: a baseline epoch timed from that many SGD steps of
-    the model (``freezeout.sweep_time.time_baseline_epoch``), times each remaining run's epochs, times
-    its predicted fraction of the baseline's time (``1 -`` the paper's FLOP saving). Without it, only the
-    number of runs and epochs: nothing better is known without running the model.
+    With ``timing_steps > 0`` also an estimated time, from the calibrated estimator: the step time of the
+    sweep's model with ``k`` layers frozen, measured ``timing_steps`` times per sampled ``k`` on random data
+    (``freezeout.sweep_time.calibrated_plan``), integrated over each remaining run's schedule. Without
+    it, only the number of runs and epochs: nothing better is known without running the model.
     """
     specs = expand(grid)
     base = _base_dict(base_config)
@@ -290,14 +290,15 @@ def dry_run(
         "estimate": None,
     }
     if timing_steps > 0 and todo:
-        from .sweep_time import paper_savings, time_baseline_epoch
+        from .sweep_time import calibrated_plan
 
-        per_epoch = time_baseline_epoch(base, steps=timing_steps)
-        saving = paper_savings(base, [(s.schedule, s.t0) for s in todo])
-        fractions = [1.0 - saving[(s.schedule, s.t0)] for s in todo]
+        plan = calibrated_plan(base, [(s.schedule, s.t0) for s in todo], repeats=timing_steps)
+        per_epoch = plan["seconds_per_baseline_epoch"]
+        fractions = [1.0 - plan["savings"][(s.schedule, s.t0)] if not s.baseline else 1.0 for s in todo]
         out["estimate"] = {
             "seconds": per_epoch * epochs * sum(fractions),
             "seconds_per_baseline_epoch": per_epoch,
-            "method": f"baseline epoch timed from {timing_steps} CPU steps x epochs x (1 - paper FLOP saving)",
+            "step_times": plan["step_times"],
+            "method": f"step time with k layers frozen, median of {timing_steps} per k, integrated over each schedule",
         }
     return out

@@ -7,11 +7,8 @@ import json
 import math
 
 import pytest
-import torch
-from torch import nn
 
 from freezeout.aggregate import aggregate, mean_std, write_aggregate
-from freezeout.sweep_time import layer_flops, paper_saving
 
 BASE = {"dataset": "digits", "model": "densenet-bc", "depth": 10, "growth": 4, "epochs": 2, "batch_size": 50}
 
@@ -84,6 +81,8 @@ def test_table_maths(sweep_dir):
     assert cubic["time_ratio_std"] == pytest.approx(0.05 / math.sqrt(2))
     assert cubic["rel_error_mean"] == pytest.approx((0.1 + 0.15) / 2)  # (0.11-0.1)/0.1, (0.23-0.2)/0.2
     assert cubic["rel_error_std"] == pytest.approx(0.05 / math.sqrt(2))
+    assert cubic["error_increase_mean"] == pytest.approx((0.01 + 0.03) / 2)
+    assert cubic["error_increase_std"] == pytest.approx(0.02 / math.sqrt(2))
 
     linear = rows["linear-unscaled", 0.8]
     assert linear["n"] == 1 and linear["test_error_mean"] == 0.09 and math.isnan(linear["test_error_std"])
@@ -114,29 +113,11 @@ def test_no_finished_runs(tmp_path):
         aggregate(tmp_path / "missing")
 
 
-class Chain(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.a, self.b, self.head = (
-            nn.Linear(4, 8, bias=False),
-            nn.Linear(8, 8, bias=False),
-            nn.Linear(8, 3, bias=False),
-        )
-
-    @property
-    def layers(self):
-        return [self.a, self.b]
-
-    def forward(self, x):
-        return self.head(self.b(self.a(x)))
-
-
-def test_paper_estimate_closed_form():
-    model, batch = Chain(), 5
-    flops, rest = layer_flops(model, model.layers, torch.randn(batch, 4))
-    assert flops == [2 * batch * 4 * 8, 2 * batch * 8 * 8] and rest == 2 * batch * 8 * 3  # a matmul: 2 m n k
-    c, r = flops, rest
-    times = [0.5, 0.75]
-    expected = 1 - ((1 + 0.5) * c[0] + (1 + 0.75) * c[1] + 2 * r) / (2 * (c[0] + c[1] + r))
-    assert paper_saving(flops, rest, times) == pytest.approx(expected)
-    assert paper_saving(flops, rest, [1.0, 1.0]) == pytest.approx(0.0)
+def test_a_perfect_baseline_keeps_the_speedup_and_the_absolute_error(tmp_path):
+    """A baseline with zero test error (small data sets) leaves the relative error undefined, nothing else."""
+    (tmp_path / "sweep.json").write_text(json.dumps({"version": 1, "base_config": BASE, "grid": {}}))
+    write_run(tmp_path, "baseline_seed=0", "cubic", True, 1.0, 0, 0.0, 50.0)
+    write_run(tmp_path, "cubic-scaled_t0=0.8_seed=0", "cubic", True, 0.8, 0, 0.02, 40.0)
+    row = {r["strategy"]: r for r in aggregate(tmp_path, paper=False)["rows"]}["cubic-scaled"]
+    assert row["speedup_mean"] == pytest.approx(0.2) and row["error_increase_mean"] == pytest.approx(0.02)
+    assert math.isnan(row["rel_error_mean"])

@@ -126,14 +126,20 @@ def test_dry_run_counts_what_is_left(tmp_path):
     assert not any(p.name != "baseline_seed=0" and p.is_dir() for p in tmp_path.iterdir())  # nothing run
 
 
-def test_dry_run_estimate_uses_paper_savings(tmp_path):
+def test_dry_run_estimate_integrates_the_measured_step_times(tmp_path):
+    from freezeout.estimate import integrate_step_times
+    from freezeout.schedule import freeze_times
+    from freezeout.sweep_time import steps_per_epoch
+
     grid = Grid(("cubic-scaled", "linear-scaled"), (0.5,), (0,))
     base = {**BASE, "model": "densenet-bc", "batch_size": 8}
-    plan = dry_run(base, grid, None, timing_steps=1)
-    from freezeout.sweep_time import paper_savings
-
-    saving = paper_savings(base, [("cubic", 0.5), ("linear", 0.5)])
-    e = plan["estimate"]
-    expected = e["seconds_per_baseline_epoch"] * 3 * (1 + (1 - saving["cubic", 0.5]) + (1 - saving["linear", 0.5]))
+    e = dry_run(base, grid, None, timing_steps=1)["estimate"]
+    step_times, total = e["step_times"], 3 * steps_per_epoch(base)
+    assert e["seconds_per_baseline_epoch"] == pytest.approx(step_times[0] * steps_per_epoch(base))
+    n = len(step_times) - 1
+    fractions = [
+        1 - integrate_step_times(step_times, freeze_times(n, 0.5, s), total)["saving"] for s in ("cubic", "linear")
+    ]
+    expected = e["seconds_per_baseline_epoch"] * 3 * (1 + sum(fractions))  # the baseline saves nothing
     assert e["seconds"] == pytest.approx(expected) and e["seconds"] > 0
     assert os.listdir(tmp_path) == []

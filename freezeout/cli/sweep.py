@@ -49,14 +49,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The aggregate as aligned text, percentages, ``mean ± std`` over seeds."""
     lines = [
         f"{'strategy':<16} {'t0':>5} {'n':>2}  {'test error %':>15}  {'time saved %':>15}  "
-        f"{'rel. error +%':>15}  {'paper %':>7}"
+        f"{'rel. error +%':>15}  {'error +pp':>15}  {'paper %':>7}"
     ]
     for r in rows:
         lines.append(
             f"{r['strategy']:<16} {r['t0']:>5g} {r['n']:>2}  "
             f"{_pct(r['test_error_mean'])} ± {_pct(r['test_error_std'])}  "
             f"{_pct(r['speedup_mean'])} ± {_pct(r['speedup_std'])}  "
-            f"{_pct(r['rel_error_mean'])} ± {_pct(r['rel_error_std'])}  {_pct(r['paper_speedup']):>7}"
+            f"{_pct(r['rel_error_mean'])} ± {_pct(r['rel_error_std'])}  "
+            f"{_pct(r['error_increase_mean'])} ± {_pct(r['error_increase_std'])}  {_pct(r['paper_speedup']):>7}"
         )
     return "\n".join(lines)
 
