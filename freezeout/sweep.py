@@ -181,9 +181,12 @@ def prepare_sweep_dir(
             old_base = old["base_config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a sweep file: {exc}") from None
-        diff = sorted(k for k in set(base) | set(old_base) if base.get(k) != old_base.get(k))
+        # A field added to TrainConfig after the sweep began is at its default there: not a difference.
+        defaults = _base_dict(_make_config({}))
+        base_full, old_full = {**defaults, **base}, {**defaults, **old_base}
+        diff = sorted(k for k in set(base_full) | set(old_full) if base_full.get(k) != old_full.get(k))
         if diff:
-            what = ", ".join(f"{k}: {old_base.get(k)!r} -> {base.get(k)!r}" for k in diff)
+            what = ", ".join(f"{k}: {old_full.get(k)!r} -> {base_full.get(k)!r}" for k in diff)
             raise ValueError(f"{out} holds a sweep with a different config ({what}); use another --out")
         old_grid = old.get("grid", {})
         record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}

@@ -143,3 +143,17 @@ def test_dry_run_estimate_integrates_the_measured_step_times(tmp_path):
     expected = e["seconds_per_baseline_epoch"] * 3 * (1 + sum(fractions))  # the baseline saves nothing
     assert e["seconds"] == pytest.approx(expected) and e["seconds"] > 0
     assert os.listdir(tmp_path) == []
+
+
+def test_a_field_added_later_at_its_default_is_not_a_difference(tmp_path):
+    """A sweep begun before TrainConfig gained a field continues; a non-default value is still refused."""
+    from freezeout.sweep import prepare_sweep_dir
+
+    grid = Grid(("cubic-scaled",), (0.5,), (0,))
+    prepare_sweep_dir(BASE, grid, tmp_path)
+    record = json.loads((tmp_path / "sweep.json").read_text())
+    del record["base_config"]["lr"]  # as if written before lr existed; BASE's lr 0.1 is the default
+    (tmp_path / "sweep.json").write_text(json.dumps(record))
+    prepare_sweep_dir(BASE, grid, tmp_path)
+    with pytest.raises(ValueError, match=r"different config \(lr: 0.1 -> 0.05\)"):
+        prepare_sweep_dir({**BASE, "lr": 0.05}, grid, tmp_path)
