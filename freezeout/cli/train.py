@@ -35,9 +35,12 @@ def print_summary(summary: dict, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import launch_from_env
     from ..trainer import train  # torch import only once the arguments are known good
 
     config = config_from_args(args)
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print_summary(summary, args.out)
+    launch = launch_from_env()
+    if launch is None or launch.is_main:  # under torchrun: one summary, not one per process
+        print_summary(summary, args.out)
     return 0
