@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Mapping
@@ -129,6 +130,7 @@ class Distributed:
     sched: Any = None
     frozen: int = 0
     steps: int = 0
+    agreed_failure: bool = False  # every rank raised the same error at the same point: safe to leave the group
 
     def start(self, device: torch.device) -> None:
         """Join the process group (gloo on CPU, NCCL on CUDA), or use the one the caller initialised."""
@@ -145,9 +147,16 @@ class Distributed:
                 f"of {dist.get_world_size()}, the environment rank {launch.rank} of {launch.world_size}"
             )
 
-    def close(self) -> None:
-        self.ddp = None
-        if self.owns_group and dist.is_initialized():
+    def close(self, ok: bool) -> None:
+        """Leave the process group we joined: after a barrier if every rank finished (``ok``).
+
+        A failed rank only drops its references: destroying a group while the others are still in a
+        collective can hang them, and torchrun ends them anyway once one process fails.
+        """
+        self.ddp = self.sched = None
+        gc.collect()  # old DDP wrappers (one per freeze) hold gloo work: free it while the group is alive
+        if (ok or self.agreed_failure) and self.owns_group and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()
 
     # -- training -------------------------------------------------------------------------------------
@@ -205,6 +214,7 @@ class Distributed:
         """Raise rank 0's ``error`` (a check only rank 0 makes, say a writable out_dir) on every rank."""
         error = self.share(error)
         if error is not None:
+            self.agreed_failure = True
             raise ValueError(error if self.launch.is_main else f"on rank 0: {error}")
 
     def dump_state(self) -> None:

@@ -191,11 +191,14 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     """
     launch = launch_from_env()
     dist_ = None if launch is None else Distributed(launch)
+    ok = False
     try:
-        return _train(config.validate(), Path(out_dir), resume, progress, dist_)
+        summary = _train(config.validate(), Path(out_dir), resume, progress, dist_)
+        ok = True
+        return summary
     finally:
         if dist_ is not None:
-            dist_.close()
+            dist_.close(ok)
 
 
 def _same_world_size(ckpt: dict[str, Any], world: int, where: Path) -> None:
@@ -203,7 +206,7 @@ def _same_world_size(ckpt: dict[str, Any], world: int, where: Path) -> None:
     if saved != world:
         raise ValueError(
             f"cannot resume {where}: torchrun launched with a mismatched world size "
-            f"({world} process(es); the checkpoint was trained by {saved})"
+            f"({world} process(es); the run in it was trained by {saved})"
         )
 
 
@@ -216,6 +219,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     if resume and (out / SUMMARY).is_file():
         summary = read_json(out / SUMMARY)
         _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+        _same_world_size(summary, 1 if launch is None else launch.world_size, out)
         log.info("%s already finished; nothing to resume", out)
         return summary
     if resume:
