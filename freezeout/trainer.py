@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
+from .compiled import compile_blocks
 from .config import TrainConfig
 from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
@@ -27,6 +28,7 @@ __all__ = ["EVAL_BATCH", "evaluate", "resolve_device", "train"]
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
+COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests pick a cheaper backend here)
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 
@@ -90,6 +92,8 @@ class _Run:
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(device=device, memory_format=memory_format)
         self.layers = self.model.layers
+        if config.compile:  # per layer: freezing recompiles each layer at most 3 times, never the whole model
+            compile_blocks(self.layers, **COMPILE_KWARGS)
         groups = param_groups(self.model, self.layers)
         c = config
         self.opt = torch.optim.SGD(
