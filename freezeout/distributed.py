@@ -35,7 +35,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
 
-__all__ = ["DUMP_ENV", "Distributed", "Launch", "check_batch_size", "device_for", "launch_from_env", "state_checksums"]
+__all__ = [
+    "DUMP_ENV",
+    "Distributed",
+    "Launch",
+    "check_batch_size",
+    "check_world_size",
+    "device_for",
+    "error_of",
+    "launch_from_env",
+    "state_checksums",
+]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +106,25 @@ def check_batch_size(launch: Launch, batch_size: int) -> int:
             f"{launch.world_size} (e.g. {launch.world_size * max(1, batch_size // launch.world_size)})"
         )
     return batch_size // launch.world_size
+
+
+def check_world_size(saved: dict[str, Any], launch: Launch | None, where: Any) -> None:
+    """A checkpoint or summary (``saved``) can only be resumed by as many processes as it was run with."""
+    world, before = 1 if launch is None else launch.world_size, saved.get("world_size", 1)
+    if before != world:
+        raise ValueError(
+            f"cannot resume {where}: torchrun launched with a mismatched world size "
+            f"({world} process(es); the run in it was trained by {before})"
+        )
+
+
+def error_of(check: Any, *args: Any) -> str | None:
+    """``check(*args)``'s ``ValueError`` message, or None: to share a check only rank 0 makes."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def device_for(launch: Launch, name: str, resolved: torch.device) -> torch.device:
@@ -176,6 +205,7 @@ class Distributed:
         if self.sched.num_frozen != self.frozen:
             self.frozen = self.sched.num_frozen
             self.ddp = rewrap_ddp(self.ddp, comm_hook=(self.counter, counting_allreduce_hook))
+            log.debug("%d layers frozen: DDP rebuilt over %d trainable bytes", self.frozen, trainable_bytes(self.ddp))
 
     def end_epoch(self, loss_sum: torch.Tensor) -> dict[str, Any]:
         """Sum the loss over ranks, sync buffers from rank 0, check the ranks agree; return the epoch's DDP numbers."""

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
 from .compiled import compile_blocks
 from .config import TrainConfig
 from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
-from .distributed import Distributed, Launch, check_batch_size, device_for, launch_from_env
+from .distributed import Distributed, Launch
 from .groups import param_groups
 from .models import build_model
 from .runfiles import append_jsonl, atomic_json, atomic_torch_save, check_writable, read_json, truncate_jsonl
@@ -193,7 +193,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see ``freezeout.distributed``: the
     batch size is global, rank 0 evaluates and writes the files, every rank returns the same summary.
     """
-    launch = launch_from_env()
+    launch = distributed.launch_from_env()
     dist_ = None if launch is None else Distributed(launch)
     ok = False
     try:
@@ -205,35 +205,26 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
             dist_.close(ok)
 
 
-def _same_world_size(ckpt: dict[str, Any], world: int, where: Path) -> None:
-    saved = ckpt.get("world_size", 1)
-    if saved != world:
-        raise ValueError(
-            f"cannot resume {where}: torchrun launched with a mismatched world size "
-            f"({world} process(es); the run in it was trained by {saved})"
-        )
-
-
 def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: Distributed | None) -> dict:
     started = time.perf_counter()
     launch = None if dist_ is None else dist_.launch
     main = launch is None or launch.is_main  # the process that evaluates and writes the files
     if launch is not None:
-        check_batch_size(launch, config.batch_size)
+        distributed.check_batch_size(launch, config.batch_size)
     if resume and (out / SUMMARY).is_file():
         summary = read_json(out / SUMMARY)
         _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
-        _same_world_size(summary, 1 if launch is None else launch.world_size, out)
+        distributed.check_world_size(summary, launch, out)
         log.info("%s already finished; nothing to resume", out)
         return summary
     if resume:
         ckpt = _load_checkpoint(out / CHECKPOINT, config)
-        _same_world_size(ckpt, 1 if launch is None else launch.world_size, out)
+        distributed.check_world_size(ckpt, launch, out)
     elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
         raise ValueError(f"out_dir {out} already holds a run: resume it or choose another out_dir")
     device = resolve_device(config.device)
     if launch is not None:
-        device = device_for(launch, config.device, device)
+        device = distributed.device_for(launch, config.device, device)
     if config.bf16 and device.type != "cuda":
         raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
     data = load_dataset(config.dataset, config.data_dir, config.val_split)
@@ -243,7 +234,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     if dist_ is None:
         check_writable(out)
     else:
-        dist_.agree(_error_of(check_writable, out) if main else None)
+        dist_.agree(distributed.error_of(check_writable, out) if main else None)
 
     epoch, train_seconds, wall_before, last = 0, 0.0, 0.0, {}
     if resume:
@@ -327,11 +318,3 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
         dist_.dump_state()
         summary = dist_.share(summary)
     return summary
-
-
-def _error_of(check: Any, *args: Any) -> str | None:
-    try:
-        check(*args)
-    except ValueError as exc:
-        return str(exc)
-    return None
