@@ -52,6 +52,7 @@ class TrainConfig:
     device: str = "auto"  # CUDA when present: that is where the time savings matter
     channels_last: bool = False  # CUDA speed option; off keeps CPU runs on the plain layout
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
+    compile: bool = False  # per-layer torch.compile (compile_blocks): a speed option that costs compile time up front
 
     def validate(self) -> TrainConfig:
         """Return self if every field is valid; raise ``ValueError`` naming the field otherwise."""
@@ -79,7 +80,7 @@ class TrainConfig:
         validate_t0(self.t0)
         if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)):
             raise ValueError(f"t0 must be a number in (0, 1], got {self.t0!r}")
-        for name in ("nesterov", "scale_lr", "channels_last", "bf16"):
+        for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.nesterov and self.momentum == 0:

@@ -13,10 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import __version__
+from . import __version__, distributed
+from .compiled import compile_blocks
 from .config import TrainConfig
 from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
+from .distributed import Distributed, Launch
 from .groups import param_groups
 from .models import build_model
 from .runfiles import append_jsonl, atomic_json, atomic_torch_save, check_writable, read_json, truncate_jsonl
@@ -26,6 +28,7 @@ __all__ = ["EVAL_BATCH", "evaluate", "resolve_device", "train"]
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
+COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests pick a cheaper backend here)
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 
@@ -81,13 +84,16 @@ def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
 class _Run:
     """Model, optimizer, FreezeOut and data batches of one config, built the same way at start and resume."""
 
-    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, launch: Launch | None = None) -> None:
         self.config, self.device = config, device
+        self.world_size = 1 if launch is None else launch.world_size
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, config.depth, config.growth, data.num_classes, data.in_channels)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model.to(device=device, memory_format=memory_format)
         self.layers = self.model.layers
+        if config.compile:  # per layer: freezing recompiles each layer at most 3 times, never the whole model
+            compile_blocks(self.layers, **COMPILE_KWARGS)
         groups = param_groups(self.model, self.layers)
         c = config
         self.opt = torch.optim.SGD(
@@ -96,9 +102,10 @@ class _Run:
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
         mean, std = channel_stats(data.train_x)
         kw = {"device": device, "channels_last": config.channels_last}
+        shard = {} if launch is None else {"shard": (launch.rank, launch.world_size)}
         self.train_batches = Batches(
-            data.train_x, data.train_y, c.batch_size, mean, std, train=True, pad=data.pad, flip=data.flip,
-            generator=self.generator, **kw,
+            data.train_x, data.train_y, c.batch_size // self.world_size, mean, std, train=True, pad=data.pad,
+            flip=data.flip, generator=self.generator, **kw, **shard,
         )  # fmt: skip
         self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
         if data.val_x is not None:
@@ -108,6 +115,8 @@ class _Run:
         self.sched = FreezeOut(
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
         )
+        self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun
+        self.on_step: Any = None  # called after every step (under torchrun: rebuilds DDP when a layer froze)
 
     def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
@@ -121,6 +130,7 @@ class _Run:
             "epoch": epoch,
             "step": self.sched.step_count,
             "config": self.config.to_dict(),
+            "world_size": self.world_size,
             **extra,
         }
 
@@ -136,17 +146,19 @@ class _Run:
 
     def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> None:
         """One pass over the training data: the hot path, with no host sync inside."""
-        model, opt, sched = self.model, self.opt, self.sched
+        model, opt, sched, net, on_step = self.model, self.opt, self.sched, self.net, self.on_step
         model.train()  # frozen layers stay in eval mode
         loss_sum.zero_()
         frozen = sched.num_frozen
         for x, y in self.train_batches:
             with _autocast(self.device, self.config.bf16):
-                loss = F.cross_entropy(model(x), y)
+                loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if on_step is not None:
+                on_step()
             loss_sum.add_(loss.detach(), alpha=y.shape[0])
             if bar is not None:
                 bar.update()
@@ -177,25 +189,52 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
 
     Everything that can fail on bad input (config, data, model, a checkpoint to resume, a writable
     ``out_dir``) is checked before the first file is written.
+
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see ``freezeout.distributed``: the
+    batch size is global, rank 0 evaluates and writes the files, every rank returns the same summary.
     """
+    launch = distributed.launch_from_env()
+    dist_ = None if launch is None else Distributed(launch)
+    ok = False
+    try:
+        summary = _train(config.validate(), Path(out_dir), resume, progress, dist_)
+        ok = True
+        return summary
+    finally:
+        if dist_ is not None:
+            dist_.close(ok)
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: Distributed | None) -> dict:
     started = time.perf_counter()
-    config = config.validate()
-    out = Path(out_dir)
+    launch = None if dist_ is None else dist_.launch
+    main = launch is None or launch.is_main  # the process that evaluates and writes the files
+    if launch is not None:
+        distributed.check_batch_size(launch, config.batch_size)
     if resume and (out / SUMMARY).is_file():
         summary = read_json(out / SUMMARY)
         _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+        distributed.check_world_size(summary, launch, out)
         log.info("%s already finished; nothing to resume", out)
         return summary
     if resume:
         ckpt = _load_checkpoint(out / CHECKPOINT, config)
+        distributed.check_world_size(ckpt, launch, out)
     elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
         raise ValueError(f"out_dir {out} already holds a run: resume it or choose another out_dir")
     device = resolve_device(config.device)
+    if launch is not None:
+        device = distributed.device_for(launch, config.device, device)
     if config.bf16 and device.type != "cuda":
         raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
     data = load_dataset(config.dataset, config.data_dir, config.val_split)
-    run = _Run(config, data, device)
-    check_writable(out)
+    if dist_ is not None:
+        dist_.start(device)
+    run = _Run(config, data, device, launch)
+    if dist_ is None:
+        check_writable(out)
+    else:
+        dist_.agree(distributed.error_of(check_writable, out) if main else None)
 
     epoch, train_seconds, wall_before, last = 0, 0.0, 0.0, {}
     if resume:
@@ -206,15 +245,19 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
             ckpt["wall_seconds"],
             ckpt["last"],
         )
-        truncate_jsonl(out / METRICS, lambda r: r.get("epoch", 0) <= epoch)  # lines past the checkpoint: redone
+        if main:
+            truncate_jsonl(out / METRICS, lambda r: r.get("epoch", 0) <= epoch)  # lines past the checkpoint: redone
         log.info("resuming %s at epoch %d (step %d)", out, epoch, run.sched.step_count)
-    else:
+    elif main:
         atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__})
         truncate_jsonl(out / METRICS, lambda r: False)  # a run killed before its first checkpoint: start over
+    if dist_ is not None:  # after loading: DDP over what is still trainable
+        dist_.wrap(run.model, run.sched)
+        run.net, run.on_step = dist_, dist_.after_step
 
-    bar = _progress_bar(run, epoch, progress)
+    bar = _progress_bar(run, epoch, progress and main)
     loss_sum = torch.zeros((), device=device)
-    n_train = len(run.train_batches.y)
+    n_train = run.train_batches.examples_per_pass * run.world_size  # all ranks' examples (padded ones too)
     label = f"epoch={epoch + 1}/{config.epochs} loss=?"
     try:
         while epoch < config.epochs:
@@ -223,20 +266,25 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
             run.train_epoch(loss_sum, bar, label)
             _sync(device)
             epoch_seconds = time.perf_counter() - t
+            ddp_record = {} if dist_ is None else dist_.end_epoch(loss_sum)  # sums the loss over ranks
             train_loss = loss_sum.item() / n_train
             t = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": run.sched.step_count, "train_loss": train_loss}
-            for name, batches in run.eval_sets.items():
+            for name, batches in run.eval_sets.items() if main else ():
                 loss, acc = evaluate(run.model, batches, config.bf16)
                 record.update({f"{name}_loss": loss, f"{name}_error": 1 - acc, f"{name}_accuracy": acc})
             _sync(device)
             record["eval_seconds"] = time.perf_counter() - t
             record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
+            record.update(ddp_record)
             epoch, train_seconds, last = epoch + 1, train_seconds + epoch_seconds, record
-            append_jsonl(out / METRICS, record)  # before the checkpoint: a resume truncates what it redoes
             wall = wall_before + time.perf_counter() - started
-            extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
-            atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
+            if main:
+                append_jsonl(out / METRICS, record)  # before the checkpoint: a resume truncates what it redoes
+                extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
+                atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
+            if dist_ is not None:  # the others wait for rank 0's files and take its record
+                last = record = dist_.share(record)
             log.info(
                 "epoch %d/%d loss %.4f test error %.4f frozen %d/%d (%.1f s)",
                 epoch, config.epochs, train_loss, record["test_error"], record["num_frozen"], len(run.layers),
@@ -261,7 +309,12 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         "train_seconds": train_seconds,
         "wall_seconds": wall_before + time.perf_counter() - started,
         "device": str(device),
+        "world_size": run.world_size,
         "finished": True,
     }
-    atomic_json(out / SUMMARY, summary)
+    if main:
+        atomic_json(out / SUMMARY, summary)
+    if dist_ is not None:
+        dist_.dump_state()
+        summary = dist_.share(summary)
     return summary

@@ -112,6 +112,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument("--channels-last", action="store_true", help="channels_last memory format (a CUDA speed-up)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    g.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile each freezable layer (recompiles bounded; see docs/COMPILE.md)",
+    )
     return groups
 
 

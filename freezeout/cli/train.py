@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
 from .common import add_config_arguments, config_from_args
 
@@ -35,9 +36,14 @@ def print_summary(summary: dict, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..distributed import launch_from_env
     from ..trainer import train  # torch import only once the arguments are known good
 
     config = config_from_args(args)
+    if config.compile:  # dynamo reads a non-leaf .grad while tracing each layer: harmless (docs/COMPILE.md)
+        warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    print_summary(summary, args.out)
+    launch = launch_from_env()
+    if launch is None or launch.is_main:  # under torchrun: one summary, not one per process
+        print_summary(summary, args.out)
     return 0

@@ -64,6 +64,13 @@ class Batches:
     With ``train=True`` each pass shuffles and augments (crop with ``pad`` px of zero padding, and
     horizontal flips if ``flip``) using ``generator``; otherwise it yields the data in order, unchanged.
     The last partial batch is kept: ``len(self) = ceil(N / batch_size)`` steps per pass.
+
+    ``shard=(rank, world_size)`` (training only) is one process's share of each pass, as PyTorch's
+    ``DistributedSampler`` makes it: every rank draws the same order, crops and flips from its own copy of
+    the generator, pads the order to a multiple of ``world_size`` by repeating its start, and takes every
+    ``world_size``-th position from ``rank`` on. With ``batch_size`` the global batch over ``world_size``,
+    step ``j``'s batches of all ranks together hold exactly the examples (and augmentations) of step
+    ``j`` of one process running the global batch, and every rank takes ``ceil(N / global batch)`` steps.
     """
 
     def __init__(
@@ -80,6 +87,7 @@ class Batches:
         generator: torch.Generator | None = None,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
@@ -87,6 +95,12 @@ class Batches:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if train and generator is None:
             raise ValueError("train=True needs a seeded torch.Generator")
+        rank, world = shard
+        if world < 1 or not 0 <= rank < world or (world > 1 and not train):
+            raise ValueError(
+                f"shard must be (rank, world_size) with 0 <= rank < world_size, training only; got {shard}"
+            )
+        self.shard = (rank, world)
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device)
         self.batch_size, self.train, self.pad, self.flip = batch_size, train, pad, flip
@@ -96,7 +110,12 @@ class Batches:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
-        return -(-len(self.y) // self.batch_size)
+        return -(-self.examples_per_pass // self.batch_size)
+
+    @property
+    def examples_per_pass(self) -> int:
+        """Examples this process sees per pass: ``N``, or its share of ``N`` padded to the world size."""
+        return -(-len(self.y) // self.shard[1])
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, bs = len(self.y), self.batch_size
@@ -105,6 +124,12 @@ class Batches:
             order = torch.randperm(n, generator=g).to(self.device)
             offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g).to(self.device)
             flips = torch.randint(0, 2, (n,), generator=g).bool().to(self.device) if self.flip else None
+            rank, world = self.shard
+            if world > 1:  # the same draws on every rank; each takes its positions of the padded order
+                mine = torch.arange(self.examples_per_pass * world, device=self.device)[rank::world] % n
+                order, offsets = order[mine], offsets[mine]
+                flips = None if flips is None else flips[mine]
+                n = len(mine)
         for i in range(0, n, bs):
             if self.train:
                 idx = order[i : i + bs]

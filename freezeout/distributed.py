@@ -1,0 +1,254 @@
+"""The trainer under torchrun: one process per device, DistributedDataParallel rebuilt as layers freeze.
+
+``torchrun --nproc_per_node N -m freezeout train ...`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``;
+``train()`` then runs through this module:
+
+- process group: gloo on CPU, NCCL on CUDA with device ``cuda:LOCAL_RANK`` (one already initialised by
+  the caller is used as it is);
+- ``--batch-size`` is the global batch (the paper's 50 is one), split evenly across the processes, so
+  it must be divisible by the world size; each pass over the data is sharded like ``DistributedSampler``
+  (``Batches(shard=...)``): step ``j`` of all ranks together covers the examples of step ``j`` of a
+  single-process run, and the FreezeOut schedule has the same number of steps;
+- the model runs in ``DistributedDataParallel``; whenever a layer freezes, ``rewrap_ddp`` rebuilds it
+  over the still-trainable parameters, so frozen layers' gradients are no longer all-reduced. A comm
+  hook counts the all-reduced bytes, reported per epoch in metrics.jsonl;
+- at the end of every epoch rank 0's buffers (BatchNorm running statistics, which each rank updates
+  from its own half-batches) are broadcast, and a checksum of every parameter and buffer is compared
+  across ranks: a divergence raises instead of training on silently;
+- rank 0 evaluates (the model the checkpoint holds) and writes every file; the others wait for its
+  epoch record, which every rank returns.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from .ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
+
+__all__ = [
+    "DUMP_ENV",
+    "Distributed",
+    "Launch",
+    "check_batch_size",
+    "check_world_size",
+    "device_for",
+    "error_of",
+    "launch_from_env",
+    "state_checksums",
+]
+
+log = logging.getLogger(__name__)
+
+# A test hook: every rank saves its final model state to <dir>/rank<R>.pt, to compare ranks bit for bit.
+DUMP_ENV = "FREEZEOUT_DUMP_RANK_STATE"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What torchrun's environment says about this process."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(environ: Mapping[str, str], name: str) -> int:
+    text = environ.get(name)
+    try:
+        return int(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"torchrun launched with a bad environment: {name}={text!r} is not an integer") from None
+
+
+def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
+    """The torchrun launch this process belongs to, or None for a single process (no ``WORLD_SIZE`` > 1).
+
+    Raises ``ValueError`` for an environment that cannot describe a launch (``RANK`` outside the world,
+    ``LOCAL_WORLD_SIZE`` larger than ``WORLD_SIZE``, ...), in one line.
+    """
+    env = os.environ if environ is None else environ
+    if "WORLD_SIZE" not in env:
+        return None
+    world = _env_int(env, "WORLD_SIZE")
+    if world < 1:
+        raise ValueError(f"torchrun launched with a mismatched world size: WORLD_SIZE={world} (must be >= 1)")
+    if world == 1:
+        return None  # one process: the plain single-process path
+    rank, local = _env_int(env, "RANK"), _env_int(env, "LOCAL_RANK")
+    local_world = _env_int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
+    if not 0 <= rank < world or not 0 <= local < local_world or local_world > world:
+        raise ValueError(
+            f"torchrun launched with a mismatched world size: RANK={rank}, LOCAL_RANK={local}, "
+            f"LOCAL_WORLD_SIZE={local_world}, WORLD_SIZE={world}"
+        )
+    return Launch(rank, world, local)
+
+
+def check_batch_size(launch: Launch, batch_size: int) -> int:
+    """The per-process batch: ``batch_size`` is the global batch and must split evenly across the ranks."""
+    if batch_size % launch.world_size:
+        raise ValueError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the torchrun world size "
+            f"{launch.world_size} (e.g. {launch.world_size * max(1, batch_size // launch.world_size)})"
+        )
+    return batch_size // launch.world_size
+
+
+def check_world_size(saved: dict[str, Any], launch: Launch | None, where: Any) -> None:
+    """A checkpoint or summary (``saved``) can only be resumed by as many processes as it was run with."""
+    world, before = 1 if launch is None else launch.world_size, saved.get("world_size", 1)
+    if before != world:
+        raise ValueError(
+            f"cannot resume {where}: torchrun launched with a mismatched world size "
+            f"({world} process(es); the run in it was trained by {before})"
+        )
+
+
+def error_of(check: Any, *args: Any) -> str | None:
+    """``check(*args)``'s ``ValueError`` message, or None: to share a check only rank 0 makes."""
+    try:
+        check(*args)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def device_for(launch: Launch, name: str, resolved: torch.device) -> torch.device:
+    """``cuda:LOCAL_RANK`` where the config asks for CUDA (auto with a GPU, or cuda); cpu stays cpu."""
+    if resolved.type != "cuda":
+        return resolved
+    if name.startswith("cuda:"):
+        raise ValueError(f"device {name!r} names one GPU; under torchrun each process uses cuda:LOCAL_RANK: use cuda")
+    return torch.device("cuda", launch.local_rank)
+
+
+def state_checksums(module: nn.Module) -> tuple[list[str], torch.Tensor]:
+    """Names and an int64 checksum per state tensor that changes with any bit of it (a position-weighted byte sum)."""
+    names, sums = [], []
+    for name, t in module.state_dict().items():
+        raw = t.detach().reshape(-1).contiguous().view(torch.uint8).long()
+        weights = torch.arange(1, len(raw) + 1, device=raw.device) % 65521 + 1  # never 0: every byte counts
+        names.append(name)
+        sums.append((raw * weights).sum())
+    return names, torch.stack(sums)
+
+
+@dataclass
+class Distributed:
+    """The process group, the DDP wrapper and the all-reduce counter of one rank's training run."""
+
+    launch: Launch
+    device: torch.device | None = None  # set by start()
+    owns_group: bool = False  # we initialised the process group, so we destroy it
+    counter: AllReduceCounter = field(default_factory=AllReduceCounter)
+    ddp: DDP | None = None
+    sched: Any = None
+    frozen: int = 0
+    steps: int = 0
+    agreed_failure: bool = False  # every rank raised the same error at the same point: safe to leave the group
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group (gloo on CPU, NCCL on CUDA), or use the one the caller initialised."""
+        self.device = device
+        if not dist.is_initialized():
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            self.owns_group = True
+        launch = self.launch
+        if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
+            raise ValueError(
+                f"torchrun launched with a mismatched world size: the process group has rank {dist.get_rank()} "
+                f"of {dist.get_world_size()}, the environment rank {launch.rank} of {launch.world_size}"
+            )
+
+    def close(self, ok: bool) -> None:
+        """Leave the process group we joined: after a barrier if every rank finished (``ok``).
+
+        A failed rank only drops its references: destroying a group while the others are still in a
+        collective can hang them, and torchrun ends them anyway once one process fails.
+        """
+        self.ddp = self.sched = None
+        gc.collect()  # old DDP wrappers (one per freeze) hold gloo work: free it while the group is alive
+        if (ok or self.agreed_failure) and self.owns_group and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
+    # -- training -------------------------------------------------------------------------------------
+    def wrap(self, model: nn.Module, sched: Any) -> None:
+        """DDP over ``model``'s trainable parameters (those not frozen yet: a resumed run has some)."""
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.sched, self.frozen = sched, sched.num_frozen
+        self.ddp = DDP(model, device_ids=ids)
+        self.ddp.register_comm_hook(self.counter, counting_allreduce_hook)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ddp(x)
+
+    def after_step(self) -> None:
+        """Count the step; after a freeze, rebuild DDP so the frozen layers leave its buckets."""
+        self.steps += 1
+        if self.sched.num_frozen != self.frozen:
+            self.frozen = self.sched.num_frozen
+            self.ddp = rewrap_ddp(self.ddp, comm_hook=(self.counter, counting_allreduce_hook))
+            log.debug("%d layers frozen: DDP rebuilt over %d trainable bytes", self.frozen, trainable_bytes(self.ddp))
+
+    def end_epoch(self, loss_sum: torch.Tensor) -> dict[str, Any]:
+        """Sum the loss over ranks, sync buffers from rank 0, check the ranks agree; return the epoch's DDP numbers."""
+        dist.all_reduce(loss_sum)
+        module = self.ddp.module
+        for b in module.buffers():
+            dist.broadcast(b, 0)
+        self.check_in_sync(module)
+        steps = max(self.steps, 1)
+        record = {
+            "world_size": self.launch.world_size,
+            "allreduce_bytes_per_step": self.counter.bytes / steps,
+            "trainable_bytes": trainable_bytes(module),
+        }
+        self.counter.reset()
+        self.steps = 0
+        return record
+
+    def check_in_sync(self, module: nn.Module) -> None:
+        names, local = state_checksums(module)
+        gathered = [torch.empty_like(local) for _ in range(self.launch.world_size)]
+        dist.all_gather(gathered, local)
+        for rank, other in enumerate(gathered):
+            differ = (other != gathered[0]).nonzero()
+            if len(differ):
+                raise RuntimeError(f"ranks diverged: rank {rank}'s {names[int(differ[0])]} differs from rank 0's")
+
+    # -- rank 0 does, the others wait ----------------------------------------------------------------
+    def share(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank (a barrier too: the others wait until rank 0 has it)."""
+        box = [obj if self.launch.is_main else None]
+        dist.broadcast_object_list(box, 0, device=self.device if self.device.type == "cuda" else None)
+        return box[0]
+
+    def agree(self, error: str | None) -> None:
+        """Raise rank 0's ``error`` (a check only rank 0 makes, say a writable out_dir) on every rank."""
+        error = self.share(error)
+        if error is not None:
+            self.agreed_failure = True
+            raise ValueError(error if self.launch.is_main else f"on rank 0: {error}")
+
+    def dump_state(self) -> None:
+        folder = os.environ.get(DUMP_ENV)
+        if folder:
+            state = {k: v.detach().cpu() for k, v in self.ddp.module.state_dict().items()}
+            torch.save(state, os.path.join(folder, f"rank{self.launch.rank}.pt"))
