@@ -10,10 +10,11 @@ from .models import MODELS
 from .models.densenet import check_depth
 from .schedule import validate_schedule, validate_t0
 
-__all__ = ["DATASETS", "DEVICES", "TrainConfig"]
+__all__ = ["DATASETS", "DEVICES", "NONFINITE", "TrainConfig"]
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
+NONFINITE = ("stop", "skip")
 
 
 def _int_at_least(name: str, value: Any, low: int) -> None:
@@ -52,6 +53,9 @@ class TrainConfig:
     device: str = "auto"  # CUDA when present: that is where the time savings matter
     channels_last: bool = False  # CUDA speed option; off keeps CPU runs on the plain layout
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
+    # A NaN/inf loss: "stop" ends the run at the epoch's end, keeping the last good checkpoint (a diverged run
+    # rarely recovers, and it costs no host sync per step); "skip" drops such batches (one sync per step).
+    nonfinite: str = "stop"
 
     def validate(self) -> TrainConfig:
         """Return self if every field is valid; raise ``ValueError`` naming the field otherwise."""
@@ -84,6 +88,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("momentum must be > 0 with nesterov=True (torch's SGD requires it)")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {self.nonfinite!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         return self

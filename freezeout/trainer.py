@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -19,14 +20,26 @@ from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
 from .groups import param_groups
 from .models import build_model
-from .runfiles import append_jsonl, atomic_json, atomic_torch_save, check_writable, read_json, truncate_jsonl
+from .runfiles import (
+    append_jsonl,
+    atomic_json,
+    atomic_torch_save,
+    check_writable,
+    read_json,
+    remove_stale_temps,
+    truncate_jsonl,
+)
 
-__all__ = ["EVAL_BATCH", "evaluate", "resolve_device", "train"]
+__all__ = ["EVAL_BATCH", "NonFiniteLossError", "evaluate", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
+
+
+class NonFiniteLossError(ValueError):
+    """A NaN/inf loss (or parameters) in "stop" mode: the run stopped before writing anything of that epoch."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,6 +121,11 @@ class _Run:
         self.sched = FreezeOut(
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
         )
+        # "stop" mode: each step's loss stays on the device, looked at once per epoch (check_finite).
+        self.losses = torch.zeros(self.steps_per_epoch, device=device)
+        # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
+        self.buffers = list(self.model.buffers())
+        self.backup = [b.clone() for b in self.buffers] if c.nonfinite == "skip" else []
 
     def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
@@ -134,25 +152,76 @@ class _Run:
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
-    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> None:
-        """One pass over the training data: the hot path, with no host sync inside."""
+    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> tuple[int, int]:
+        """One pass over the training data: the hot path, with no host sync inside in "stop" mode.
+
+        Returns the (batches, examples) skipped for a non-finite loss: only "skip" mode skips, at the price
+        of two host syncs per step. A skipped batch is still a step of the FreezeOut schedule.
+        """
         model, opt, sched = self.model, self.opt, self.sched
+        skip = self.config.nonfinite == "skip"
         model.train()  # frozen layers stay in eval mode
         loss_sum.zero_()
         frozen = sched.num_frozen
-        for x, y in self.train_batches:
+        skipped = skipped_examples = 0
+        for i, (x, y) in enumerate(self.train_batches):
+            if skip:
+                torch._foreach_copy_(self.backup, self.buffers)
             with _autocast(self.device, self.config.bf16):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if skip:
+                if not self._guarded_step(loss):
+                    skipped, skipped_examples = skipped + 1, skipped_examples + y.shape[0]
+                    loss = None
+            else:
+                loss.backward()
+                opt.step()
+                self.losses[i] = loss.detach()
             sched.step()
-            loss_sum.add_(loss.detach(), alpha=y.shape[0])
+            if loss is not None:
+                loss_sum.add_(loss.detach(), alpha=y.shape[0])
             if bar is not None:
                 bar.update()
                 if sched.num_frozen != frozen:
                     frozen = sched.num_frozen
                     bar.set_postfix_str(f"{label} frozen={frozen}", refresh=False)
+        return skipped, skipped_examples
+
+    def _guarded_step(self, loss: torch.Tensor) -> bool:
+        """ "skip" mode: update only if the loss and the gradients are finite; otherwise leave no trace."""
+        ok = bool(torch.isfinite(loss))
+        if ok:
+            loss.backward()
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # a norm that overflows float32 (gradients ~1e19) counts as non-finite too: such a step is no better
+            ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if ok:
+            self.opt.step()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            torch._foreach_copy_(self.buffers, self.backup)
+        return ok
+
+    def check_finite(self, epoch: int, train_loss: float) -> None:
+        """Raise ``NonFiniteLossError`` naming the first step of ``epoch`` with a NaN/inf loss (one sync)."""
+        n, skip = self.steps_per_epoch, self.config.nonfinite == "skip"
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+        if not math.isfinite(train_loss):
+            if skip:
+                raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; {kept}")
+            bad = (~torch.isfinite(self.losses)).nonzero()
+            i = int(bad[0]) if len(bad) else n - 1
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(self.losses[i])}) at step {(epoch - 1) * n + i + 1} (epoch {epoch}, batch "
+                f"{i + 1} of {n}): training stopped, {kept}; lower --lr, or --nonfinite skip to drop such batches"
+            )
+        state = [*self.model.parameters(), *(b for b in self.buffers if b.is_floating_point())]
+        if not torch.isfinite(torch.nn.utils.get_total_norm(state)):  # the last step's update, or BatchNorm's stats
+            raise NonFiniteLossError(
+                f"non-finite parameters or BatchNorm statistics after step {epoch * n} (epoch {epoch}, its last): "
+                f"training stopped, {kept}; lower --lr"
+            )
 
     def lr_summary(self) -> dict[str, float]:
         lrs = self.sched.get_last_lr()
@@ -196,8 +265,10 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     data = load_dataset(config.dataset, config.data_dir, config.val_split)
     run = _Run(config, data, device)
     check_writable(out)
+    for stale in remove_stale_temps(out):
+        log.info("removed %s, left by a write that was killed", stale)
 
-    epoch, train_seconds, wall_before, last = 0, 0.0, 0.0, {}
+    epoch, train_seconds, wall_before, last, skipped_total = 0, 0.0, 0.0, {}, 0
     if resume:
         run.load(ckpt)
         epoch, train_seconds, wall_before, last = (
@@ -206,6 +277,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
             ckpt["wall_seconds"],
             ckpt["last"],
         )
+        skipped_total = ckpt.get("skipped_batches", 0)
         truncate_jsonl(out / METRICS, lambda r: r.get("epoch", 0) <= epoch)  # lines past the checkpoint: redone
         log.info("resuming %s at epoch %d (step %d)", out, epoch, run.sched.step_count)
     else:
@@ -220,10 +292,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         while epoch < config.epochs:
             _sync(device)
             t = time.perf_counter()
-            run.train_epoch(loss_sum, bar, label)
+            skipped, skipped_examples = run.train_epoch(loss_sum, bar, label)
             _sync(device)
             epoch_seconds = time.perf_counter() - t
-            train_loss = loss_sum.item() / n_train
+            used = n_train - skipped_examples
+            train_loss = loss_sum.item() / used if used else math.nan
+            run.check_finite(epoch + 1, train_loss)  # before anything of a diverged epoch is written
+            skipped_total += skipped
             t = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": run.sched.step_count, "train_loss": train_loss}
             for name, batches in run.eval_sets.items():
@@ -232,10 +307,12 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
             _sync(device)
             record["eval_seconds"] = time.perf_counter() - t
             record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
+            record["skipped_batches"] = skipped
             epoch, train_seconds, last = epoch + 1, train_seconds + epoch_seconds, record
             append_jsonl(out / METRICS, record)  # before the checkpoint: a resume truncates what it redoes
             wall = wall_before + time.perf_counter() - started
             extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
+            extra["skipped_batches"] = skipped_total
             atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
             log.info(
                 "epoch %d/%d loss %.4f test error %.4f frozen %d/%d (%.1f s)",
@@ -257,6 +334,7 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         "total_steps": run.total_steps,
         "num_layers": len(run.layers),
         "num_frozen": run.sched.num_frozen,
+        "skipped_batches": skipped_total,
         **{k: v for k, v in last.items() if k.startswith(("test_", "val_"))},
         "train_seconds": train_seconds,
         "wall_seconds": wall_before + time.perf_counter() - started,

@@ -77,7 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     ``per_run=False`` leaves out what a sweep sets for each run (schedule, scale-lr, t0, seed), so that
     ``freezeout train`` and ``freezeout sweep`` share one definition of the rest.
     """
-    from ..config import DATASETS, TrainConfig
+    from ..config import DATASETS, NONFINITE, TrainConfig
     from ..models import MODELS
     from ..schedule import SCHEDULES
 
@@ -99,6 +99,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    g.add_argument(
+        "--nonfinite",
+        choices=NONFINITE,
+        default=d.nonfinite,
+        help="on a NaN/inf loss: stop (keep the last good checkpoint) or skip the batch (default: %(default)s)",
+    )
     if per_run:
         g = groups["FreezeOut schedule"] = parser.add_argument_group("FreezeOut schedule")
         g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
