@@ -47,7 +47,10 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu or auto)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it knows; ours names what this library runs on
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 def _sync(device: torch.device) -> None:

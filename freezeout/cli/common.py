@@ -13,6 +13,7 @@ __all__ = [
     "config_from_args",
     "depth",
     "nonneg_int",
+    "path",
     "positive_int",
     "unit_interval",
 ]
@@ -61,6 +62,13 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def path(text: str) -> str:
+    """A file or folder name: not empty (an empty --out would mean the current folder, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def depth(text: str) -> int:
     try:
         value = int(text)
@@ -86,7 +94,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g = groups["data"]
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="digits is embedded (default: %(default)s)")
     g.add_argument(
-        "--data-dir", help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder"
+        "--data-dir",
+        type=path,
+        help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder",
     )
     g.add_argument("--val-split", type=nonneg_int, default=d.val_split, help="training examples held out (0)")
     g = groups["model"]
