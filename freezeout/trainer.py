@@ -30,7 +30,7 @@ from .runfiles import (
     truncate_jsonl,
 )
 
-__all__ = ["EVAL_BATCH", "NonFiniteLossError", "evaluate", "resolve_device", "train"]
+__all__ = ["EVAL_BATCH", "NonFiniteLossError", "ResumeError", "evaluate", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,10 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoi
 
 class NonFiniteLossError(ValueError):
     """A NaN/inf loss (or parameters) in "stop" mode: the run stopped before writing anything of that epoch."""
+
+
+class ResumeError(ValueError):
+    """The run in out_dir cannot be resumed: no checkpoint, a torn one, or one of another config."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -78,20 +82,28 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[fl
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
-        raise ValueError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
+        raise ResumeError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(ckpt["config"])
     except Exception as exc:  # a torn or foreign file: say which, in one line
-        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise ResumeError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
     _same_config(saved, config, path)
     return ckpt
+
+
+def _finished_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary = read_json(path)
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) and summary.get("finished") is True else None
 
 
 def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
     differ = saved.differences(config)
     if differ:
-        raise ValueError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
+        raise ResumeError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
 
 
 class _Run:
@@ -254,10 +266,12 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     config = config.validate()
     out = Path(out_dir)
     if resume and (out / SUMMARY).is_file():
-        summary = read_json(out / SUMMARY)
-        _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
-        log.info("%s already finished; nothing to resume", out)
-        return summary
+        summary = _finished_summary(out / SUMMARY)
+        if summary is not None:
+            _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+            log.info("%s already finished; nothing to resume", out)
+            return summary
+        log.warning("%s is torn or unfinished (not written by this trainer): resuming", out / SUMMARY)
     if resume:
         ckpt = _load_checkpoint(out / CHECKPOINT, config)
     elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
