@@ -10,10 +10,13 @@ from .models import MODELS
 from .models.densenet import check_depth
 from .schedule import validate_schedule, validate_t0
 
-__all__ = ["DATASETS", "DEVICES", "NONFINITE", "TrainConfig"]
+__all__ = ["DATASETS", "DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig"]
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
+# torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
+# inside the first step), so they are refused up front.
+FLOAT32_MAX = 3.4028234663852886e38
 NONFINITE = ("stop", "skip")
 
 
@@ -74,11 +77,11 @@ class TrainConfig:
             _int_at_least(name, getattr(self, name), 1)
         for name in ("seed", "val_split"):
             _int_at_least(name, getattr(self, name), 0)
-        _number("lr", self.lr, 0.0)
+        _number("lr", self.lr, 0.0, FLOAT32_MAX)
         if self.lr <= 0:
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _number("weight_decay", self.weight_decay, 0.0)
+        _number("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
         validate_schedule(self.schedule)
         validate_t0(self.t0)
         if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .config import TrainConfig
+from .config import FLOAT32_MAX, TrainConfig
 from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
 from .groups import param_groups
@@ -136,6 +136,9 @@ class _Run:
         self.sched = FreezeOut(
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
         )
+        top = max(self.sched.get_last_lr())  # LRs only fall from here
+        if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
+            raise ValueError(f"the largest layer LR, lr / t_1 = {top:g}, overflows float32: lower --lr or raise --t0")
         # "stop" mode: each step's loss stays on the device, looked at once per epoch (check_finite).
         self.losses = torch.zeros(self.steps_per_epoch, device=device)
         # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
