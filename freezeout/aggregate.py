@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .sweep import SWEEP_FILE, read_summary, strategy_of, write_atomic
+from .sweep import PER_RUN_FIELDS, SWEEP_FILE, read_summary, run_name, strategy_of, write_atomic
 
 __all__ = ["COLUMNS", "aggregate", "collect_runs", "mean_std", "write_aggregate"]
 
@@ -64,16 +64,20 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def collect_runs(sweep_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], list[str]]:
     """One record per finished run (name, strategy, schedule, scale_lr, t0, seed, test_error, train_seconds)
-    and the names of the run directories that did not finish."""
+    and the names of the run directories that did not finish.
+
+    A summary counts only if it is this directory's: its config names the directory's grid point and has the
+    sweep's base config (``sweep.json``, when there is one), and its numbers are numbers. Anything else (a
+    summary copied in, left from another config, or hand-edited) is listed as incomplete, never averaged.
+    """
+    sweep_dir = Path(sweep_dir)
+    base = _sweep_base(sweep_dir)
     runs, incomplete = [], []
-    for run_dir in sorted(p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        summary = read_summary(run_dir)
-        if summary is None:
-            incomplete.append(run_dir.name)
-            continue
-        c = summary["config"]
-        runs.append(
-            {
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        summary = read_summary(run_dir, base)
+        try:
+            c = summary["config"]
+            record = {
                 "name": run_dir.name,
                 "strategy": strategy_of(c),
                 "schedule": c["schedule"],
@@ -83,8 +87,24 @@ def collect_runs(sweep_dir: str | os.PathLike) -> tuple[list[dict[str, Any]], li
                 "test_error": float(summary["test_error"]),
                 "train_seconds": float(summary["train_seconds"]),
             }
-        )
+            ok = run_name(record["strategy"], record["t0"], record["seed"]) == run_dir.name
+            ok = ok and all(map(math.isfinite, (record["test_error"], record["train_seconds"])))
+        except (TypeError, KeyError, ValueError):  # summary None, or fields missing or not numbers
+            ok = False
+        if ok:
+            runs.append(record)
+        else:
+            incomplete.append(run_dir.name)
     return runs, incomplete
+
+
+def _sweep_base(sweep_dir: Path) -> dict[str, Any] | None:
+    """The base config of ``sweep.json`` without the per-run fields, or ``None`` (a folder of runs by hand)."""
+    try:
+        base = json.loads((sweep_dir / SWEEP_FILE).read_text())["base_config"]
+        return {k: v for k, v in base.items() if k not in PER_RUN_FIELDS}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def aggregate(sweep_dir: str | os.PathLike, paper: bool = True) -> dict[str, Any]:

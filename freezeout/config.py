@@ -10,10 +10,14 @@ from .models import MODELS
 from .models.densenet import check_depth
 from .schedule import validate_schedule, validate_t0
 
-__all__ = ["DATASETS", "DEVICES", "TrainConfig"]
+__all__ = ["DATASETS", "DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig"]
 
 DATASETS = ("digits", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
+# torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
+# inside the first step), so they are refused up front.
+FLOAT32_MAX = 3.4028234663852886e38
+NONFINITE = ("stop", "skip")
 
 
 def _int_at_least(name: str, value: Any, low: int) -> None:
@@ -53,6 +57,9 @@ class TrainConfig:
     channels_last: bool = False  # CUDA speed option; off keeps CPU runs on the plain layout
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
     compile: bool = False  # per-layer torch.compile (compile_blocks): a speed option that costs compile time up front
+    # A NaN/inf loss: "stop" ends the run at the epoch's end, keeping the last good checkpoint (a diverged run
+    # rarely recovers, and it costs no host sync per step); "skip" drops such batches (one sync per step).
+    nonfinite: str = "stop"
 
     def validate(self) -> TrainConfig:
         """Return self if every field is valid; raise ``ValueError`` naming the field otherwise."""
@@ -71,11 +78,11 @@ class TrainConfig:
             _int_at_least(name, getattr(self, name), 1)
         for name in ("seed", "val_split"):
             _int_at_least(name, getattr(self, name), 0)
-        _number("lr", self.lr, 0.0)
+        _number("lr", self.lr, 0.0, FLOAT32_MAX)
         if self.lr <= 0:
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
         _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _number("weight_decay", self.weight_decay, 0.0)
+        _number("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
         validate_schedule(self.schedule)
         validate_t0(self.t0)
         if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)):
@@ -85,6 +92,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("momentum must be > 0 with nesterov=True (torch's SGD requires it)")
+        if self.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {self.nonfinite!r}")
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         return self

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["append_jsonl", "atomic_json", "atomic_torch_save", "check_writable", "read_json", "truncate_jsonl"]
+__all__ = [
+    "PAUSE_ENV",
+    "append_jsonl",
+    "atomic_json",
+    "atomic_torch_save",
+    "check_writable",
+    "read_json",
+    "remove_stale_temps",
+    "truncate_jsonl",
+]
+
+log = logging.getLogger(__name__)
+
+# Test hook: seconds to wait between writing a temp file and renaming it into place, so that a kill -9
+# test can land inside a write (otherwise a window of microseconds). Unset in real use.
+PAUSE_ENV = "FREEZEOUT_TEST_PAUSE_BEFORE_REPLACE"
+
+
+def _test_pause(path: Path) -> None:
+    seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    if seconds > 0:
+        log.warning("test pause: writing %s, %.2f s before it is replaced", path.name, seconds)
+        time.sleep(seconds)
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -19,6 +43,7 @@ def _atomic(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
+            _test_pause(path)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,6 +88,14 @@ def truncate_jsonl(path: Path, keep: Any) -> list[dict[str, Any]]:
                 records.append(record)
     _atomic(path, lambda f: f.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()))
     return records
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Delete the temp files that a killed write left in ``out`` (they never replaced anything)."""
+    stale = [p for p in out.glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def check_writable(out: Path) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "prepare_sweep_dir",
     "read_summary",
     "run_config",
+    "run_name",
     "run_status",
     "run_sweep",
     "strategy_of",
@@ -54,6 +55,11 @@ def parse_strategy(name: str) -> tuple[str, bool]:
     if schedule not in SCHEDULES or scaling not in ("scaled", "unscaled"):
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
     return schedule, scaling == "scaled"
+
+
+def run_name(strategy: str, t0: float, seed: int) -> str:
+    """The run directory's name of a grid point: ``cubic-scaled_t0=0.8_seed=0``, ``baseline_seed=0``."""
+    return f"baseline_seed={seed}" if strategy == "baseline" else f"{strategy}_t0={float(t0):g}_seed={seed}"
 
 
 def strategy_of(config: dict[str, Any]) -> str:
@@ -118,14 +124,12 @@ def expand(grid: Grid) -> list[RunSpec]:
     """Every run of ``grid``, baselines first (speedups need them), then seed by seed."""
     grid = grid.validate()
     # The baseline's schedule is moot at t0 = 1 (every t_i = 1, lr_i(0) = lr); cubic-scaled is the default.
-    runs = [RunSpec(f"baseline_seed={s}", "baseline", "cubic", True, 1.0, s) for s in grid.seeds]
+    runs = [RunSpec(run_name("baseline", 1.0, s), "baseline", "cubic", True, 1.0, s) for s in grid.seeds]
     for seed in grid.seeds:
         for strategy in grid.strategies:
             schedule, scale = parse_strategy(strategy)
             for t0 in grid.t0s:
-                runs.append(
-                    RunSpec(f"{strategy}_t0={float(t0):g}_seed={seed}", strategy, schedule, scale, float(t0), seed)
-                )
+                runs.append(RunSpec(run_name(strategy, t0, seed), strategy, schedule, scale, float(t0), seed))
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ValueError("two t0 values print the same (6 significant digits): make them differ visibly")
@@ -196,18 +200,31 @@ def prepare_sweep_dir(
     return record
 
 
-def read_summary(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's summary if it finished (valid JSON object with ``finished: true``), else ``None``."""
+def read_summary(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The run's summary if it finished (valid JSON object with ``finished: true`` and a config dict), else
+    ``None``; with ``expected`` (a run config dict), also ``None`` unless the summary's config has those values:
+    a summary copied in, or left from another config, is not this point's result."""
     try:
         summary = json.loads((Path(run_dir) / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
-    return summary if isinstance(summary, dict) and summary.get("finished") is True else None
+    if not isinstance(summary, dict) or summary.get("finished") is not True:
+        return None
+    config = summary.get("config")
+    if not isinstance(config, dict):
+        return None
+    if expected is not None and any(config.get(k, _MISSING) != v for k, v in expected.items()):
+        return None
+    return summary
 
 
-def run_status(run_dir: str | os.PathLike) -> str:
-    """``"finished"``, ``"interrupted"`` (a checkpoint to resume from) or ``"new"``."""
-    if read_summary(run_dir) is not None:
+_MISSING = object()
+
+
+def run_status(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> str:
+    """``"finished"``, ``"interrupted"`` (a checkpoint to resume from) or ``"new"``. A finished run's summary
+    must match ``expected`` (see ``read_summary``); otherwise, like a torn checkpoint, it is redone."""
+    if read_summary(run_dir, expected) is not None:
         return "finished"
     return "interrupted" if (Path(run_dir) / CHECKPOINT).is_file() else "new"
 
@@ -233,6 +250,8 @@ def run_sweep(
     """
     specs = expand(grid)
     record = prepare_sweep_dir(base_config, grid, sweep_dir)
+    from .trainer import ResumeError
+
     if train_fn is None:
         from .trainer import train as train_fn
     bar = None
@@ -244,18 +263,24 @@ def run_sweep(
     try:
         for spec in specs:
             run_dir = Path(sweep_dir) / spec.name
-            status = run_status(run_dir)
+            expected = run_config(record["base_config"], spec)
+            status = run_status(run_dir, expected)
             if bar is not None:
                 bar.set_postfix_str(f"{spec.name} ({status})")
             if status == "finished":
                 log.info("%s finished already: skipped", spec.name)
-                summary = read_summary(run_dir)
+                summary = read_summary(run_dir, expected)
             else:
                 if status == "new" and run_dir.exists():
                     shutil.rmtree(run_dir)  # half-written files of a run killed before its first checkpoint
                 log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
-                config = make_config(run_config(record["base_config"], spec))
-                summary = train_fn(config, run_dir, resume=status == "interrupted", progress=False)
+                config = make_config(expected)
+                try:
+                    summary = train_fn(config, run_dir, resume=status == "interrupted", progress=False)
+                except ResumeError as exc:  # a torn checkpoint, or files of another config: redo the run
+                    log.warning("%s cannot be resumed (%s): starting it over", spec.name, exc)
+                    shutil.rmtree(run_dir)
+                    summary = train_fn(config, run_dir, resume=False, progress=False)
             summaries.append(summary)
             if bar is not None:
                 bar.update(1)
@@ -282,7 +307,8 @@ def dry_run(
     epochs = int(base.get("epochs", 0))
     rows = []
     for spec in specs:
-        status = run_status(Path(sweep_dir) / spec.name) if sweep_dir is not None else "new"
+        expected = run_config(base, spec)
+        status = run_status(Path(sweep_dir) / spec.name, expected) if sweep_dir is not None else "new"
         rows.append({"name": spec.name, "status": status, "epochs": epochs})
     todo = [spec for spec, row in zip(specs, rows) if row["status"] != "finished"]
     out: dict[str, Any] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -15,15 +16,23 @@ from torch import nn
 
 from . import __version__, distributed
 from .compiled import compile_blocks
-from .config import TrainConfig
+from .config import FLOAT32_MAX, TrainConfig
 from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats, load_dataset
 from .distributed import Distributed, Launch
 from .groups import param_groups
 from .models import build_model
-from .runfiles import append_jsonl, atomic_json, atomic_torch_save, check_writable, read_json, truncate_jsonl
+from .runfiles import (
+    append_jsonl,
+    atomic_json,
+    atomic_torch_save,
+    check_writable,
+    read_json,
+    remove_stale_temps,
+    truncate_jsonl,
+)
 
-__all__ = ["EVAL_BATCH", "evaluate", "resolve_device", "train"]
+__all__ = ["EVAL_BATCH", "NonFiniteLossError", "ResumeError", "evaluate", "resolve_device", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +41,23 @@ COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 
+class NonFiniteLossError(ValueError):
+    """A NaN/inf loss (or parameters) in "stop" mode: the run stopped before writing anything of that epoch."""
+
+
+class ResumeError(ValueError):
+    """The run in out_dir cannot be resumed: no checkpoint, a torn one, or one of another config."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu or auto)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:  # torch's message lists every backend it knows; ours names what this library runs on
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
 
 
 def _sync(device: torch.device) -> None:
@@ -65,20 +85,28 @@ def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[fl
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
     if not path.is_file():
-        raise ValueError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
+        raise ResumeError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         saved = TrainConfig.from_dict(ckpt["config"])
     except Exception as exc:  # a torn or foreign file: say which, in one line
-        raise ValueError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise ResumeError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
     _same_config(saved, config, path)
     return ckpt
+
+
+def _finished_summary(path: Path) -> dict[str, Any] | None:
+    try:
+        summary = read_json(path)
+    except ValueError:
+        return None
+    return summary if isinstance(summary, dict) and summary.get("finished") is True else None
 
 
 def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
     differ = saved.differences(config)
     if differ:
-        raise ValueError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
+        raise ResumeError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
 
 
 class _Run:
@@ -117,6 +145,14 @@ class _Run:
         )
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun
         self.on_step: Any = None  # called after every step (under torchrun: rebuilds DDP when a layer froze)
+        top = max(self.sched.get_last_lr())  # LRs only fall from here
+        if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
+            raise ValueError(f"the largest layer LR, lr / t_1 = {top:g}, overflows float32: lower --lr or raise --t0")
+        # "stop" mode: each step's loss stays on the device, looked at once per epoch (check_finite).
+        self.losses = torch.zeros(self.steps_per_epoch, device=device)
+        # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
+        self.buffers = list(self.model.buffers())
+        self.backup = [b.clone() for b in self.buffers] if c.nonfinite == "skip" else []
 
     def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
@@ -144,27 +180,81 @@ class _Run:
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
-    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> None:
-        """One pass over the training data: the hot path, with no host sync inside."""
+    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> tuple[int, int]:
+        """One pass over the training data: the hot path, with no host sync inside in "stop" mode.
+
+        Returns the (batches, examples) this process skipped for a non-finite loss: only "skip" mode skips, at
+        the price of two host syncs per step. A skipped batch is still a step of the FreezeOut schedule.
+        """
         model, opt, sched, net, on_step = self.model, self.opt, self.sched, self.net, self.on_step
+        skip = self.config.nonfinite == "skip"
         model.train()  # frozen layers stay in eval mode
         loss_sum.zero_()
         frozen = sched.num_frozen
-        for x, y in self.train_batches:
+        skipped = skipped_examples = 0
+        for i, (x, y) in enumerate(self.train_batches):
+            if skip:
+                torch._foreach_copy_(self.backup, self.buffers)
             with _autocast(self.device, self.config.bf16):
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if skip:
+                if not self._guarded_step(loss):
+                    skipped, skipped_examples = skipped + 1, skipped_examples + y.shape[0]
+                    loss = None
+            else:
+                loss.backward()
+                opt.step()
+                self.losses[i] = loss.detach()
             sched.step()
             if on_step is not None:
                 on_step()
-            loss_sum.add_(loss.detach(), alpha=y.shape[0])
+            if loss is not None:
+                loss_sum.add_(loss.detach(), alpha=y.shape[0])
             if bar is not None:
                 bar.update()
                 if sched.num_frozen != frozen:
                     frozen = sched.num_frozen
                     bar.set_postfix_str(f"{label} frozen={frozen}", refresh=False)
+        return skipped, skipped_examples
+
+    def _guarded_step(self, loss: torch.Tensor) -> bool:
+        """ "skip" mode: update only if the loss and the gradients are finite; otherwise leave no trace."""
+        finite = torch.isfinite(loss).to(torch.int32)
+        if self.world_size > 1:  # every rank must take one branch, or DDP's backward waits forever for the others
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        ok = bool(finite)  # gradients are all-reduced, hence equal on every rank: their check below agrees too
+        if ok:
+            loss.backward()
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # a norm that overflows float32 (gradients ~1e19) counts as non-finite too: such a step is no better
+            ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if ok:
+            self.opt.step()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            torch._foreach_copy_(self.buffers, self.backup)
+        return ok
+
+    def check_finite(self, epoch: int, train_loss: float) -> None:
+        """Raise ``NonFiniteLossError`` naming the first step of ``epoch`` with a NaN/inf loss (one sync)."""
+        n, skip = self.steps_per_epoch, self.config.nonfinite == "skip"
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+        if not math.isfinite(train_loss):
+            if skip:
+                raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; {kept}")
+            bad = (~torch.isfinite(self.losses)).nonzero()
+            i = int(bad[0]) if len(bad) else n - 1
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(self.losses[i])}) at step {(epoch - 1) * n + i + 1} (epoch {epoch}, batch "
+                f"{i + 1} of {n}): training stopped, {kept}; lower --lr, or --nonfinite skip to drop such batches"
+            )
+        state = [*self.model.parameters(), *(b for b in self.buffers if b.is_floating_point())]
+        if not torch.isfinite(torch.nn.utils.get_total_norm(state)):  # the last step's update, or BatchNorm's stats
+            raise NonFiniteLossError(
+                f"non-finite parameters or BatchNorm statistics after step {epoch * n} (epoch {epoch}, its last): "
+                f"training stopped, {kept}; lower --lr"
+            )
 
     def lr_summary(self) -> dict[str, float]:
         lrs = self.sched.get_last_lr()
@@ -212,11 +302,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     if launch is not None:
         distributed.check_batch_size(launch, config.batch_size)
     if resume and (out / SUMMARY).is_file():
-        summary = read_json(out / SUMMARY)
-        _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
-        distributed.check_world_size(summary, launch, out)
-        log.info("%s already finished; nothing to resume", out)
-        return summary
+        summary = _finished_summary(out / SUMMARY)
+        if summary is not None:
+            _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+            distributed.check_world_size(summary, launch, out)
+            log.info("%s already finished; nothing to resume", out)
+            return summary
+        log.warning("%s is torn or unfinished (not written by this trainer): resuming", out / SUMMARY)
     if resume:
         ckpt = _load_checkpoint(out / CHECKPOINT, config)
         distributed.check_world_size(ckpt, launch, out)
@@ -235,8 +327,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
         check_writable(out)
     else:
         dist_.agree(distributed.error_of(check_writable, out) if main else None)
+    for stale in remove_stale_temps(out) if main else ():
+        log.info("removed %s, left by a write that was killed", stale)
 
-    epoch, train_seconds, wall_before, last = 0, 0.0, 0.0, {}
+    epoch, train_seconds, wall_before, last, skipped_total = 0, 0.0, 0.0, {}, 0
     if resume:
         run.load(ckpt)
         epoch, train_seconds, wall_before, last = (
@@ -245,6 +339,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
             ckpt["wall_seconds"],
             ckpt["last"],
         )
+        skipped_total = ckpt.get("skipped_batches", 0)
         if main:
             truncate_jsonl(out / METRICS, lambda r: r.get("epoch", 0) <= epoch)  # lines past the checkpoint: redone
         log.info("resuming %s at epoch %d (step %d)", out, epoch, run.sched.step_count)
@@ -263,11 +358,14 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
         while epoch < config.epochs:
             _sync(device)
             t = time.perf_counter()
-            run.train_epoch(loss_sum, bar, label)
+            skipped, skipped_examples = run.train_epoch(loss_sum, bar, label)
             _sync(device)
             epoch_seconds = time.perf_counter() - t
             ddp_record = {} if dist_ is None else dist_.end_epoch(loss_sum)  # sums the loss over ranks
-            train_loss = loss_sum.item() / n_train
+            used = n_train - skipped_examples * run.world_size  # every rank skips the same steps
+            train_loss = loss_sum.item() / used if used else math.nan
+            run.check_finite(epoch + 1, train_loss)  # before anything of a diverged epoch is written
+            skipped_total += skipped
             t = time.perf_counter()
             record: dict[str, Any] = {"epoch": epoch + 1, "step": run.sched.step_count, "train_loss": train_loss}
             for name, batches in run.eval_sets.items() if main else ():
@@ -277,11 +375,13 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
             record["eval_seconds"] = time.perf_counter() - t
             record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
             record.update(ddp_record)
+            record["skipped_batches"] = skipped
             epoch, train_seconds, last = epoch + 1, train_seconds + epoch_seconds, record
             wall = wall_before + time.perf_counter() - started
             if main:
                 append_jsonl(out / METRICS, record)  # before the checkpoint: a resume truncates what it redoes
                 extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
+                extra["skipped_batches"] = skipped_total
                 atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
             if dist_ is not None:  # the others wait for rank 0's files and take its record
                 last = record = dist_.share(record)
@@ -305,6 +405,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
         "total_steps": run.total_steps,
         "num_layers": len(run.layers),
         "num_frozen": run.sched.num_frozen,
+        "skipped_batches": skipped_total,
         **{k: v for k, v in last.items() if k.startswith(("test_", "val_"))},
         "train_seconds": train_seconds,
         "wall_seconds": wall_before + time.perf_counter() - started,

@@ -32,8 +32,21 @@ class FakeTrainer:
         out = Path(out_dir)
         self.calls.append((out.name, resume))
         start = 0
-        if resume:
-            start = json.loads((out / "checkpoint.pt").read_text())["epoch"]
+        if resume:  # like the trainer: a torn checkpoint, or a summary of another config, cannot be resumed
+            from freezeout.trainer import ResumeError
+
+            try:
+                summary = json.loads((out / "summary.json").read_text())
+            except (OSError, ValueError):  # none, or torn: resume from the checkpoint
+                summary = None
+            if isinstance(summary, dict) and summary.get("finished") is True:
+                if summary.get("config") != c:
+                    raise ResumeError(f"cannot resume {out}: it was run with a different config")
+                return summary
+            try:
+                start = json.loads((out / "checkpoint.pt").read_text())["epoch"]
+            except ValueError:
+                raise ResumeError(f"cannot resume from {out}: not a readable checkpoint") from None
         else:
             if (out / "checkpoint.pt").exists() or (out / "summary.json").exists():
                 raise ValueError(f"out_dir {out} already holds a run")

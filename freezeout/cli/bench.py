@@ -14,7 +14,7 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .common import positive_int
+    from .common import path, positive_int
 
     p = sub.add_parser("bench", help="measure FreezeOut's real saving vs. the baseline, next to the estimates")
     add_model_args(p)
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--curve-repeats", type=positive_int, default=2, help="timed steps per k of the curve (default 2)")
     b.add_argument("--curve-points", type=int, default=41, help="k values measured, rest interpolated (default 41)")
     b.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
-    b.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -13,6 +13,7 @@ __all__ = [
     "config_from_args",
     "depth",
     "nonneg_int",
+    "path",
     "positive_int",
     "unit_interval",
 ]
@@ -61,6 +62,13 @@ def nonneg_int(text: str) -> int:
     return value
 
 
+def path(text: str) -> str:
+    """A file or folder name: not empty (an empty --out would mean the current folder, silently)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return text
+
+
 def depth(text: str) -> int:
     try:
         value = int(text)
@@ -77,7 +85,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     ``per_run=False`` leaves out what a sweep sets for each run (schedule, scale-lr, t0, seed), so that
     ``freezeout train`` and ``freezeout sweep`` share one definition of the rest.
     """
-    from ..config import DATASETS, TrainConfig
+    from ..config import DATASETS, NONFINITE, TrainConfig
     from ..models import MODELS
     from ..schedule import SCHEDULES
 
@@ -86,7 +94,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g = groups["data"]
     g.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="digits is embedded (default: %(default)s)")
     g.add_argument(
-        "--data-dir", help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder"
+        "--data-dir",
+        type=path,
+        help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder",
     )
     g.add_argument("--val-split", type=nonneg_int, default=d.val_split, help="training examples held out (0)")
     g = groups["model"]
@@ -99,6 +109,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
+    g.add_argument(
+        "--nonfinite",
+        choices=NONFINITE,
+        default=d.nonfinite,
+        help="on a NaN/inf loss: stop (keep the last good checkpoint) or skip the batch (default: %(default)s)",
+    )
     if per_run:
         g = groups["FreezeOut schedule"] = parser.add_argument_group("FreezeOut schedule")
         g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")

@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .common import positive_int
+from .common import path, positive_int
 
 __all__ = ["DEMO", "add_parser", "table"]
 
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a small DenseNet-BC on the embedded digits twice: the baseline (plain cosine, t0 = 1) "
         "and the paper's recommended FreezeOut (cubic, scaled, t0 = 0.8); print time and accuracy of each.",
     )
-    p.add_argument("--out", help="folder for both runs' results (default: a new temporary folder)")
+    p.add_argument("--out", type=path, help="folder for both runs' results (default: a new temporary folder)")
     p.add_argument("--epochs", type=positive_int, default=DEMO["epochs"], help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

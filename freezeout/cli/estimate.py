@@ -38,14 +38,26 @@ def strategies(args: argparse.Namespace) -> list[tuple[str, bool]]:
 
 
 def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
-    """The model (seeded), its layers and an example input of the requested shape."""
+    """The model (seeded), its layers and an example input of the requested shape; ``ValueError`` if the
+    device is unknown or the model cannot take that input (too small an image for its poolings)."""
     import torch
 
     from ..models import build_model
+    from ..trainer import resolve_device
 
+    args.device = str(resolve_device(args.device))
     torch.manual_seed(0)
     model = build_model(args.model, args.depth, args.growth, args.num_classes, args.channels)
     x = torch.randn(args.batch_size, args.channels, args.input_size, args.input_size)
+    try:
+        with torch.no_grad():
+            model.eval()(x[:1])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(
+            f"{args.model}-{args.depth} cannot take a {args.input_size} x {args.input_size} input: {first}"
+        ) from None
+    model.train()
     return model, model.layers, x
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError
+from .common import CLIError, path
 
 __all__ = ["add_parser"]
 
@@ -16,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="draw Figure 1 (LR schedules) and Figure 2 (a sweep's speedup vs. test error) as PNGs",
         description="Figure 1 needs no data; Figure 2 reads a sweep directory's finished runs (nothing is retrained).",
     )
-    p.add_argument("--sweep", metavar="SWEEP_DIR", help="sweep directory for Figure 2 (from `freezeout sweep`)")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for figure1.png / figure2.png")
+    p.add_argument(
+        "--sweep", type=path, metavar="SWEEP_DIR", help="sweep directory for Figure 2 (from `freezeout sweep`)"
+    )
+    p.add_argument("--out", type=path, required=True, metavar="DIR", help="folder for figure1.png / figure2.png")
     p.add_argument(
         "--figure",
         choices=("1", "2", "all"),
@@ -46,6 +48,6 @@ def run(args: argparse.Namespace) -> int:
         written.append(plot_figure2(out / "figure2.png", table))
     if figure in ("1", "all"):
         written.insert(0, plot_figure1(out / "figure1.png"))
-    for path in written:
-        print(f"wrote {path}")
+    for written_path in written:
+        print(f"wrote {written_path}")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from .common import add_config_arguments, config_from_args
+from .common import add_config_arguments, config_from_args, path
 
 __all__ = ["add_parser", "print_summary"]
 
@@ -18,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "metrics.jsonl (one line per epoch), checkpoint.pt (every epoch) and summary.json (at the end).",
     )
     g = add_config_arguments(p)["run"]
-    g.add_argument("--out", required=True, help="run folder (created; must not hold another run unless --resume)")
+    g.add_argument(
+        "--out", type=path, required=True, help="run folder (created; must not hold another run unless --resume)"
+    )
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
