@@ -20,7 +20,8 @@ import torch
 
 from freezeout.config import TrainConfig
 from freezeout.data import Dataset
-from freezeout.trainer import _Run, resolve_device
+from freezeout.engine import Run
+from freezeout.trainer import resolve_device
 
 
 class _StepClock:
@@ -59,7 +60,7 @@ def main() -> None:
     data = Dataset("random-cifar", x, y, x[:10], y[:10], num_classes=10, pad=4, flip=True)
     config = TrainConfig(depth=args.depth, growth=args.growth, epochs=1, batch_size=args.batch, t0=1.0)
     device = resolve_device(args.device)
-    run = _Run(config, data, device)
+    run = Run(config, data, device)
     clock = _StepClock(device)
     run.train_epoch(torch.zeros((), device=device), clock)
     steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][args.warmup :]

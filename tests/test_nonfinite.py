@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import freezeout.trainer as trainer
+import freezeout.engine as engine
 from freezeout.cli import main
 from freezeout.config import TrainConfig
 from freezeout.data.batches import Batches
@@ -75,12 +75,12 @@ class Snapshots:
         self.runs, self.at = [], {}
         runs = self.runs
 
-        class Recorded(trainer._Run):
+        class Recorded(engine.Run):
             def __init__(self, *a, **kw):
                 super().__init__(*a, **kw)
                 runs.append(self)
 
-        monkeypatch.setattr(trainer, "_Run", Recorded)
+        monkeypatch.setattr(engine, "Run", Recorded)
 
     def __call__(self, n: int) -> None:
         run = self.runs[-1]

@@ -10,6 +10,7 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
+import freezeout.engine as engine
 import freezeout.trainer as trainer
 from freezeout.config import TrainConfig
 from tests.cifar_files import one_thread
@@ -35,7 +36,7 @@ def records(out):
 def test_compiled_training_matches_eager_without_recompile_fallback(tmp_path, monkeypatch):
     eager = trainer.train(TrainConfig(**CONFIG), tmp_path / "eager")
     cnt = CompileCounterWithBackend("aot_eager")  # AOTAutograd without inductor's codegen: seconds, not minutes
-    monkeypatch.setattr(trainer, "COMPILE_KWARGS", {"backend": cnt})
+    monkeypatch.setattr(engine, "COMPILE_KWARGS", {"backend": cnt})
     compiled = trainer.train(TrainConfig(**CONFIG, compile=True), tmp_path / "compiled")
     assert compiled["config"]["compile"] and not eager["config"]["compile"]
     assert not any("recompile limit" in k.lower() for k in counters["unimplemented"])

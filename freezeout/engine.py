@@ -1,0 +1,199 @@
+"""One training run's moving parts: model, optimizer, FreezeOut and batches built the same way at start and
+resume, the training epoch (the hot path), its non-finite-loss guard, and evaluation."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .compiled import compile_blocks
+from .config import FLOAT32_MAX, TrainConfig
+from .controller import FreezeOut
+from .data import Batches, Dataset, channel_stats
+from .distributed import Launch
+from .groups import param_groups
+from .models import build_model
+
+__all__ = ["COMPILE_KWARGS", "EVAL_BATCH", "NonFiniteLossError", "Run", "evaluate"]
+
+EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
+COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests pick a cheaper backend here)
+
+
+class NonFiniteLossError(ValueError):
+    """A NaN/inf loss (or parameters) in "stop" mode: the run stopped before writing anything of that epoch."""
+
+
+def _autocast(device: torch.device, bf16: bool) -> Any:
+    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` in eval mode over ``batches`` (one sync at the end)."""
+    model.eval()
+    loss = torch.zeros((), device=batches.device, dtype=torch.float64)
+    correct = torch.zeros((), device=batches.device, dtype=torch.int64)
+    with torch.inference_mode(), _autocast(batches.device, bf16):
+        for x, y in batches:
+            out = model(x).float()
+            loss += F.cross_entropy(out, y, reduction="sum")
+            correct += (out.argmax(1) == y).sum()
+    n = len(batches.y)
+    return loss.item() / n, correct.item() / n
+
+
+class Run:
+    """Model, optimizer, FreezeOut and data batches of one config, built the same way at start and resume."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, launch: Launch | None = None) -> None:
+        self.config, self.device = config, device
+        self.world_size = 1 if launch is None else launch.world_size
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model, config.depth, config.growth, data.num_classes, data.in_channels)
+        memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model.to(device=device, memory_format=memory_format)
+        self.layers = self.model.layers
+        if config.compile:  # per layer: freezing recompiles each layer at most 3 times, never the whole model
+            compile_blocks(self.layers, **COMPILE_KWARGS)
+        groups = param_groups(self.model, self.layers)
+        c = config
+        self.opt = torch.optim.SGD(
+            groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
+        )
+        self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
+        mean, std = channel_stats(data.train_x)
+        kw = {"device": device, "channels_last": config.channels_last}
+        shard = {} if launch is None else {"shard": (launch.rank, launch.world_size)}
+        self.train_batches = Batches(
+            data.train_x, data.train_y, c.batch_size // self.world_size, mean, std, train=True, pad=data.pad,
+            flip=data.flip, generator=self.generator, **kw, **shard,
+        )  # fmt: skip
+        self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
+        if data.val_x is not None:
+            self.eval_sets["val"] = Batches(data.val_x, data.val_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)
+        self.steps_per_epoch = len(self.train_batches)  # the last partial batch is a step too
+        self.total_steps = c.epochs * self.steps_per_epoch
+        self.sched = FreezeOut(
+            self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
+        )
+        self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun
+        self.on_step: Any = None  # called after every step (under torchrun: rebuilds DDP when a layer froze)
+        top = max(self.sched.get_last_lr())  # LRs only fall from here
+        if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
+            raise ValueError(f"the largest layer LR, lr / t_1 = {top:g}, overflows float32: lower --lr or raise --t0")
+        # "stop" mode: each step's loss stays on the device, looked at once per epoch (check_finite).
+        self.losses = torch.zeros(self.steps_per_epoch, device=device)
+        # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
+        self.buffers = list(self.model.buffers())
+        self.backup = [b.clone() for b in self.buffers] if c.nonfinite == "skip" else []
+
+    def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "freezeout": self.sched.state_dict(),
+            "rng": rng,
+            "epoch": epoch,
+            "step": self.sched.step_count,
+            "config": self.config.to_dict(),
+            "world_size": self.world_size,
+            **extra,
+        }
+
+    def load(self, ckpt: dict[str, Any]) -> None:
+        # PyTorch's usual order: everything built as at the start, then model, optimizer, FreezeOut.
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["freezeout"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["generator"])
+        if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+
+    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> tuple[int, int]:
+        """One pass over the training data: the hot path, with no host sync inside in "stop" mode.
+
+        Returns the (batches, examples) this process skipped for a non-finite loss: only "skip" mode skips, at
+        the price of two host syncs per step. A skipped batch is still a step of the FreezeOut schedule.
+        """
+        model, opt, sched, net, on_step = self.model, self.opt, self.sched, self.net, self.on_step
+        skip = self.config.nonfinite == "skip"
+        model.train()  # frozen layers stay in eval mode
+        loss_sum.zero_()
+        frozen = sched.num_frozen
+        skipped = skipped_examples = 0
+        for i, (x, y) in enumerate(self.train_batches):
+            if skip:
+                torch._foreach_copy_(self.backup, self.buffers)
+            with _autocast(self.device, self.config.bf16):
+                loss = F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            if skip:
+                if not self._guarded_step(loss):
+                    skipped, skipped_examples = skipped + 1, skipped_examples + y.shape[0]
+                    loss = None
+            else:
+                loss.backward()
+                opt.step()
+                self.losses[i] = loss.detach()
+            sched.step()
+            if on_step is not None:
+                on_step()
+            if loss is not None:
+                loss_sum.add_(loss.detach(), alpha=y.shape[0])
+            if bar is not None:
+                bar.update()
+                if sched.num_frozen != frozen:
+                    frozen = sched.num_frozen
+                    bar.set_postfix_str(f"{label} frozen={frozen}", refresh=False)
+        return skipped, skipped_examples
+
+    def _guarded_step(self, loss: torch.Tensor) -> bool:
+        """ "skip" mode: update only if the loss and the gradients are finite; otherwise leave no trace."""
+        finite = torch.isfinite(loss).to(torch.int32)
+        if self.world_size > 1:  # every rank must take one branch, or DDP's backward waits forever for the others
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        ok = bool(finite)  # gradients are all-reduced, hence equal on every rank: their check below agrees too
+        if ok:
+            loss.backward()
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            # a norm that overflows float32 (gradients ~1e19) counts as non-finite too: such a step is no better
+            ok = not grads or bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if ok:
+            self.opt.step()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+            torch._foreach_copy_(self.buffers, self.backup)
+        return ok
+
+    def check_finite(self, epoch: int, train_loss: float) -> None:
+        """Raise ``NonFiniteLossError`` naming the first step of ``epoch`` with a NaN/inf loss (one sync)."""
+        n, skip = self.steps_per_epoch, self.config.nonfinite == "skip"
+        kept = f"the checkpoint of epoch {epoch - 1} is kept" if epoch > 1 else "no checkpoint was written"
+        if not math.isfinite(train_loss):
+            if skip:
+                raise NonFiniteLossError(f"every batch of epoch {epoch} had a non-finite loss; {kept}")
+            bad = (~torch.isfinite(self.losses)).nonzero()
+            i = int(bad[0]) if len(bad) else n - 1
+            raise NonFiniteLossError(
+                f"non-finite loss ({float(self.losses[i])}) at step {(epoch - 1) * n + i + 1} (epoch {epoch}, batch "
+                f"{i + 1} of {n}): training stopped, {kept}; lower --lr, or --nonfinite skip to drop such batches"
+            )
+        state = [*self.model.parameters(), *(b for b in self.buffers if b.is_floating_point())]
+        if not torch.isfinite(torch.nn.utils.get_total_norm(state)):  # the last step's update, or BatchNorm's stats
+            raise NonFiniteLossError(
+                f"non-finite parameters or BatchNorm statistics after step {epoch * n} (epoch {epoch}, its last): "
+                f"training stopped, {kept}; lower --lr"
+            )
+
+    def lr_summary(self) -> dict[str, float]:
+        lrs = self.sched.get_last_lr()
+        return {"min": min(lrs[:-1]), "max": max(lrs[:-1]), "head": lrs[-1]}
