@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/saving_table.json"))
     args, rest = ap.parse_known_args()
     if not args.render:
-        defaults = ["--depth", "76", "--growth", "12", "--batch-size", "50", "--steps", "30", "--repeats", "2"]
+        defaults = ["--depth", "76", "--growth", "12", "--batch-size", "50", "--steps", "40", "--repeats", "3"]
         argv = ["bench", *defaults, "--schedule", "all", "--t0", "0.5", "0.8", *rest, "--out", str(args.out)]
         code = cli_main(argv)
         if code:

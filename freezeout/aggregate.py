@@ -27,7 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from .sweep import PER_RUN_FIELDS, SWEEP_FILE, read_summary, run_name, strategy_of, write_atomic
+from .runfiles import atomic_bytes
+from .sweep import PER_RUN_FIELDS, SWEEP_FILE, read_summary, run_name, strategy_of
 
 __all__ = ["COLUMNS", "aggregate", "collect_runs", "mean_std", "write_aggregate"]
 
@@ -184,6 +185,6 @@ def write_aggregate(table: dict[str, Any], out_dir: str | os.PathLike) -> tuple[
     for row in table["rows"]:
         writer.writerow({**row, "seeds": " ".join(map(str, row["seeds"]))})
     csv_path, json_path = out / "aggregate.csv", out / "aggregate.json"
-    write_atomic(csv_path, text.getvalue().encode())
-    write_atomic(json_path, (json.dumps(_json_safe(table), indent=2, sort_keys=True) + "\n").encode())
+    atomic_bytes(csv_path, text.getvalue().encode())
+    atomic_bytes(json_path, (json.dumps(_json_safe(table), indent=2, sort_keys=True) + "\n").encode())
     return csv_path, json_path

@@ -13,8 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .runfiles import atomic_bytes
 from .schedule import freeze_times, learning_rates
-from .sweep import STRATEGIES, parse_strategy, write_atomic
+from .sweep import STRATEGIES, parse_strategy
 
 __all__ = ["figure1_data", "figure2_data", "plot_figure1", "plot_figure2"]
 
@@ -78,7 +79,7 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
-    write_atomic(path, buf.getvalue())
+    atomic_bytes(path, buf.getvalue())
     return path
 
 

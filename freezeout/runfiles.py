@@ -10,11 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = [
     "PAUSE_ENV",
     "append_jsonl",
+    "atomic_bytes",
     "atomic_json",
     "atomic_torch_save",
     "check_writable",
@@ -52,11 +51,17 @@ def _atomic(path: Path, write: Any) -> None:
         raise
 
 
+def atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
+    _atomic(Path(path), lambda f: f.write(data))
+
+
 def atomic_json(path: Path, obj: Any) -> None:
     _atomic(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # here, so that the sweep's table and plots need no torch import
+
     _atomic(path, lambda f: torch.save(obj, f))
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .runfiles import atomic_json
 from .schedule import SCHEDULES
 
 __all__ = [
@@ -35,7 +36,6 @@ __all__ = [
     "run_status",
     "run_sweep",
     "strategy_of",
-    "write_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,25 +147,6 @@ def _base_dict(base_config: Any) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in d.items() if k not in PER_RUN_FIELDS}))
 
 
-def write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write via a temp file in the same folder and ``os.replace``: readers see old or new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    write_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
 def prepare_sweep_dir(
     base_config: Any, grid: Grid, sweep_dir: str | os.PathLike, *, write: bool = True
 ) -> dict[str, Any]:
@@ -196,7 +177,7 @@ def prepare_sweep_dir(
         record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}
     if write:
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(path, record)
+        atomic_json(path, record)
     return record
 
 

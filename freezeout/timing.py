@@ -110,6 +110,7 @@ def step_time_curve(
     ks: Sequence[int] | None = None,
     repeats: int = 3,
     warmup: int = 2,
+    settle: int = 1,
     device: str | torch.device | None = None,
     lr: float = 0.1,
     progress: Callable[[int], None] | None = None,
@@ -119,14 +120,16 @@ def step_time_curve(
     ``ks`` picks the k's to measure (default ``default_ks``: all of them up to 40 layers); the rest are
     interpolated linearly. One step is zero_grad, forward, loss, backward and ``optimizer.step()`` of
     the paper's SGD. ``loss_fn`` defaults to cross-entropy on random labels. ``warmup`` untimed steps run at
-    ``k = n`` and ``k = 0`` first. ``progress(1)`` is called after every timed step.
+    ``k = n`` and ``k = 0`` first, and ``settle`` untimed steps after every change of ``k``: a training run
+    changes ``k`` a few dozen times in thousands of steps, so what it pays per step is the steady-state cost.
+    ``progress(1)`` is called after every timed step.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes.
     """
     from .estimate import interpolate_step_times
 
     layers = check_layers(layers)
     n = len(layers)
-    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0)):
+    for name, value, low in (("repeats", repeats, 1), ("warmup", warmup, 0), ("settle", settle, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     ks = default_ks(n) if ks is None else sorted(set(ks) | {0, n})
@@ -146,6 +149,8 @@ def step_time_curve(
     for r in range(repeats):
         for k in ks if r % 2 == 0 else reversed(ks):  # alternate direction: drift hits every k alike
             set_frozen_prefix(clone, clone_layers, k)
+            for _ in range(settle):
+                train_step(clone, optimizer, x, y, loss_fn)
             sync(device)
             start = time.perf_counter()
             train_step(clone, optimizer, x, y, loss_fn)

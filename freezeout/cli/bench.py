@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     b = p.add_argument_group("benchmark")
     b.add_argument("--steps", type=positive_int, default=40, help="steps of the compressed schedule (default 40)")
     b.add_argument("--repeats", type=positive_int, default=3, help="alternating runs per row, median (default 3)")
-    b.add_argument("--curve-repeats", type=positive_int, default=2, help="timed steps per k of the curve (default 2)")
+    b.add_argument("--curve-repeats", type=positive_int, default=3, help="timed steps per k of the curve (default 3)")
     b.add_argument("--curve-points", type=int, default=41, help="k values measured, rest interpolated (default 41)")
     b.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
