@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -39,3 +42,14 @@ def batch(step: int, n: int = 8, size: int = 8, classes: int = 3) -> tuple[torch
 def tiny() -> TinyNet:
     torch.manual_seed(0)
     return TinyNet()
+
+
+def leave_process_group() -> None:
+    """Destroy the process group once the caller has dropped its DDP wrappers.
+
+    A DDP reducer keeps the gloo group alive; if it survives to interpreter exit, a gloo worker thread can
+    free its last work item while Python finalizes and abort the process (SIGABRT, seen ~1 run in 20).
+    With the wrappers collected, destroying the group joins those threads first.
+    """
+    gc.collect()
+    dist.destroy_process_group()

@@ -16,7 +16,7 @@ TOTAL = 10
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    from tests.conftest import TinyNet, batch
+    from tests.conftest import TinyNet, batch, leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -40,7 +40,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     torch.save(
         {"state": model.state_dict(), "params": params, "frozen_at": frozen_at}, os.path.join(out_dir, f"rank{rank}.pt")
     )
-    dist.destroy_process_group()
+    del ddp
+    leave_process_group()
 
 
 def test_two_gloo_ranks_stay_in_sync_with_frozen_layers_unmoved(tmp_path):

@@ -19,7 +19,7 @@ TOTAL = 10
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool) -> None:
-    from tests.conftest import TinyNet, batch
+    from tests.conftest import TinyNet, batch, leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -50,7 +50,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool) -
     params = [name for name, _ in model.named_parameters()]
     out = {"state": state, "params": params, "rows": rows, "frozen_at": frozen_at, "total": total}
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
+    del ddp
+    leave_process_group()
 
 
 def spawn(tmp_path, rewrap: bool):
