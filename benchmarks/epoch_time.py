@@ -10,7 +10,6 @@ measured epoch.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -21,6 +20,7 @@ import torch
 from freezeout.config import TrainConfig
 from freezeout.data import Dataset
 from freezeout.engine import Run
+from freezeout.runfiles import atomic_json
 from freezeout.trainer import resolve_device
 
 
@@ -84,7 +84,7 @@ def main() -> None:
         f"~{step_s * per_epoch:.0f} s per {args.train_size}-image epoch ({per_epoch} steps; extrapolated)"
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_json(args.out, result)
 
 
 if __name__ == "__main__":

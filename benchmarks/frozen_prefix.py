@@ -7,7 +7,6 @@ Measures every k in one process, alternating k's round-robin, and reports median
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import freezeout
+from freezeout.runfiles import atomic_json
 
 
 def conv_net(width: int = 32, depth: int = 8) -> tuple[nn.Module, list[nn.Module]]:
@@ -71,7 +71,7 @@ def main() -> None:
             f" {row['saved_bytes'] / 2**20:>9.2f} {row['saved_ratio']:>7.2f}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows}, indent=2))
+    atomic_json(args.out, {"batch": args.batch, "threads": torch.get_num_threads(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from freezeout.cli import main as cli_main
+from freezeout.runfiles import atomic_bytes
 
 
 def render(result: dict) -> str:
@@ -70,7 +71,7 @@ def main() -> None:
     result = json.loads((args.render or args.out).read_text())
     table = render(result)
     print(table)
-    (args.render or args.out).with_suffix(".md").write_text(table + "\n")
+    atomic_bytes((args.render or args.out).with_suffix(".md"), (table + "\n").encode())
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ def run_bench(
     """Benchmark FreezeOut on ``model``: paper, calibrated, ideal and realized saving for every strategy
     and t0 of ``config``, plus memory and the cost of ``sched.step()``. The model is not changed.
 
-    ``progress(k)`` reports ``k`` more timed steps done (for a progress bar); ``total_work(config, n)``
+    ``progress(k)`` reports ``k`` more steps done (for a progress bar); ``total_work(config, n)``
     says how many there will be.
     """
     config = (config or BenchConfig()).validate()
@@ -222,6 +222,6 @@ def run_bench(
 
 
 def total_work(config: BenchConfig, num_layers: int) -> int:
-    """Timed steps ``run_bench`` reports through ``progress``."""
-    curve = len(default_ks(num_layers, config.curve_points)) * config.curve_repeats
+    """Steps ``run_bench`` reports through ``progress``."""
+    curve = len(default_ks(num_layers, config.curve_points)) * (config.curve_repeats + 1)  # + the warm round
     return curve + config.repeats * config.steps * (1 + len(config.strategies) * len(config.t0s))

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         from ..timing import default_ks, step_time_curve
 
         ks = default_ks(len(layers), args.curve_points) if args.curve_points >= 2 else None
-        with tqdm(total=len(ks or []) * args.repeats, desc="step-time curve", disable=args.json) as bar:
+        with tqdm(total=len(ks or []) * (args.repeats + 1), desc="step-time curve", disable=args.json) as bar:
             curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update)
     rows = [
         predict(
