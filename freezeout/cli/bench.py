@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import BenchConfig, run_bench, total_work
 
     model, layers, x = build(args)
+    model.to(args.device)  # the FLOP count runs the model on the example input, which goes to the device
     config = BenchConfig(
         steps=args.steps,
         repeats=args.repeats,
