@@ -4,7 +4,8 @@ Real training loops (``param_groups`` + SGD with Nesterov momentum and weight de
 path a user runs) on random data of the example's shape over a compressed schedule. Baseline and
 FreezeOut runs alternate, in a rotating order, and each total is a median over repeats, since absolute
 times drift on a shared machine. The *ideal* is the measured step-time curve ``T(k)`` integrated over
-the very same schedule; the *calibrated* estimate integrates it over the continuous schedule.
+the very same schedule; the *calibrated* estimate integrates it over the continuous schedule. The curve
+is measured in slices, one before each repeat of the runs, so that both see the same machine.
 """
 
 from __future__ import annotations
@@ -145,23 +146,13 @@ def run_bench(
     flops, rest = layer_flops(model, layers, example_input)
     device = torch.device(config.device)
     loss_fn = loss_fn or F.cross_entropy
-    curve = step_time_curve(
-        model,
-        layers,
-        example_input,
-        target=target,
-        loss_fn=loss_fn,
-        ks=default_ks(n, config.curve_points),
-        repeats=config.curve_repeats,
-        device=device,
-        lr=config.lr,
-        progress=progress,
-    )
     template = copy_model(model, layers, device)
     g = torch.Generator().manual_seed(config.seed)
     data = []
     for i in range(min(config.steps, 4)):  # a few distinct batches: content does not change the cost
-        x = torch.randn(example_input.shape, generator=g, dtype=example_input.dtype).to(device)
+        x = torch.randn(example_input.shape, generator=g, dtype=example_input.dtype)
+        # in the example's memory layout (channels_last or not), which is what the step-time curve times
+        x = torch.empty_like(example_input, device=device).copy_(x)
         y = random_targets(template[0], x, seed=config.seed + i) if target is None else target.to(device)
         data.append((x, y))
     runs = [("baseline", 1.0, "cubic", True)] + [
@@ -170,12 +161,25 @@ def run_bench(
     warm = BenchConfig(**{**asdict(config), "steps": 2})
     _loop(template, data, loss_fn, warm, 1.0, "cubic", True)  # first-run costs land outside the timings
     results: dict[str, list] = {name: [] for name, *_ in runs}
+    slices = []
     for r in range(config.repeats):
+        # A slice of the step-time curve before each repeat of the runs, not the whole curve first: this
+        # machine's speed drifted ~10 % over a 20-minute table, and a curve taken in one phase and runs in
+        # another made ideal and realized disagree (realized/ideal 0.73-0.92 in one such run).
+        first = r == 0
+        slices.append(
+            step_time_curve(
+                model, layers, example_input, target=target, loss_fn=loss_fn, ks=default_ks(n, config.curve_points),
+                repeats=_curve_slice(config), warmup=2 if first else 0, warm_rounds=1 if first else 0, device=device,
+                lr=config.lr, progress=progress,
+            )
+        )  # fmt: skip
         shift = r % len(runs)  # rotate the order so no run always follows the same neighbour
         for name, t0, schedule, scale in runs[shift:] + runs[:shift]:
             results[name].append(_loop(template, data, loss_fn, config, t0, schedule, scale))
             if progress:
                 progress(config.steps)
+    curve = _merge_curves(slices, n)
     base = _median_runs(results["baseline"])
     step_time = base["seconds"] / config.steps
     per_call = _sched_step_seconds(template, config)
@@ -214,6 +218,7 @@ def run_bench(
         "rest_flops": rest,
         "step_times": curve["step_times"],
         "curve_ks": curve["ks"],
+        "curve_samples": curve["samples"],
         "baseline": {**base, "step_seconds": step_time},
         "sched_step": {"seconds_per_call": per_call, "fraction_of_step": per_call / step_time},
         "memory": memory,
@@ -221,7 +226,22 @@ def run_bench(
     }
 
 
+def _curve_slice(config: BenchConfig) -> int:
+    """Timed steps per k in each repeat's slice of the curve: at least ``curve_repeats`` in all."""
+    return -(-config.curve_repeats // config.repeats)
+
+
+def _merge_curves(slices: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """One curve from the slices: the median of every sample of each k, the rest as the first slice."""
+    from .estimate import interpolate_step_times
+
+    samples = {k: [t for c in slices for t in c["samples"][k]] for k in slices[0]["samples"]}
+    measured = {int(k): statistics.median(v) for k, v in samples.items()}
+    return {**slices[0], "samples": samples, "step_times": interpolate_step_times(measured, n)}
+
+
 def total_work(config: BenchConfig, num_layers: int) -> int:
     """Steps ``run_bench`` reports through ``progress``."""
-    curve = len(default_ks(num_layers, config.curve_points)) * (config.curve_repeats + 1)  # + the warm round
+    timed = config.repeats * _curve_slice(config)
+    curve = len(default_ks(num_layers, config.curve_points)) * (timed + 1)  # + the warm round
     return curve + config.repeats * config.steps * (1 + len(config.strategies) * len(config.t0s))

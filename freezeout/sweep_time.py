@@ -69,6 +69,9 @@ def calibrated_plan(base: dict[str, Any], points: Iterable[tuple[str, float]], r
     from .trainer import resolve_device
 
     model, x, y = example_model(base)
+    if base.get("channels_last", False):  # time the layout the runs train in (configs older than the key: NCHW)
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     curve = step_time_curve(
         model,
         model.layers,

@@ -29,6 +29,41 @@ def test_run_bench_rows_and_model_untouched(tiny):
     assert all(p.requires_grad for p in tiny.parameters())
 
 
+def test_curve_is_measured_in_slices_between_the_repeats(tiny, monkeypatch):
+    import statistics
+
+    import freezeout.bench as bench
+
+    order = []
+    real_curve, real_loop = bench.step_time_curve, bench._loop
+    monkeypatch.setattr(bench, "step_time_curve", lambda *a, **kw: order.append("curve") or real_curve(*a, **kw))
+    monkeypatch.setattr(bench, "_loop", lambda *a, **kw: order.append("run") or real_loop(*a, **kw))
+    config = BenchConfig(steps=4, repeats=2, curve_repeats=3, strategies=[("cubic", True)], overhead_calls=10)
+    done = []
+    result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
+    # warm-up run, then per repeat: a slice of the curve, baseline and FreezeOut runs
+    assert order == ["run", "curve", "run", "run", "curve", "run", "run"]
+    assert sum(done) == total_work(config, 4)
+    samples = result["curve_samples"]
+    assert sorted(map(int, samples)) == [0, 1, 2, 3, 4]
+    assert all(len(v) == 4 for v in samples.values())  # 2 slices x ceil(3 / 2) timed steps per k
+    assert all(result["step_times"][int(k)] == statistics.median(v) for k, v in samples.items())
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_runs_train_on_batches_in_the_examples_layout(tiny, monkeypatch, fmt):
+    import freezeout.bench as bench
+
+    layouts = []
+    real_loop = bench._loop
+    monkeypatch.setattr(bench, "_loop", lambda t, data, *a: layouts.append(data) or real_loop(t, data, *a))
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=fmt)
+    run_bench(tiny, tiny.layers, x, BenchConfig(steps=2, repeats=1, curve_repeats=1, overhead_calls=1))
+    # the step-time curve times the example itself; the runs must see the same layout, or the two disagree
+    assert layouts and all(b.is_contiguous(memory_format=fmt) for data in layouts for b, _ in data)
+    assert all(not torch.equal(data[0][0], data[1][0]) for data in layouts)  # distinct random batches
+
+
 def test_bench_config_validation():
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         BenchConfig(steps=0).validate()

@@ -44,7 +44,15 @@ CONFIG_FLAGS = {
     "--device": ["cpu", "auto", "cuda", "cuda:0", "cuda:x", "tpu", "meta", "cpu:0"],
 }
 PER_RUN = {"--schedule": ["linear", "cubic"], "--t0": NUMBERS, "--seed": SEEDS}
-SWITCHES = ["--scale-lr", "--no-scale-lr", "--channels-last", "--bf16", "--resume", "--no-progress"]
+SWITCHES = [
+    "--scale-lr",
+    "--no-scale-lr",
+    "--channels-last",
+    "--no-channels-last",
+    "--bf16",
+    "--resume",
+    "--no-progress",
+]
 MODEL_FLAGS = {
     "--model": ["densenet-bc", "resnet"],
     "--depth": ["10", "11", "4"],

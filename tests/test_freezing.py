@@ -24,9 +24,10 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def train_step(model, opt, sched, step):
+def train_step(model, opt, sched, step, memory_format=torch.contiguous_format):
     model.train()  # a real loop calls this every epoch; frozen layers must stay in eval mode
     x, y = batch(step)
+    x = x.contiguous(memory_format=memory_format)
     opt.zero_grad(set_to_none=False)  # in-place zeroing must not revive frozen parameters
     F.cross_entropy(model(x), y).backward()
     opt.step()
@@ -45,15 +46,20 @@ def test_lrs_follow_the_formulas_from_construction_on(tiny):
     assert sched.num_frozen == 4
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}  # the trainer's default: NHWC
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_frozen_layers_are_bit_identical_for_the_rest_of_the_run(tiny, name):
+def test_frozen_layers_are_bit_identical_for_the_rest_of_the_run(tiny, name, layout):
+    tiny.to(memory_format=LAYOUTS[layout])
     layers = tiny.layers
     opt = OPTIMIZERS[name](param_groups(tiny, layers))
     sched = FreezeOut(opt, layers, total_steps=24, t0=0.4, schedule="linear")
     frozen_at: dict[int, dict[str, torch.Tensor]] = {}
     before = {i: snapshot(layer) for i, layer in enumerate(layers)}
     for step in range(24):
-        train_step(tiny, opt, sched, step)
+        train_step(tiny, opt, sched, step, LAYOUTS[layout])
         for i in range(sched.num_frozen):
             layer = layers[i]
             if i not in frozen_at:

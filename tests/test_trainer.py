@@ -131,6 +131,31 @@ def test_resume_checks(cifar_dir, tmp_path, uninterrupted):
         train(tiny_config(cifar_dir), tmp_path / "torn", resume=True)
 
 
+def test_channels_last_is_the_default_layout_and_computes_like_nchw(cifar_dir):
+    from freezeout.data import load_dataset
+    from freezeout.engine import Run
+
+    nhwc, nchw = tiny_config(cifar_dir), tiny_config(cifar_dir, channels_last=False)
+    assert nhwc.channels_last  # the default: measured ~1.5x faster steps on CPU (docs/BENCHMARKS.md)
+    data = load_dataset("cifar10", str(cifar_dir))
+    results = []
+    for config, want in ((nhwc, torch.channels_last), (nchw, torch.contiguous_format)):
+        run = Run(config, data, torch.device("cpu"))
+        x, y = next(iter(run.train_batches))
+        for t in (x, run.model.stem.weight):
+            assert t.is_contiguous(memory_format=want) and t.is_contiguous() == (want is torch.contiguous_format)
+        logits = run.model(x)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        results.append((x, logits.detach(), torch.cat([p.grad.flatten() for p in run.model.parameters()])))
+    (xa, la, ga), (xb, lb, gb) = results
+    assert torch.equal(xa, xb)  # the same batch, only laid out differently
+    # The same maths up to float rounding. CPU's channels-last BatchNorm rounds ~10x coarser (~1e-5 here), and
+    # in this tiny net a few ReLU inputs near 0 flip sign with it, so gradients agree as a whole, not per entry.
+    assert torch.allclose(la, lb, rtol=1e-4, atol=1e-4)
+    assert torch.nn.functional.cosine_similarity(ga, gb, dim=0) > 0.999
+    assert (ga - gb).norm() < 0.05 * gb.norm()  # seen: 0.028
+
+
 def test_validation_split_is_evaluated(tmp_path):
     summary = train(TrainConfig(depth=10, growth=2, epochs=1, batch_size=200, val_split=100, device="cpu"), tmp_path)
     record = lines(tmp_path / "metrics.jsonl")[0]

@@ -64,7 +64,13 @@ def run(args: argparse.Namespace) -> int:
     ).validate()
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
         result = run_bench(model, layers, x.to(args.device), config, progress=bar.update)
-    result["model"] = {"name": args.model, "depth": args.depth, "growth": args.growth, "num_classes": args.num_classes}
+    result["model"] = {
+        "name": args.model,
+        "depth": args.depth,
+        "growth": args.growth,
+        "num_classes": args.num_classes,
+        "channels_last": args.channels_last,
+    }
     base = result["baseline"]
     print(
         f"{args.model}-{args.depth} (k={args.growth}), batch {args.batch_size}, {args.steps} steps, "

@@ -22,6 +22,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument("--channels", type=positive_int, default=3, help="input channels (default 3)")
     m.add_argument("--num-classes", type=positive_int, default=10, help="classes (default 10)")
     m.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    m.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last (NHWC) layout, as the trainer uses by default (default: on)",
+    )
     s = p.add_argument_group("strategies (rows: every schedule x scaling x t0)")
     s.add_argument(
         "--schedule", nargs="+", default=["cubic"], choices=("linear", "cubic", "all"), help="'all': the 4 strategies"
@@ -57,6 +63,9 @@ def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
         raise ValueError(
             f"{args.model}-{args.depth} cannot take a {args.input_size} x {args.input_size} input: {first}"
         ) from None
+    if args.channels_last:  # time the layout training runs in
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     model.train()
     return model, model.layers, x
 
@@ -110,7 +119,13 @@ def run(args: argparse.Namespace) -> int:
         for t0 in args.t0
     ]
     result = {
-        "model": {"name": args.model, "depth": args.depth, "growth": args.growth, "num_classes": args.num_classes},
+        "model": {
+            "name": args.model,
+            "depth": args.depth,
+            "growth": args.growth,
+            "num_classes": args.num_classes,
+            "channels_last": args.channels_last,
+        },
         "input_shape": list(x.shape),
         "num_layers": len(layers),
         "layer_flops": flops,
