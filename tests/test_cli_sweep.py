@@ -3,7 +3,6 @@ bad input as one line on stderr."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -14,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-# until the trainer is merged into this branch (then this mark goes)
-needs_trainer = pytest.mark.skipif(
-    importlib.util.find_spec("freezeout.trainer") is None, reason="freezeout.trainer not merged yet"
-)
+from freezeout.cli import main
+from tests.cifar_files import one_thread, write_cifar
+
 ROOT = Path(__file__).resolve().parents[1]
 # the smallest DenseNet-BC on the embedded digits: seconds per run
 TINY = ["--dataset", "digits", "--depth", "10", "--growth", "4", "--batch-size", "100", "--device", "cpu"]
@@ -48,7 +46,6 @@ def epochs_logged(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-@needs_trainer
 def test_killed_sweep_resumes_and_skips_finished(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--epochs", "6", "--strategies", "cubic-scaled", "--t0", "0.5", "--seeds", "0"]
@@ -93,7 +90,26 @@ def test_killed_sweep_resumes_and_skips_finished(tmp_path):
     one_line_error(cli(*[a if a != "6" else "7" for a in args]), "different config (epochs: 6 -> 7)")
 
 
-@needs_trainer
+def test_sweep_on_cifar10_files(tmp_path, capsys):
+    data = write_cifar(tmp_path / "c10", "cifar10", packed=True, per_batch=10)
+    out = tmp_path / "sweep"
+    # the smallest grid the CLI takes: no strategy, no t0, one seed = the baseline alone
+    argv = ["sweep", "--dataset", "cifar10", "--data-dir", str(data), "--depth", "10", "--growth", "2"]
+    argv += ["--epochs", "1", "--strategies", "--t0", "--seeds", "0", "--device", "cpu", "--out", str(out)]
+    with one_thread():
+        assert main([*argv, "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads((out / "sweep.json").read_text())["base_config"]["dataset"] == "cifar10"
+    runs = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert runs == ["baseline_seed=0"]
+    summary = json.loads((out / runs[0] / "summary.json").read_text())
+    assert summary["finished"] and summary["config"]["dataset"] == "cifar10"
+    assert summary["config"]["data_dir"] == str(data) and summary["num_layers"] == 6
+    assert summary["total_steps"] == 1  # 5 x 10 training images in one batch of 50: these files, not digits
+    table = json.loads((out / "aggregate.json").read_text())
+    assert [r["strategy"] for r in table["rows"]] == ["baseline"] and table["base_config"]["dataset"] == "cifar10"
+    assert "baseline" in capsys.readouterr().out
+
+
 def test_dry_run_prints_the_grid(tmp_path):
     result = cli(
         "sweep", *TINY, "--epochs", "2", "--t0", "0.5", "0.8", "--seeds", "0", "1", "--out", str(tmp_path / "d"),
@@ -105,7 +121,6 @@ def test_dry_run_prints_the_grid(tmp_path):
     assert not (tmp_path / "d").exists()  # a dry run writes nothing
 
 
-@needs_trainer
 @pytest.mark.parametrize(
     ("extra", "match"),
     [

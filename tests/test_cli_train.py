@@ -143,7 +143,9 @@ def test_demo_runs_both_and_writes_results(tmp_path, capsys):
     printed = capsys.readouterr().out
     results = json.loads((tmp_path / "demo.json").read_text())
     assert set(results) == {"baseline", "freezeout"}
-    assert results["baseline"]["config"]["t0"] == 1.0 and results["freezeout"]["config"]["t0"] == 0.8
+    assert results["baseline"]["config"]["t0"] == 1.0
+    frozen = results["freezeout"]["config"]
+    assert (frozen["schedule"], frozen["scale_lr"], frozen["t0"]) == ("cubic", True, 0.8)  # the paper's pick
     assert (
         results["freezeout"]["num_frozen"] == results["freezeout"]["num_layers"]
         and results["baseline"]["num_frozen"] == 0

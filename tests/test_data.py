@@ -65,6 +65,21 @@ def test_bad_contents_are_named(tmp_path, change, message):
         load_cifar("cifar10", tmp_path)
 
 
+@pytest.mark.parametrize("member", ["train", "test"])
+@pytest.mark.parametrize("bad", [100, -1])
+def test_cifar100_fine_labels_out_of_range_are_refused(tmp_path, member, bad):
+    # 100 is the classic off-by-one (num_classes itself); it would index past the classifier's 100 outputs
+    files = cifar_members("cifar100")
+    labels = files[member][b"fine_labels"]
+    files[member][b"fine_labels"] = [*labels[:-1], bad]
+    write_cifar(tmp_path, "cifar100", packed=False, files=files)
+    with pytest.raises(ValueError, match=rf"{member} labels must be integers in \[0, 100\)"):
+        load_cifar("cifar100", tmp_path)
+    files[member][b"fine_labels"] = [*labels[:-1], 99]  # the top class itself is fine
+    write_cifar(tmp_path, "cifar100", packed=False, files=files)
+    assert int(load_cifar("cifar100", tmp_path)[1 if member == "train" else 3].max()) == 99
+
+
 def test_missing_empty_and_wrong_pairing(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_cifar("cifar10", tmp_path / "nope")

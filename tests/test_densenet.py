@@ -34,6 +34,25 @@ def test_every_unit_is_relu_bn_conv():
             assert kinds[i : i + 3] == [nn.ReLU, nn.BatchNorm2d, nn.Conv2d]
 
 
+def test_bottleneck_and_compression_channels():
+    # The "B" and "C" of DenseNet-BC: a 1x1 bottleneck to 4k channels before each 3x3 conv, and transitions
+    # that halve the channels. Without them the net still runs, with other widths and other FLOPs.
+    growth = 4
+    model = densenet_bc(depth=10, growth=growth)
+    dense = [layer for block in model.blocks for layer in block]
+    assert len(dense) == 3 and len(model.transitions) == 2
+    for layer in dense:
+        convs = [m for m in layer.modules() if isinstance(m, nn.Conv2d)]
+        assert [c.kernel_size for c in convs] == [(1, 1), (3, 3)]
+        assert convs[0].out_channels == 4 * growth and convs[1].in_channels == 4 * growth
+        assert convs[1].out_channels == growth
+    for transition in model.transitions:
+        (conv,) = [m for m in transition.modules() if isinstance(m, nn.Conv2d)]
+        assert conv.kernel_size == (1, 1) and conv.out_channels == conv.in_channels // 2
+    # stem 2k = 8, +k = 12 after block 1 -> 6, +k = 10 after block 2 -> 5
+    assert [t[-2].in_channels for t in model.transitions] == [12, 10]
+
+
 def test_layers_cover_everything_but_the_head_in_forward_order():
     model = densenet_bc(depth=10, growth=4)
     order = []

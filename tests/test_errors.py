@@ -1,4 +1,4 @@
-"""Bad arguments raise ValueError naming the argument."""
+"""Bad arguments raise ValueError naming the argument and what it accepts."""
 
 from __future__ import annotations
 
@@ -15,20 +15,23 @@ def sgd(groups):
 
 
 @pytest.mark.parametrize(
-    "kwargs, word",
+    "kwargs, message",
     [
-        ({"t0": 0.0}, "t0"),
-        ({"t0": 1.01}, "t0"),
-        ({"t0": float("nan")}, "t0"),
-        ({"total_steps": 0}, "total_steps"),
-        ({"total_steps": 2.5}, "total_steps"),
-        ({"schedule": "exp"}, "schedule"),
+        ({"t0": 0.0}, r"t0 must be in \(0, 1\]"),
+        ({"t0": 1.01}, r"t0 must be in \(0, 1\]"),
+        ({"t0": -0.5}, r"t0 must be in \(0, 1\]"),
+        ({"t0": float("nan")}, r"t0 must be in \(0, 1\]"),  # NaN passes a plain `v <= 0 or v > 1` check
+        ({"t0": "late"}, r"t0 must be a number in \(0, 1\]"),
+        ({"total_steps": 0}, "total_steps must be an integer >= 1"),
+        ({"total_steps": 2.5}, "total_steps must be an integer >= 1"),
+        ({"total_steps": True}, "total_steps must be an integer >= 1"),  # a bool is an int to isinstance
+        ({"schedule": "exp"}, "schedule must be one of 'linear', 'cubic', got 'exp'"),
     ],
 )
-def test_bad_scalar_arguments(tiny, kwargs, word):
+def test_bad_scalar_arguments_name_the_argument_and_its_range(tiny, kwargs, message):
     opt = sgd(param_groups(tiny, tiny.layers))
     args = {"total_steps": 10, **kwargs}
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=message):
         FreezeOut(opt, tiny.layers, **args)
 
 
@@ -52,6 +55,16 @@ def test_same_layer_or_parameter_twice(tiny):
     nested = [tiny.blocks[0], tiny.blocks[0][2]]  # a block and a conv inside it share parameters
     with pytest.raises(ValueError, match="shares a parameter"):
         param_groups(tiny, nested)
+
+
+def test_the_same_layer_twice_straight_to_freezeout(tiny):
+    # without param_groups in between: FreezeOut checks its own layer list before the optimizer's layout
+    opt = sgd(param_groups(tiny, tiny.layers))
+    with pytest.raises(ValueError, match=r"layers\[1\] is the same module as layers\[0\]"):
+        FreezeOut(opt, [tiny.stem, tiny.stem], total_steps=10)
+    relu = nn.ReLU()  # no parameters, so only the module identity check can tell the two apart
+    with pytest.raises(ValueError, match=r"layers\[2\] is the same module as layers\[1\]"):
+        FreezeOut(opt, [tiny.stem, relu, relu], total_steps=10)
 
 
 def test_optimizer_not_built_from_param_groups(tiny):

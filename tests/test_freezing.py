@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import pickle
 
 import pytest
@@ -121,3 +122,24 @@ def test_a_model_with_frozen_layers_still_pickles(tiny):
     torch.save(tiny, buf)
     clone.train()
     assert not clone.stem.training and clone.fc.training
+
+
+@pytest.mark.parametrize("scale_lr", [True, False])
+@pytest.mark.parametrize("schedule", ["linear", "cubic"])
+def test_t0_one_is_plain_cosine_and_never_freezes(tiny, schedule, scale_lr):
+    # t0 = 1 is the paper's baseline: every t_i is 1, and t = 1 at the last step must not count as "due"
+    total, n = 8, len(tiny.layers)
+    opt = OPTIMIZERS["sgd"](param_groups(tiny, tiny.layers))
+    sched = FreezeOut(opt, tiny.layers, total_steps=total, t0=1.0, schedule=schedule, scale_lr=scale_lr)
+    base_lrs = [0.1] * (n + 1)
+    for step in range(total + 1):
+        lrs = [g["lr"] for g in opt.param_groups]
+        assert lrs == pytest.approx(learning_rates(step, total, [1.0] * n, base_lrs, scale_lr))
+        assert lrs == pytest.approx([0.05 * (1 + math.cos(math.pi * step / total))] * (n + 1), abs=1e-12)
+        assert sched.num_frozen == 0
+        assert all(p.requires_grad for p in tiny.parameters())
+        if step < total:
+            train_step(tiny, opt, sched, step)
+            assert all(m.training for m in tiny.modules())  # no layer was switched to eval mode
+            assert all(p.grad is not None and p in opt.state for p in tiny.parameters())
+    assert sched.step_count == total and lrs[-1] == pytest.approx(0.0, abs=1e-12)

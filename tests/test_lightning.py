@@ -97,6 +97,11 @@ def test_lrs_follow_the_schedule_and_frozen_layers_stay_bit_identical():
         assert lrs == pytest.approx(want, abs=0, rel=1e-12)
         assert metrics["freezeout/num_frozen"].item() == freezeout.num_frozen_at(global_step, total, c.times)
         assert metrics["freezeout/lr_head"].item() == pytest.approx(want[-1], rel=1e-6)
+        training = want[freezeout.num_frozen_at(global_step, total, c.times) :]  # frozen layers (LR 0) left out
+        assert metrics["freezeout/lr_max"].item() == pytest.approx(max(training), rel=1e-6)
+        assert metrics["freezeout/lr_min"].item() == pytest.approx(min(training), rel=1e-6)
+    # partly frozen steps, where the minimum over all groups (0) and over the training ones differ
+    assert {freezeout.num_frozen_at(r[0], total, c.times) for r in rec.rows} >= {1, 2, 3}
     assert sorted(rec.frozen_at) == [0, 1, 2, 3]
     for i, snap in rec.frozen_at.items():
         now = model.freezable_layers()[i].state_dict()
@@ -128,6 +133,19 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), f"resumed run differs in {k}"
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming into it: intended
+def test_resume_with_another_configuration_is_refused(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def save():  # the same callback again on resume, as Lightning expects
+        return ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+
+    fit(t0=0.3, callbacks=[save()], enable_checkpointing=True)
+    # Same run length, other t0: continuing would splice two different schedules together.
+    with pytest.raises(ValueError, match=r"saved with a different configuration: t0: saved 0\.3, now 0\.5$"):
+        fit(t0=0.5, ckpt=str(tmp_path / "epoch=0.ckpt"), callbacks=[save()], enable_checkpointing=True)
 
 
 def test_layout_and_configuration_errors():

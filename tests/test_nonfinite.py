@@ -67,6 +67,40 @@ def test_huge_lr_stops_in_one_line_writing_no_checkpoint(tmp_path, capsys):
     assert not (out / "checkpoint.pt").exists() and not (out / "summary.json").exists()
 
 
+@pytest.mark.parametrize("where", ["parameter", "batchnorm"])
+def test_stop_catches_non_finite_state_behind_a_finite_loss(tmp_path, monkeypatch, where):
+    """An update can overflow a weight (or BatchNorm's running statistics) in the last step of an epoch while
+    every loss of that epoch was finite: the epoch must still not be saved."""
+    real = engine.Run.train_epoch
+    kept = {}
+
+    def last_step_leaves_inf(self, loss_sum, bar, label=""):
+        result = real(self, loss_sum, bar, label)
+        if self.sched.step_count == 2 * self.steps_per_epoch:  # epoch 2 done: its loss is already summed
+            kept["checkpoint"] = (tmp_path / "checkpoint.pt").read_bytes()
+            if where == "parameter":  # the head: it trains to the end, so its weights move every step
+                target = self.opt.param_groups[-1]["params"][0]
+            else:
+                target = [m for m in self.model.modules() if isinstance(m, torch.nn.BatchNorm2d)][-1].running_var
+            with torch.no_grad():
+                target.view(-1)[0] = float("inf")
+        return result
+
+    monkeypatch.setattr(engine.Run, "train_epoch", last_step_leaves_inf)
+    config = TrainConfig(dataset="digits", depth=10, growth=2, epochs=3, batch_size=100)
+    message = (
+        r"non-finite parameters or BatchNorm statistics after step 30 \(epoch 2, its last\): training stopped, "
+        r"the checkpoint of epoch 1 is kept"
+    )
+    with pytest.raises(NonFiniteLossError, match=message):
+        train(config, tmp_path)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == kept["checkpoint"]  # byte for byte: not rewritten
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+    assert not (tmp_path / "summary.json").exists()
+
+
 class Snapshots:
     """The model's state_dict (parameters and BatchNorm statistics), the optimizer's state and the schedule
     as each training batch is drawn: ``at[n]`` is the state after step ``n - 1``."""

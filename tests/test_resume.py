@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from freezeout import FreezeOut, param_groups
+from freezeout import FreezeOut, freeze_times, param_groups
 from tests.conftest import TinyNet
 from tests.test_freezing import OPTIMIZERS, train_step
 
@@ -22,9 +22,21 @@ def build(name: str):
     return model, opt, sched
 
 
+# Resume points from build()'s freeze times (0.125, 0.244.., 0.422.., 0.670..), not hand-picked step numbers:
+# layer i freezes in the sched.step() that makes step / TOTAL >= t_i.
+TIMES = freeze_times(4, 0.5, "cubic")
+FIRST_FREEZE = next(s for s in range(TOTAL + 1) if s / TOTAL >= TIMES[0])
+STOPS = {  # name: (stop, layers frozen in the checkpoint)
+    "before_any_froze": (FIRST_FREEZE - 1, 0),  # the first freeze comes after the resume
+    "as_the_first_froze": (FIRST_FREEZE, 1),  # the checkpoint's last step froze a layer
+    "some_frozen_some_not": (next(s for s in range(TOTAL + 1) if TIMES[2] <= s / TOTAL < TIMES[3]), 3),
+}
+
+
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
-@pytest.mark.parametrize("stop", [3, 9])  # before any layer froze, and with some frozen
-def test_resume_is_bit_identical_to_an_uninterrupted_run(name, stop):
+@pytest.mark.parametrize("when", sorted(STOPS))
+def test_resume_is_bit_identical_to_an_uninterrupted_run(name, when):
+    stop, frozen_at_stop = STOPS[when]
     model, opt, sched = build(name)
     torch.manual_seed(123)  # dropout draws from the global RNG
     for step in range(TOTAL):
@@ -46,6 +58,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(name, stop):
         buf,
     )
     frozen_then = sched.num_frozen
+    assert frozen_then == frozen_at_stop
     del model, opt, sched
 
     buf.seek(0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from sweep_fakes import FakeTrainer
@@ -75,6 +76,19 @@ def test_sweep_runs_everything_then_skips_finished(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "sweep.json"} == {
         p: m for p, m in mtimes.items() if p.name != "sweep.json"
     }
+
+
+def test_progress_bar_counts_runs_and_names_each(tmp_path, capsys):
+    grid = Grid(("cubic-scaled",), (0.5,), (0, 1))
+    names = [r.name for r in expand(grid)]
+    n = len(names)
+    for status in ("new", "finished"):  # the second pass skips every run, and says so
+        run_sweep(BASE, grid, tmp_path, train_fn=FakeTrainer(), make_config=as_dict, progress=True)
+        err = capsys.readouterr().err
+        # before run i starts, i runs are done out of the grid's n; the postfix names the run and its status
+        for i, name in enumerate(names):
+            assert re.search(rf"{i}/{n} \[[^\]]*, {re.escape(name)} \({status}\)\]", err), err
+        assert f"{n}/{n} [" in err and ("run/s" in err or "s/run" in err), err
 
 
 def test_interrupted_run_resumes_and_half_written_restarts(tmp_path):

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
-from freezeout.distributed import DUMP_ENV, Launch, check_batch_size, launch_from_env, state_checksums
+from freezeout.distributed import (
+    DUMP_ENV,
+    Distributed,
+    Launch,
+    check_batch_size,
+    device_for,
+    launch_from_env,
+    state_checksums,
+)
 from freezeout.models import build_model
 from freezeout.schedule import freeze_times, num_frozen_at
 
@@ -145,3 +154,25 @@ def test_state_checksums_see_every_bit():
         changed = state_checksums(model)[1] != sums
         w.view(-1)[i] ^= bit
         assert changed.tolist() == [n == "0.weight" for n in names]
+
+
+def test_device_for_gives_each_process_its_local_gpu():
+    launch = Launch(rank=3, world_size=4, local_rank=1)
+    for name in ("cuda", "auto"):  # torch.device("cuda", i) is only a name: no GPU needed to check the choice
+        assert device_for(launch, name, torch.device("cuda")) == torch.device("cuda", 1)
+    for name in ("cpu", "auto"):
+        assert device_for(launch, name, torch.device("cpu")) == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"device 'cuda:0' names one GPU; .* uses cuda:LOCAL_RANK: use cuda"):
+        device_for(launch, "cuda:0", torch.device("cuda", 0))
+
+
+def test_start_refuses_a_process_group_other_than_the_launch(tmp_path):
+    # A group the caller initialised is used as it is: it must be the world torchrun's environment describes.
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        ddp = Distributed(Launch(rank=0, world_size=2, local_rank=0))
+        with pytest.raises(ValueError, match="mismatched world size: the process group has rank 0 of 1, the "):
+            ddp.start(torch.device("cpu"))
+        assert not ddp.owns_group  # not ours: close() must leave it to the caller
+    finally:
+        dist.destroy_process_group()

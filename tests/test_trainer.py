@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -154,6 +155,39 @@ def test_channels_last_is_the_default_layout_and_computes_like_nchw(cifar_dir):
     assert torch.allclose(la, lb, rtol=1e-4, atol=1e-4)
     assert torch.nn.functional.cosine_similarity(ga, gb, dim=0) > 0.999
     assert (ga - gb).norm() < 0.05 * gb.norm()  # seen: 0.028
+
+
+def test_defaults_are_the_papers_and_reach_the_optimizer(cifar_dir):
+    from freezeout.data import load_dataset
+    from freezeout.engine import Run
+
+    d = TrainConfig()
+    assert (d.batch_size, d.lr, d.momentum, d.nesterov, d.weight_decay) == (50, 0.1, 0.9, True, 1e-4)
+    assert (d.schedule, d.scale_lr, d.t0) == ("cubic", True, 0.8)
+    # only the size and the data change: every optimisation field stays at its default
+    config = TrainConfig(dataset="cifar10", data_dir=str(cifar_dir), depth=10, growth=2, epochs=1, device="cpu")
+    run = Run(config.validate(), load_dataset("cifar10", str(cifar_dir)), torch.device("cpu"))
+    assert type(run.opt) is torch.optim.SGD
+    assert run.opt.defaults["lr"] == 0.1
+    for group in run.opt.param_groups:  # FreezeOut sets each group's LR, never these
+        assert (group["nesterov"], group["momentum"], group["weight_decay"]) == (True, 0.9, 1e-4)
+
+
+def test_auto_device_follows_cuda_availability(monkeypatch):
+    # a torch.device is only a name: nothing is allocated on CUDA, so this runs on machines without it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert trainer.resolve_device("auto") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert trainer.resolve_device("auto") == torch.device("cuda")
+
+
+def test_progress_bar_shows_epoch_loss_frozen_and_eta(cifar_dir, tmp_path, capsys):
+    train(tiny_config(cifar_dir, epochs=1), tmp_path, progress=True)
+    err = capsys.readouterr().err
+    assert "epoch=1/1 loss=? frozen=0" in err  # before the first step: no loss yet
+    assert re.search(r"10/10 \[[^\]]*epoch=1/1 loss=\d+\.\d{3} frozen=6\]", err), err  # all 6 frozen at the end
+    assert re.search(r"\d\d:\d\d<(\d\d:\d\d|\?), ", err), err  # tqdm's elapsed<remaining: the ETA
+    assert "step/s" in err or "s/step" in err
 
 
 def test_validation_split_is_evaluated(tmp_path):
