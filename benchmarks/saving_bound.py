@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import freeze_times
-from freezeout.estimate import integrate_step_times
+from freezeout.estimate import integrate_step_times, interpolate_step_times
 from freezeout.models import DenseNetBC
 from freezeout.runfiles import atomic_json
 from freezeout.timing import default_ks, make_optimizer, set_frozen_prefix, train_step
@@ -151,7 +151,7 @@ def main() -> None:
     for name, by_k in samples.items():
         measured = {k: statistics.median(v) for k, v in by_k.items()}
         measured[0] = base
-        curve = [_interp(measured, k) for k in range(n + 1)]
+        curve = interpolate_step_times(measured, n)
         savings = {
             f"{s}-{'scaled' if sc else 'unscaled'}-{t0:g}": integrate_step_times(curve, freeze_times(n, t0, s))[
                 "saving"
@@ -178,14 +178,6 @@ def _same_maths(plain: nn.Module, split: nn.Module, x: torch.Tensor, k: int) -> 
     (a, ga), (b, gb) = got["plain"], got["split"]
     assert len(ga) == len(gb), "split and plain compute gradients for different parameters"
     return {"output": (a - b).abs().max().item(), "grad": max((u - v).abs().max().item() for u, v in zip(ga, gb))}
-
-
-def _interp(measured: dict[int, float], k: int) -> float:
-    ks = sorted(measured)
-    hi = next(j for j in ks if j >= k)
-    lo = max(j for j in ks if j <= k)
-    w = 0.0 if hi == lo else (k - lo) / (hi - lo)
-    return (1 - w) * measured[lo] + w * measured[hi]
 
 
 if __name__ == "__main__":
