@@ -78,17 +78,6 @@ class Split(DenseNetBC):
         return self.fc(self.head(x))
 
 
-class Rest(nn.Module):
-    """Layers ``k ..`` and the head of a DenseNet-BC: its forward is ``Sequential`` over ``layers``."""
-
-    def __init__(self, model: DenseNetBC, k: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*model.layers[k:], model.head, model.fc)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--depth", type=int, default=76)
@@ -130,7 +119,7 @@ def main() -> None:
                 cached = x
                 for layer in plain.layers[:k]:
                     cached = layer(cached)
-            rest = Rest(plain, k)
+            rest = nn.Sequential(*plain.layers[k:], plain.head, plain.fc)  # the forward of layers k.. and head
             steps = {
                 "freezeout": lambda: train_step(plain, opts["freezeout"], x, y, F.cross_entropy),
                 "split": lambda: train_step(split, opts["split"], x, y, F.cross_entropy),

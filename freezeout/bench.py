@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .controller import FreezeOut
-from .estimate import integrate_step_times, predict
+from .estimate import integrate_step_times, interpolate_step_times, predict
 from .flops import batch_size_of, layer_flops
 from .groups import check_layers
 from .schedule import freeze_times, validate_schedule, validate_t0
@@ -233,8 +233,6 @@ def _curve_slice(config: BenchConfig) -> int:
 
 def _merge_curves(slices: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """One curve from the slices: the median of every sample of each k, the rest as the first slice."""
-    from .estimate import interpolate_step_times
-
     samples = {k: [t for c in slices for t in c["samples"][k]] for k in slices[0]["samples"]}
     measured = {int(k): statistics.median(v) for k, v in samples.items()}
     return {**slices[0], "samples": samples, "step_times": interpolate_step_times(measured, n)}

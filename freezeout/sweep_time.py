@@ -65,13 +65,12 @@ def calibrated_plan(base: dict[str, Any], points: Iterable[tuple[str, float]], r
     Returns ``step_times``, ``seconds_per_baseline_epoch`` (``T(0)`` x steps per epoch, no data loading)
     and ``savings``.
     """
-    from .timing import default_ks, step_time_curve
+    from .timing import default_ks, step_time_curve, to_channels_last
     from .trainer import resolve_device
 
     model, x, y = example_model(base)
     if base.get("channels_last", False):  # time the layout the runs train in (configs older than the key: NCHW)
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(model, x)
     curve = step_time_curve(
         model,
         model.layers,

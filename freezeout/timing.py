@@ -29,6 +29,7 @@ __all__ = [
     "set_frozen_prefix",
     "step_time_curve",
     "sync",
+    "to_channels_last",
     "train_step",
 ]
 
@@ -85,6 +86,12 @@ def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> 
             if i < k:
                 p.grad = None
         layer.train(i >= k)
+
+
+def to_channels_last(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Put ``model`` in the channels-last layout (in place) and return ``x`` in it, as the trainer runs."""
+    model.to(memory_format=torch.channels_last)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 def train_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:

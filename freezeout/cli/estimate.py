@@ -49,6 +49,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
     import torch
 
     from ..models import build_model
+    from ..timing import to_channels_last
     from ..trainer import resolve_device
 
     args.device = str(resolve_device(args.device))
@@ -64,8 +65,7 @@ def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
             f"{args.model}-{args.depth} cannot take a {args.input_size} x {args.input_size} input: {first}"
         ) from None
     if args.channels_last:  # time the layout training runs in
-        model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_channels_last(model, x)
     model.train()
     return model, model.layers, x
 
