@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import freezeout.cli.demo as demo
@@ -164,21 +165,88 @@ def _small(monkeypatch, tmp_path):
         yield
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
-def test_fuzzed_arguments_end_cleanly(command):
-    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# One example may take a few seconds (a tiny training run); one that takes this long runs unbounded work, which
+# is a bug to report, never a hang of the suite.
+EXAMPLE_SECONDS = 60
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int, args: list[str]):
+    def expire(signum, frame):
+        raise AssertionError(f"example ran over {seconds} s (unbounded work?): {args}")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def check_example(args: list[str]) -> None:
+    with tempfile.TemporaryDirectory() as d, time_limit(EXAMPLE_SECONDS, args):
+        tmp = Path(d)
+        (tmp / "file.txt").write_text("not a folder")
+        code, err = run_cli(args, tmp)
+    assert "Traceback" not in err, err
+    assert code in (0, None) or (isinstance(code, int) and code > 0), code
+    if code not in (0, None):
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith("freezeout"), lines[0]
+        assert "usage:" not in err
+
+
+def fuzz(command: str, examples: int, derandomize: bool):
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=derandomize,
+        database=None,  # no examples replayed from earlier runs: what runs is what this file says
+        suppress_health_check=[HealthCheck.too_slow],
+    )
     @given(args=argv(command))
     def check(args):
-        with tempfile.TemporaryDirectory() as d:
-            tmp = Path(d)
-            (tmp / "file.txt").write_text("not a folder")
-            code, err = run_cli(args, tmp)
-        assert "Traceback" not in err, err
-        assert code in (0, None) or (isinstance(code, int) and code > 0), code
-        if code not in (0, None):
-            lines = err.strip().splitlines()
-            assert len(lines) == 1, err
-            assert lines[0].startswith("freezeout"), lines[0]
-            assert "usage:" not in err
+        check_example(args)
 
-    check()
+    return check
+
+
+# demo trains twice per valid example: fewer of them keep make test fast; the slow exploring run does more.
+EXAMPLES = {"demo": 15}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_fuzzed_arguments_end_cleanly(command):
+    # Derandomized: the same examples on every run, so `make test` cannot pass today and fail tomorrow.
+    fuzz(command, EXAMPLES.get(command, 40), derandomize=True)()
+
+
+@pytest.mark.parametrize("command", ["bench", "estimate"])
+def test_seed_17_regression(command):
+    """Seed 17 once drew `bench --steps 99999999999999999999`, which ran for ever, and `estimate --num-classes` huge."""
+    seed(17)(fuzz(command, 40, derandomize=False))()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["bench", "--steps", "99999999999999999999"],
+        ["estimate", "--num-classes", "99999999999999999999"],
+        ["estimate", "--num-classes", "9999999999"],
+        ["estimate", "--channels", "99999999999999999999"],
+        ["bench", "--curve-points", "-5"],
+    ],
+)
+def test_huge_sizes_are_refused_before_any_work(args):
+    code, err = run_cli(args, Path("."))
+    assert code == 2
+    assert "expected an integer in [" in err, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_fuzzed_arguments_explore(command):
+    """New random examples on every run (make test-all): finds what the fixed examples miss."""
+    fuzz(command, 100, derandomize=False)()

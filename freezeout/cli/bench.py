@@ -14,16 +14,27 @@ __all__ = ["add_parser"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .common import path, positive_int
+    from .common import MAX_REPEATS, MAX_SEED, MAX_STEPS, int_in, path
 
     p = sub.add_parser("bench", help="measure FreezeOut's real saving vs. the baseline, next to the estimates")
     add_model_args(p)
     b = p.add_argument_group("benchmark")
-    b.add_argument("--steps", type=positive_int, default=40, help="steps of the compressed schedule (default 40)")
-    b.add_argument("--repeats", type=positive_int, default=3, help="alternating runs per row, median (default 3)")
-    b.add_argument("--curve-repeats", type=positive_int, default=3, help="timed steps per k of the curve (default 3)")
-    b.add_argument("--curve-points", type=int, default=41, help="k values measured, rest interpolated (default 41)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the random data (default 0)")
+    b.add_argument(
+        "--steps", type=int_in(1, MAX_STEPS), default=40, help="steps of the compressed schedule (default 40)"
+    )
+    b.add_argument(
+        "--repeats", type=int_in(1, MAX_REPEATS), default=3, help="alternating runs per row, median (default 3)"
+    )
+    b.add_argument(
+        "--curve-repeats", type=int_in(1, MAX_REPEATS), default=3, help="timed steps per k of the curve (default 3)"
+    )
+    b.add_argument(
+        "--curve-points",
+        type=int_in(2, MAX_STEPS),
+        default=41,
+        help="k values measured, rest interpolated (default 41)",
+    )
+    b.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the random data (default 0)")
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -12,9 +12,8 @@ __all__ = [
     "add_config_arguments",
     "config_from_args",
     "depth",
-    "nonneg_int",
+    "int_in",
     "path",
-    "positive_int",
     "unit_interval",
 ]
 
@@ -31,14 +30,33 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+# Upper bounds of the integer flags: far above any real use, low enough that a typo cannot ask for a run that
+# never ends or an allocation that cannot succeed.
+MAX_SEED = 2**63 - 1  # torch's generators take 64-bit seeds
+MAX_EPOCHS = 100_000
+MAX_STEPS = 1_000_000
+MAX_BATCH = 1_000_000
+MAX_WIDTH = 4096  # growth, channels, image size
+MAX_CLASSES = 100_000
+MAX_REPEATS = 1000
+MAX_EXAMPLES = 10**9  # val split
+MAX_DEPTH = 1000
+
+
+def int_in(low: int, high: int) -> Any:
+    """An argparse type: an integer in [low, high], with both bounds in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
 
 
 def unit_interval(text: str) -> float:
@@ -49,16 +67,6 @@ def unit_interval(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
     if not (0.0 < value <= 1.0):
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
-
-
-def nonneg_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
 
 
@@ -74,8 +82,8 @@ def depth(text: str) -> int:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer 6n + 4 (10, 40, 76, 186, ...), got {text!r}") from None
-    if value < 10 or (value - 4) % 6:
-        raise argparse.ArgumentTypeError(f"must be 6n + 4 with n >= 1 (10, 40, 76, 186, ...), got {value}")
+    if value < 10 or value > MAX_DEPTH or (value - 4) % 6:
+        raise argparse.ArgumentTypeError(f"must be 6n + 4 in [10, {MAX_DEPTH}] (10, 40, 76, 186, ...), got {value}")
     return value
 
 
@@ -98,14 +106,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         type=path,
         help="folder with cifar-10-python.tar.gz / cifar-100-python.tar.gz, or the unpacked folder",
     )
-    g.add_argument("--val-split", type=nonneg_int, default=d.val_split, help="training examples held out (0)")
+    g.add_argument(
+        "--val-split", type=int_in(0, MAX_EXAMPLES), default=d.val_split, help="training examples held out (0)"
+    )
     g = groups["model"]
     g.add_argument("--model", choices=MODELS, default=d.model)
     g.add_argument("--depth", type=depth, default=d.depth, help="6n + 4 (default: %(default)s)")
-    g.add_argument("--growth", type=positive_int, default=d.growth, help="growth rate k (default: %(default)s)")
+    g.add_argument("--growth", type=int_in(1, MAX_WIDTH), default=d.growth, help="growth rate k (default: %(default)s)")
     g = groups["optimisation"]
-    g.add_argument("--epochs", type=positive_int, default=d.epochs, help="(default: %(default)s)")
-    g.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="(default: %(default)s)")
+    g.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=d.epochs, help="(default: %(default)s)")
+    g.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
@@ -124,7 +134,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         g.add_argument("--t0", type=unit_interval, default=d.t0, help="in (0, 1]; 1 = baseline (default: %(default)s)")
     g = groups["run"] = parser.add_argument_group("run")
     if per_run:
-        g.add_argument("--seed", type=nonneg_int, default=d.seed, help="(default: %(default)s)")
+        g.add_argument("--seed", type=int_in(0, MAX_SEED), default=d.seed, help="(default: %(default)s)")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
     g.add_argument(
         "--channels-last",

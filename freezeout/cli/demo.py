@@ -6,7 +6,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from .common import path, positive_int
+from .common import MAX_EPOCHS, MAX_SEED, int_in, path
 
 __all__ = ["DEMO", "add_parser", "table"]
 
@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "and the paper's recommended FreezeOut (cubic, scaled, t0 = 0.8); print time and accuracy of each.",
     )
     p.add_argument("--out", type=path, help="folder for both runs' results (default: a new temporary folder)")
-    p.add_argument("--epochs", type=positive_int, default=DEMO["epochs"], help="(default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    p.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=DEMO["epochs"], help="(default: %(default)s)")
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

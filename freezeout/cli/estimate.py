@@ -11,16 +11,16 @@ __all__ = ["add_model_args", "add_parser", "build", "strategies"]
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model, input shape and strategy options shared with ``freezeout bench``."""
-    from .common import positive_int, unit_interval
+    from .common import MAX_BATCH, MAX_CLASSES, MAX_WIDTH, depth, int_in, unit_interval
 
     m = p.add_argument_group("model and input (defaults: DenseNet-BC-76, k = 12, on CIFAR-shaped batches of 50)")
     m.add_argument("--model", default="densenet-bc", help="model name (densenet-bc)")
-    m.add_argument("--depth", type=int, default=76, help="6n + 4: 76, 186, ... (default 76)")
-    m.add_argument("--growth", type=positive_int, default=12, help="growth rate k (default 12)")
-    m.add_argument("--batch-size", type=positive_int, default=50, help="examples per step (default 50)")
-    m.add_argument("--input-size", type=positive_int, default=32, help="image height = width (default 32)")
-    m.add_argument("--channels", type=positive_int, default=3, help="input channels (default 3)")
-    m.add_argument("--num-classes", type=positive_int, default=10, help="classes (default 10)")
+    m.add_argument("--depth", type=depth, default=76, help="6n + 4: 76, 186, ... (default 76)")
+    m.add_argument("--growth", type=int_in(1, MAX_WIDTH), default=12, help="growth rate k (default 12)")
+    m.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=50, help="examples per step (default 50)")
+    m.add_argument("--input-size", type=int_in(1, MAX_WIDTH), default=32, help="image height = width (default 32)")
+    m.add_argument("--channels", type=int_in(1, MAX_WIDTH), default=3, help="input channels (default 3)")
+    m.add_argument("--num-classes", type=int_in(1, MAX_CLASSES), default=10, help="classes (default 10)")
     m.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     m.add_argument(
         "--channels-last",
@@ -71,6 +71,8 @@ def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .common import MAX_REPEATS, MAX_STEPS, int_in
+
     p = sub.add_parser("estimate", help="predicted wall-clock saving: the paper's FLOP estimate and a calibrated one")
     add_model_args(p)
     e = p.add_argument_group("estimate")
@@ -78,8 +80,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument(
         "--linear-correction", action="store_true", help="apply the authors' empirical x1.3 to linear-schedule rows"
     )
-    e.add_argument("--repeats", type=int, default=2, help="timed steps per k when calibrating (median; default 2)")
-    e.add_argument("--curve-points", type=int, default=41, help="k values measured, rest interpolated (default 41)")
+    e.add_argument(
+        "--repeats",
+        type=int_in(1, MAX_REPEATS),
+        default=2,
+        help="timed steps per k when calibrating (median; default 2)",
+    )
+    e.add_argument(
+        "--curve-points",
+        type=int_in(2, MAX_STEPS),
+        default=41,
+        help="k values measured, rest interpolated (default 41)",
+    )
     e.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -102,8 +114,8 @@ def run(args: argparse.Namespace) -> int:
 
         from ..timing import default_ks, step_time_curve
 
-        ks = default_ks(len(layers), args.curve_points) if args.curve_points >= 2 else None
-        with tqdm(total=len(ks or []) * (args.repeats + 1), desc="step-time curve", disable=args.json) as bar:
+        ks = default_ks(len(layers), args.curve_points)
+        with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=args.json) as bar:
             curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update)
     rows = [
         predict(

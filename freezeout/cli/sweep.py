@@ -7,7 +7,7 @@ import math
 from typing import Any
 
 from ..sweep import STRATEGIES, Grid
-from .common import add_config_arguments, config_from_args, nonneg_int, path
+from .common import MAX_REPEATS, MAX_SEED, add_config_arguments, config_from_args, int_in, path
 
 __all__ = ["add_parser", "format_table"]
 
@@ -30,11 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[0.5, 0.65, 0.8],
         help="values in (0, 1) (default: %(default)s)",
     )
-    g.add_argument("--seeds", nargs="*", type=nonneg_int, default=[0, 1], help="(default: %(default)s)")
+    g.add_argument("--seeds", nargs="*", type=int_in(0, MAX_SEED), default=[0, 1], help="(default: %(default)s)")
     g.add_argument("--out", type=path, required=True, metavar="SWEEP_DIR", help="sweep folder (created, or resumed)")
     g.add_argument("--dry-run", action="store_true", help="print the grid and the estimated time; run nothing")
     g.add_argument(
-        "--timing-steps", type=nonneg_int, default=3, help="SGD steps timed for the dry run's estimate (0: count only)"
+        "--timing-steps",
+        type=int_in(0, MAX_REPEATS),
+        default=3,
+        help="SGD steps timed for the dry run's estimate (0: count only)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p, per_run=False)
