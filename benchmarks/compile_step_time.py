@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch._dynamo.utils import counters
 
 import freezeout
-from freezeout.models import DenseNetBC
+from freezeout.experiment.models import DenseNetBC
 
 
 def build(depth: int, growth: int, frozen: int, compiled: bool, device: str = "cpu"):

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from freezeout.models import DenseNetBC
-from freezeout.runfiles import atomic_json
-from freezeout.timing import copy_model, make_optimizer, set_frozen_prefix, train_step
+from freezeout.analysis.timing import copy_model, make_optimizer, set_frozen_prefix, train_step
+from freezeout.experiment.models import DenseNetBC
+from freezeout.experiment.runfiles import atomic_json
 
 
 def main() -> None:

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from freezeout.models.densenet import densenet_bc
-from freezeout.runfiles import atomic_json
-from freezeout.timing import copy_model, make_optimizer, random_targets, step_time_curve, train_step
+from freezeout.analysis.timing import copy_model, make_optimizer, random_targets, step_time_curve, train_step
+from freezeout.experiment.models.densenet import densenet_bc
+from freezeout.experiment.runfiles import atomic_json
 
 KS = [0, 1, 2, 3, 10, 20, 39]
 

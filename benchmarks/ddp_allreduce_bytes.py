@@ -1,7 +1,7 @@
 """Bytes all-reduced per step by 2 gloo ranks training DenseNet-BC under FreezeOut: rewrap_ddp vs. DDP as is.
 
 Run: .venv/bin/python benchmarks/ddp_allreduce_bytes.py [--depth 22 --growth 12 --steps 20]
-"as is" = DDP(model, find_unused_parameters=True) built once; "rewrap" = freezeout.ddp.rewrap_ddp after
+"as is" = DDP(model, find_unused_parameters=True) built once; "rewrap" = freezeout.accel.ddp.rewrap_ddp after
 every freeze event. Writes benchmarks/results/ddp_allreduce_bytes.json.
 """
 
@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from freezeout import FreezeOut, param_groups
-from freezeout.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp
-from freezeout.models import DenseNetBC
+from freezeout.accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp
+from freezeout.experiment.models import DenseNetBC
 
 
 def worker(rank: int, world: int, tmp: str, args: argparse.Namespace, rewrap: bool) -> None:

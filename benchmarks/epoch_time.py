@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from freezeout.config import TrainConfig
-from freezeout.data import Dataset
-from freezeout.engine import Run
-from freezeout.runfiles import atomic_json
-from freezeout.trainer import resolve_device
+from freezeout.checks import resolve_device
+from freezeout.experiment.config import TrainConfig
+from freezeout.experiment.data import Dataset
+from freezeout.experiment.engine import Run
+from freezeout.experiment.runfiles import atomic_json
 
 
 class _StepClock:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import freezeout
-from freezeout.runfiles import atomic_json
+from freezeout.experiment.runfiles import atomic_json
 
 
 def conv_net(width: int = 32, depth: int = 8) -> tuple[nn.Module, list[nn.Module]]:

@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import freeze_times
-from freezeout.estimate import integrate_step_times, interpolate_step_times
-from freezeout.models import DenseNetBC
-from freezeout.runfiles import atomic_json
-from freezeout.timing import default_ks, make_optimizer, set_frozen_prefix, train_step
+from freezeout.analysis.cost import integrate_step_times, interpolate_step_times
+from freezeout.analysis.timing import default_ks, make_optimizer, set_frozen_prefix, train_step
+from freezeout.experiment.models import DenseNetBC
+from freezeout.experiment.runfiles import atomic_json
 
 STRATEGIES = [(s, sc, t0) for s in ("linear", "cubic") for sc in (False, True) for t0 in (0.5, 0.8)]
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from freezeout.cli import main as cli_main
-from freezeout.runfiles import atomic_bytes
+from freezeout.experiment.runfiles import atomic_bytes
 
 
 def render(result: dict) -> str:

@@ -1,16 +1,23 @@
-"""FreezeOut: accelerate training by progressively freezing layers (Brock et al., 2017)."""
+"""FreezeOut: accelerate training by progressively freezing layers (Brock et al., 2017).
 
-from .compiled import compile_blocks, uncompile_blocks
+The package's core (this folder: schedule, controller, groups, freezing, discovery, measure, checks) is what a
+training loop needs and imports nothing of the rest. Around it: ``accel`` (per-layer compile, DDP),
+``analysis`` (FLOPs, step-time curve, estimates, benchmark), ``integrations`` (Lightning), ``experiment``
+(the paper's study as an application: trainer, sweep, plots, models, data) and ``cli`` (the command line).
+"""
+
+from .accel.compile import compile_blocks, uncompile_blocks
 from .controller import FreezeOut
 from .discovery import find_layers
 from .freezing import freeze_layer, is_frozen
 from .groups import param_groups, unwrap
 from .measure import saved_tensor_bytes
-from .schedule import freeze_times, layer_lr, learning_rates, num_frozen_at, progress
+from .schedule import STRATEGIES, freeze_times, layer_lr, learning_rates, num_frozen_at, progress
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "STRATEGIES",
     "FreezeOut",
     "__version__",
     "compile_blocks",

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .checks import check_int
 from .freezing import freeze_layer
 from .groups import check_layers, check_optimizer_layout
 from .schedule import (
@@ -104,9 +105,7 @@ class FreezeOut:
         differ = [f"{k}: saved {state[k]!r}, now {mine[k]!r}" for k in keys if state[k] != mine[k]]
         if differ:
             raise ValueError("FreezeOut state_dict was saved with a different configuration: " + "; ".join(differ))
-        step = state["step_count"]
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step_count must be an integer >= 0, got {step!r}")
+        step = check_int("step_count", state["step_count"], 0)
         if step < self.step_count and self.num_frozen:
             raise ValueError("cannot go back to an earlier step once layers are frozen: build a fresh FreezeOut")
         self.base_lrs = [float(x) for x in state.get("base_lrs", self.base_lrs)]

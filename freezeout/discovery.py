@@ -43,7 +43,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_int
 from .groups import check_layers, unwrap
+from .measure import eval_mode
 
 __all__ = ["find_layers"]
 
@@ -102,7 +104,6 @@ def _trace(model: nn.Module, example_input: Any) -> tuple[_Call, dict[int, int]]
     def post(module, args, output):
         stack.pop().first_out = _first_tensor(output)
 
-    modes = [(m, m.training) for m in model.modules()]
     handles = []
     try:
         for m in model.modules():
@@ -110,8 +111,7 @@ def _trace(model: nn.Module, example_input: Any) -> tuple[_Call, dict[int, int]]
                 continue
             handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(m.register_forward_hook(post))
-        model.eval()
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             try:
                 _run(model, example_input)
             except Exception as exc:
@@ -122,8 +122,6 @@ def _trace(model: nn.Module, example_input: Any) -> tuple[_Call, dict[int, int]]
     finally:
         for h in handles:
             h.remove()
-        for m, mode in modes:
-            m.training = mode  # set directly: a frozen module's locked train() must not be bypassed
     return root, counts
 
 
@@ -226,8 +224,13 @@ def find_layers(
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    if granularity != "auto" and (isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1):
-        raise ValueError(f"granularity must be 'auto' or an integer >= 1 (module-name depth), got {granularity!r}")
+    if granularity != "auto":
+        try:
+            granularity = check_int("granularity", granularity, 1)
+        except ValueError:
+            raise ValueError(
+                f"granularity must be 'auto' or an integer >= 1 (module-name depth), got {granularity!r}"
+            ) from None
     if patterns is not None and granularity != "auto":
         raise ValueError("give granularity or patterns, not both: patterns name the layers exactly")
     model = unwrap(model)

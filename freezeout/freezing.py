@@ -1,4 +1,4 @@
-"""What "frozen" means for one layer (SPEC §2), as a single operation."""
+"""What "frozen" means for one layer (docs/METHOD.md, "What frozen means"), as a single operation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FreezeOut's schedule as pure functions of explicit time (SPEC §1).
+"""FreezeOut's schedule as pure functions of explicit time (docs/METHOD.md, "The schedule").
 
 Nothing here holds state or needs torch: progress is always ``t = step / total_steps`` and every
 function is given it (or ``step`` and ``total_steps``) explicitly, so a plot, an estimate and the
@@ -10,31 +10,51 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from .checks import check_int, check_number
+
 __all__ = [
     "SCHEDULES",
+    "STRATEGIES",
     "freeze_times",
     "layer_lr",
     "learning_rates",
     "num_frozen_at",
+    "parse_strategy",
     "progress",
+    "strategy_name",
     "validate_schedule",
     "validate_t0",
     "validate_total_steps",
 ]
 
 SCHEDULES = ("linear", "cubic")
+# The paper's four strategies, in its Figure 1 order: name -> (schedule, scale_lr). The one list that the
+# sweep, the benchmark, the estimate and the plots iterate over.
+STRATEGIES: dict[str, tuple[str, bool]] = {
+    "linear-unscaled": ("linear", False),
+    "linear-scaled": ("linear", True),
+    "cubic-unscaled": ("cubic", False),
+    "cubic-scaled": ("cubic", True),
+}
 
 
-def validate_t0(t0: float) -> float:
-    """Return ``t0`` as a float if it lies in (0, 1]; raise ``ValueError`` naming it otherwise."""
-    try:
-        value = float(t0)
-    except (TypeError, ValueError):
-        raise ValueError(f"t0 must be a number in (0, 1], got {t0!r}") from None
-    # `not (0 < v <= 1)` is also true for NaN, which a plain range check would let through.
-    if not (0.0 < value <= 1.0):
-        raise ValueError(f"t0 must be in (0, 1] (1 = no freezing), got {t0!r}")
-    return value
+def strategy_name(schedule: str, scale_lr: bool) -> str:
+    """``("cubic", True)`` -> ``"cubic-scaled"``."""
+    return f"{validate_schedule(schedule)}-{'scaled' if scale_lr else 'unscaled'}"
+
+
+def parse_strategy(name: str) -> tuple[str, bool]:
+    """``"cubic-scaled"`` -> ``("cubic", True)``; ``ValueError`` naming the allowed names otherwise."""
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
+    return STRATEGIES[name]
+
+
+def validate_t0(t0: float, *, allow_one: bool = True) -> float:
+    """Return ``t0`` as a float if it lies in (0, 1] ((0, 1) without ``allow_one``); ``ValueError`` otherwise."""
+    if allow_one:
+        return check_number("t0", t0, 0.0, 1.0, low_open=True, what="1 = no freezing")
+    return check_number("t0", t0, 0.0, 1.0, low_open=True, high_open=True, what="t0 = 1 is the baseline")
 
 
 def validate_schedule(schedule: str) -> str:
@@ -44,9 +64,7 @@ def validate_schedule(schedule: str) -> str:
 
 
 def validate_total_steps(total_steps: int) -> int:
-    if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
-        raise ValueError(f"total_steps must be an integer >= 1 (optimizer steps, not epochs), got {total_steps!r}")
-    return total_steps
+    return check_int("total_steps", total_steps, 1, what="optimizer steps, not epochs")
 
 
 def freeze_times(n: int, t0: float, schedule: str = "cubic") -> list[float]:
@@ -54,8 +72,7 @@ def freeze_times(n: int, t0: float, schedule: str = "cubic") -> list[float]:
 
     ``t0`` is given before cubing: ``freeze_times(n, 0.8, "cubic")[0] == 0.8 ** 3``.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n (number of freezable layers) must be an integer >= 1, got {n!r}")
+    n = check_int("n", n, 1, what="number of freezable layers")
     t0 = validate_t0(t0)
     validate_schedule(schedule)
     linear = [t0 + (1.0 - t0) * i / n for i in range(n)]

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from freezeout.aggregate import aggregate, mean_std, write_aggregate
+from freezeout.experiment.aggregate import aggregate, mean_std, write_aggregate
 
 BASE = {"dataset": "digits", "model": "densenet-bc", "depth": 10, "growth": 4, "epochs": 2, "batch_size": 50}
 

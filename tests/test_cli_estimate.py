@@ -53,7 +53,7 @@ def test_estimate_calibrated_row_and_table():
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model", "resnet"], "model must be one of densenet-bc"),
+        (["--model", "vgg"], "invalid choice"),
         (["--t0", "0"], "--t0: must be in (0, 1]"),
         (["--t0", "1.2"], "--t0: must be in (0, 1]"),
         (["--batch-size", "0"], "--batch-size: expected an integer in [1, "),
@@ -114,8 +114,8 @@ def test_estimate_and_bench_time_the_trainers_layout(flag, want):
 
     import torch
 
+    from freezeout.analysis.flops import layer_flops
     from freezeout.cli.estimate import add_model_args, build
-    from freezeout.flops import layer_flops
 
     p = argparse.ArgumentParser()
     add_model_args(p)

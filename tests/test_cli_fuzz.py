@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-import freezeout.cli.demo as demo
+import freezeout.experiment.demo as demo
 from freezeout.cli import main
-from tests.cifar_files import one_thread
+from tests.helpers.cifar_files import one_thread
 
 BAD = ["-1", "0", "nan", "inf", "-inf", "1e309", "99999999999999999999", "-99999999999999999999", "abc", "", " "]
 BAD += ["é", "１", "٣", "0x10", "1e-320", "-", "--", "1.5", "\x00", "\u202e", "None", "true"]

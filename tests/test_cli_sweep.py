@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from freezeout.cli import main
-from tests.cifar_files import one_thread, write_cifar
+from tests.helpers.cifar_files import one_thread, write_cifar
 
 ROOT = Path(__file__).resolve().parents[1]
 # the smallest DenseNet-BC on the embedded digits: seconds per run
@@ -126,8 +126,8 @@ def test_dry_run_prints_the_grid(tmp_path):
     [
         (["--t0"], "t0 list is empty"),
         (["--seeds"], "seeds is empty"),
-        (["--t0", "0.5", "1.2"], "t0 must be in (0, 1)"),
-        (["--t0", "0.5", "1"], "t0 must be in (0, 1)"),
+        (["--t0", "0.5", "1.2"], "t0 must be a number in (0, 1)"),
+        (["--t0", "0.5", "1"], "t0 must be a number in (0, 1)"),
         (["--strategies", "cubic"], "invalid choice"),
         (["--depth", "11"], "6n + 4"),
     ],

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from freezeout.cli import main
-from freezeout.cli.demo import table
-from tests.cifar_files import ARCHIVE, one_thread, write_cifar
-from tests.test_trainer import METRIC_KEYS, SUMMARY_KEYS
+from freezeout.experiment.demo import table
+from tests.helpers.cifar_files import ARCHIVE, one_thread, write_cifar
+from tests.helpers.models import METRIC_KEYS, SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "10", "--growth", "2", "--epochs", "1", "--batch-size", "10", "--no-progress"]

@@ -10,7 +10,7 @@ from torch._dynamo.testing import CompileCounter, CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
 from freezeout import FreezeOut, compile_blocks, param_groups, uncompile_blocks
-from freezeout.models import DenseNetBC
+from freezeout.experiment.models import DenseNetBC
 
 STEPS = 12
 # Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from freezeout import FreezeOut, param_groups
 from freezeout.cli import main
-from tests.conftest import batch
+from tests.helpers.models import batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from freezeout.data import Batches, channel_stats, crop_flip, load_cifar, load_dataset, load_digits
-from tests.cifar_files import ARCHIVE, FOLDER, cifar_members, write_cifar
+from freezeout.experiment.data import Batches, channel_stats, crop_flip, load_cifar, load_dataset, load_digits
+from tests.helpers.cifar_files import ARCHIVE, FOLDER, cifar_members, write_cifar
 
 
 def expected_arrays(name, per_batch=20, seed=0):

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freezeout.cli import main
-from freezeout.data import load_cifar
-from tests.cifar_files import FOLDER, cifar_members, write_cifar
+from freezeout.experiment.data import load_cifar
+from tests.helpers.cifar_files import FOLDER, cifar_members, write_cifar
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ TOTAL = 10
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    from tests.conftest import TinyNet, batch, leave_process_group
+    from tests.helpers.models import TinyNet, batch, leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from freezeout import FreezeOut, param_groups
-from freezeout.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
+from freezeout.accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
 
 TOTAL = 10
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool) -> None:
-    from tests.conftest import TinyNet, batch, leave_process_group
+    from tests.helpers.models import TinyNet, batch, leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

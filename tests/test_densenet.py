@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from freezeout.models import build_model, densenet_bc
+from freezeout.experiment.models import build_model, densenet_bc
 
 
 @pytest.mark.parametrize("depth, per_block", [(10, 1), (40, 6), (76, 12)])
@@ -74,4 +74,4 @@ def test_bad_depth(depth):
 
 def test_unknown_model():
     with pytest.raises(ValueError, match="model"):
-        build_model("resnet")
+        build_model("vgg")

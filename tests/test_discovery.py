@@ -9,9 +9,9 @@ from torch import nn
 
 import freezeout
 from freezeout import FreezeOut, find_layers, param_groups
-from freezeout.models import DenseNetBC
-from tests.conftest import TinyNet
-from tests.lookalikes import DenseNet, Residual, ResNet, Scrambled, TextEncoder, VisionTransformer
+from freezeout.experiment.models import DenseNetBC
+from tests.helpers.lookalikes import DenseNet, Residual, ResNet, Scrambled, TextEncoder, VisionTransformer
+from tests.helpers.models import TinyNet
 
 IMG = torch.randn(1, 3, 16, 16)
 

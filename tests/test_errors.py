@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from freezeout import FreezeOut, param_groups
-from tests.conftest import TinyNet
+from tests.helpers.models import TinyNet
 
 
 def sgd(groups):
@@ -17,10 +17,10 @@ def sgd(groups):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"t0": 0.0}, r"t0 must be in \(0, 1\]"),
-        ({"t0": 1.01}, r"t0 must be in \(0, 1\]"),
-        ({"t0": -0.5}, r"t0 must be in \(0, 1\]"),
-        ({"t0": float("nan")}, r"t0 must be in \(0, 1\]"),  # NaN passes a plain `v <= 0 or v > 1` check
+        ({"t0": 0.0}, r"t0 must be a number in \(0, 1\]"),
+        ({"t0": 1.01}, r"t0 must be a number in \(0, 1\]"),
+        ({"t0": -0.5}, r"t0 must be a number in \(0, 1\]"),
+        ({"t0": float("nan")}, r"t0 must be a number in \(0, 1\]"),  # NaN passes a plain `v <= 0 or v > 1` check
         ({"t0": "late"}, r"t0 must be a number in \(0, 1\]"),
         ({"total_steps": 0}, "total_steps must be an integer >= 1"),
         ({"total_steps": 2.5}, "total_steps must be an integer >= 1"),

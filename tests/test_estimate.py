@@ -9,16 +9,15 @@ import torch
 from torch import nn
 
 from freezeout import freeze_times, num_frozen_at
-from freezeout.estimate import (
+from freezeout.analysis.cost import (
     LINEAR_CORRECTION,
-    estimate_saving,
     integrate_step_times,
     interpolate_step_times,
     paper_saving,
-    predict,
     steps_per_frozen_count,
 )
-from freezeout.flops import layer_flops
+from freezeout.analysis.estimate import estimate_saving, predict
+from freezeout.analysis.flops import layer_flops
 
 
 class Toy(nn.Module):
@@ -137,7 +136,11 @@ def test_estimate_saving_paper_and_calibrated():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"t0": 0.0}, "t0 must be in"), ({"t0": 1.5}, "t0 must be in"), ({"schedule": "quadratic"}, "schedule must be")],
+    [
+        ({"t0": 0.0}, "t0 must be a number in"),
+        ({"t0": 1.5}, "t0 must be a number in"),
+        ({"schedule": "quadratic"}, "schedule must be"),
+    ],
 )
 def test_estimate_rejects_bad_arguments(kwargs, match):
     model = Toy()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from freezeout.flops import check_forward_path, layer_flops
+from freezeout.analysis.flops import check_forward_path, layer_flops
 
 
 class Chain(nn.Module):

@@ -9,30 +9,13 @@ import pickle
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from freezeout import FreezeOut, freeze_times, learning_rates, param_groups, saved_tensor_bytes
-from tests.conftest import batch
-
-OPTIMIZERS = {
-    "sgd": lambda g: torch.optim.SGD(g, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4),
-    "adamw": lambda g: torch.optim.AdamW(g, lr=1e-2, weight_decay=1e-2),
-    "adam": lambda g: torch.optim.Adam(g, lr=1e-2, weight_decay=1e-4),
-}
+from tests.helpers.models import OPTIMIZERS, batch, train_step
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def train_step(model, opt, sched, step, memory_format=torch.contiguous_format):
-    model.train()  # a real loop calls this every epoch; frozen layers must stay in eval mode
-    x, y = batch(step)
-    x = x.contiguous(memory_format=memory_format)
-    opt.zero_grad(set_to_none=False)  # in-place zeroing must not revive frozen parameters
-    F.cross_entropy(model(x), y).backward()
-    opt.step()
-    sched.step()
 
 
 def test_lrs_follow_the_formulas_from_construction_on(tiny):

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from freezeout.config import TrainConfig
-from freezeout.runfiles import PAUSE_ENV
-from freezeout.trainer import train
-from tests.cifar_files import one_thread
+from freezeout.experiment.config import TrainConfig
+from freezeout.experiment.runfiles import PAUSE_ENV
+from freezeout.experiment.trainer import train
+from tests.helpers.cifar_files import one_thread
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 epochs of 140 steps; linear t0 = 0.5: layers freeze from epoch 3 on, so resumes cross frozen layers too

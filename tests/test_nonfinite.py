@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import freezeout.engine as engine
+import freezeout.experiment.engine as engine
 from freezeout.cli import main
-from freezeout.config import TrainConfig
-from freezeout.data.batches import Batches
-from freezeout.trainer import NonFiniteLossError, train
-from tests.cifar_files import one_thread
-from tests.nan_inject import plant
+from freezeout.experiment.config import TrainConfig
+from freezeout.experiment.data.batches import Batches
+from freezeout.experiment.trainer import NonFiniteLossError, train
+from tests.helpers.cifar_files import one_thread
+from tests.helpers.nan_inject import plant
 
 ROOT = Path(__file__).resolve().parents[1]
 # digits, batch 100: 15 steps per epoch (the last batch partial)
@@ -40,7 +40,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    r = cli("-m", "tests.nan_inject", "20", "train", *TINY, "--epochs", "3", "--out", str(out))
+    r = cli("-m", "tests.helpers.nan_inject", "20", "train", *TINY, "--epochs", "3", "--out", str(out))
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr

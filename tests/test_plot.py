@@ -10,9 +10,9 @@ pytest.importorskip("matplotlib")
 
 from test_aggregate import sweep_dir  # noqa: F401  (fixture: hand-made summaries)
 
-from freezeout.aggregate import aggregate
-from freezeout.plot import figure1_data, figure2_data, plot_figure1, plot_figure2
-from freezeout.sweep import STRATEGIES
+from freezeout.experiment.aggregate import aggregate
+from freezeout.experiment.plot import figure1_data, figure2_data, plot_figure1, plot_figure2
+from freezeout.schedule import STRATEGIES
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from freezeout import freeze_times, learning_rates
-from tests.conftest import TinyNet, batch
+from tests.helpers.models import TinyNet, batch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from freezeout import FreezeOut, freeze_times, param_groups
-from tests.conftest import TinyNet
-from tests.test_freezing import OPTIMIZERS, train_step
+from tests.helpers.models import OPTIMIZERS, TinyNet, train_step
 
 TOTAL = 16
 

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 import torch
 
-from freezeout.config import TrainConfig
-from freezeout.data import Batches, Dataset
-from freezeout.distributed import Launch
-from freezeout.engine import Run
+from freezeout.experiment.config import TrainConfig
+from freezeout.experiment.data import Batches, Dataset
+from freezeout.experiment.engine import Run
+from freezeout.experiment.launch import Launch, SingleProcess, Torchrun
 
 N, GLOBAL_BATCH, WORLD, EPOCHS = 11, 4, 2, 2  # N odd: the pass does not split evenly across the ranks
 STEPS = -(-N // GLOBAL_BATCH)  # 3: the last global batch is partial (3 examples)
@@ -28,7 +28,7 @@ def dataset() -> Dataset:
     return Dataset("arange", x, torch.arange(N), x[:2], torch.arange(2), N, pad=1, flip=True)
 
 
-def passes(launch: Launch | None) -> tuple[Run, list[list[tuple[torch.Tensor, list[int]]]]]:
+def passes(launch: Launch) -> tuple[Run, list[list[tuple[torch.Tensor, list[int]]]]]:
     """The run and the (images, labels) of every step of ``EPOCHS`` passes, as the trainer's rank would see them."""
     config = TrainConfig(depth=10, growth=2, batch_size=GLOBAL_BATCH, epochs=EPOCHS, device="cpu", seed=3)
     run = Run(config, dataset(), torch.device("cpu"), launch)
@@ -37,8 +37,8 @@ def passes(launch: Launch | None) -> tuple[Run, list[list[tuple[torch.Tensor, li
 
 @pytest.fixture(scope="module")
 def runs():
-    single = passes(None)
-    ranks = [passes(Launch(rank, WORLD, rank)) for rank in range(WORLD)]
+    single = passes(SingleProcess())
+    ranks = [passes(Torchrun(rank, WORLD, rank)) for rank in range(WORLD)]
     return single, ranks
 
 

@@ -7,9 +7,10 @@ import os
 import re
 
 import pytest
-from sweep_fakes import FakeTrainer
 
-from freezeout.sweep import STRATEGIES, Grid, dry_run, expand, parse_strategy, run_status, run_sweep
+from freezeout.experiment.sweep import Grid, dry_run, expand, run_status, run_sweep
+from freezeout.schedule import STRATEGIES, parse_strategy
+from tests.helpers.sweep_fakes import FakeTrainer
 
 BASE = {"dataset": "digits", "depth": 10, "growth": 4, "epochs": 3, "batch_size": 50, "lr": 0.1}
 
@@ -19,7 +20,7 @@ def as_dict(d):
 
 
 def test_full_grid_counts_names_and_order():
-    runs = expand(Grid(STRATEGIES, (0.5, 0.65, 0.8), (0, 1)))
+    runs = expand(Grid(tuple(STRATEGIES), (0.5, 0.65, 0.8), (0, 1)))
     assert len(runs) == 4 * 3 * 2 + 2
     assert [r.name for r in runs[:2]] == ["baseline_seed=0", "baseline_seed=1"]  # baselines first
     assert all(r.baseline and r.t0 == 1.0 for r in runs[:2]) and not any(r.baseline for r in runs[2:])
@@ -44,12 +45,12 @@ def test_subset_and_repeats():
 @pytest.mark.parametrize(
     ("grid", "match"),
     [
-        (Grid(STRATEGIES, (0.5,), ()), "seeds is empty"),
+        (Grid(tuple(STRATEGIES), (0.5,), ()), "seeds is empty"),
         (Grid((), (0.5,), (0,)), "strategies is empty"),
         (Grid(("cubic-scaled",), (), (0,)), "t0 list is empty"),
-        (Grid(("cubic-scaled",), (0.5, 1.0), (0,)), "t0 must be in \\(0, 1\\)"),
-        (Grid(("cubic-scaled",), (0.0,), (0,)), "t0 must be in"),
-        (Grid(("cubic-scaled",), (float("nan"),), (0,)), "t0 must be in"),
+        (Grid(("cubic-scaled",), (0.5, 1.0), (0,)), "t0 must be a number in \\(0, 1\\)"),
+        (Grid(("cubic-scaled",), (0.0,), (0,)), "t0 must be a number in"),
+        (Grid(("cubic-scaled",), (float("nan"),), (0,)), "t0 must be a number in"),
         (Grid(("cubic",), (0.5,), (0,)), "strategy must be one of"),
         (Grid(("cubic-scaled",), (0.5,), (-1,)), "seed must be"),
         (Grid(("cubic-scaled",), (0.5, 0.5000000001), (0,)), "print the same"),
@@ -129,7 +130,7 @@ def test_refuses_a_directory_of_another_config(tmp_path):
 
 
 def test_dry_run_counts_what_is_left(tmp_path):
-    grid = Grid(STRATEGIES, (0.5, 0.8), (0,))
+    grid = Grid(tuple(STRATEGIES), (0.5, 0.8), (0,))
     run_sweep(BASE, Grid((), (), (0,)), tmp_path, train_fn=FakeTrainer(), make_config=as_dict)
     plan = dry_run(BASE, grid, tmp_path)
     assert plan["num_runs"] == 9 and plan["num_to_run"] == 8 and plan["epochs_to_run"] == 8 * 3
@@ -141,9 +142,9 @@ def test_dry_run_counts_what_is_left(tmp_path):
 
 
 def test_dry_run_estimate_integrates_the_measured_step_times(tmp_path):
-    from freezeout.estimate import integrate_step_times
+    from freezeout.analysis.cost import integrate_step_times
+    from freezeout.experiment.plan import steps_per_epoch
     from freezeout.schedule import freeze_times
-    from freezeout.sweep_time import steps_per_epoch
 
     grid = Grid(("cubic-scaled", "linear-scaled"), (0.5,), (0,))
     base = {**BASE, "model": "densenet-bc", "batch_size": 8}
@@ -161,7 +162,7 @@ def test_dry_run_estimate_integrates_the_measured_step_times(tmp_path):
 
 def test_a_field_added_later_at_its_default_is_not_a_difference(tmp_path):
     """A sweep begun before TrainConfig gained a field continues; a non-default value is still refused."""
-    from freezeout.sweep import prepare_sweep_dir
+    from freezeout.experiment.sweep import prepare_sweep_dir
 
     grid = Grid(("cubic-scaled",), (0.5,), (0,))
     prepare_sweep_dir(BASE, grid, tmp_path)

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 
-from sweep_fakes import FakeTrainer, fake_error
-
-from freezeout.aggregate import aggregate
-from freezeout.sweep import Grid, dry_run, run_status, run_sweep
+from freezeout.experiment.aggregate import aggregate
+from freezeout.experiment.sweep import Grid, dry_run, run_status, run_sweep
+from tests.helpers.sweep_fakes import FakeTrainer, fake_error
 
 BASE = {"dataset": "digits", "depth": 10, "growth": 4, "epochs": 3, "batch_size": 50, "lr": 0.1}
 GRID = Grid(("cubic-scaled",), (0.5, 0.8), (0,))
@@ -74,9 +73,9 @@ def test_only_a_runs_own_finished_summary_is_aggregated(tmp_path):
 
 
 def test_trainer_resumes_over_a_torn_summary(tmp_path):
-    from freezeout.config import TrainConfig
-    from freezeout.trainer import train
-    from tests.cifar_files import one_thread
+    from freezeout.experiment.config import TrainConfig
+    from freezeout.experiment.trainer import train
+    from tests.helpers.cifar_files import one_thread
 
     config = TrainConfig(dataset="digits", depth=10, growth=1, epochs=1, batch_size=700, device="cpu")
     with one_thread():

@@ -12,16 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from freezeout.distributed import (
-    DUMP_ENV,
-    Distributed,
-    Launch,
-    check_batch_size,
-    device_for,
-    launch_from_env,
-    state_checksums,
-)
-from freezeout.models import build_model
+from freezeout.experiment.launch import DUMP_ENV, SingleProcess, Torchrun, launch_from_env, state_checksums
+from freezeout.experiment.models import build_model
 from freezeout.schedule import freeze_times, num_frozen_at
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,17 +122,20 @@ def test_bad_launch_is_one_line_per_process(tmp_path):
 
 
 def test_launch_from_env():
-    assert launch_from_env({}) is None and launch_from_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert launch_from_env({}) == launch_from_env({"WORLD_SIZE": "1", "RANK": "0"}) == SingleProcess()
+    single = SingleProcess()
+    assert (single.rank, single.world_size, single.is_main, single.batch_per_process(51)) == (0, 1, True, 51)
     ok = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
-    assert launch_from_env(ok) == Launch(rank=3, world_size=4, local_rank=1)
+    assert launch_from_env(ok) == Torchrun(rank=3, world_size=4, local_rank=1)
+    assert not launch_from_env(ok).is_main
     for bad in ({"RANK": "4"}, {"LOCAL_RANK": "2"}, {"LOCAL_WORLD_SIZE": "8"}, {"WORLD_SIZE": "0"}):
         with pytest.raises(ValueError, match="mismatched world size"):
             launch_from_env({**ok, **bad})
     with pytest.raises(ValueError, match="RANK='x' is not an integer"):
         launch_from_env({**ok, "RANK": "x"})
-    assert check_batch_size(Launch(0, 4, 0), 64) == 16
+    assert Torchrun(0, 4, 0).batch_per_process(64) == 16
     with pytest.raises(ValueError, match="divisible"):
-        check_batch_size(Launch(0, 4, 0), 50)
+        Torchrun(0, 4, 0).batch_per_process(50)
 
 
 def test_state_checksums_see_every_bit():
@@ -156,23 +151,27 @@ def test_state_checksums_see_every_bit():
         assert changed.tolist() == [n == "0.weight" for n in names]
 
 
-def test_device_for_gives_each_process_its_local_gpu():
-    launch = Launch(rank=3, world_size=4, local_rank=1)
-    for name in ("cuda", "auto"):  # torch.device("cuda", i) is only a name: no GPU needed to check the choice
-        assert device_for(launch, name, torch.device("cuda")) == torch.device("cuda", 1)
-    for name in ("cpu", "auto"):
-        assert device_for(launch, name, torch.device("cpu")) == torch.device("cpu")
-    with pytest.raises(ValueError, match=r"device 'cuda:0' names one GPU; .* uses cuda:LOCAL_RANK: use cuda"):
-        device_for(launch, "cuda:0", torch.device("cuda", 0))
+def test_device_gives_each_process_its_local_gpu(monkeypatch):
+    launch = Torchrun(rank=3, world_size=4, local_rank=1)
+    gpu = torch.cuda.is_available()
+    # torch.device("cuda", i) is only a name: pretend there is a GPU to check the choice without one
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        for name in ("cuda", "auto"):
+            assert launch.device(name) == torch.device("cuda", 1)
+        with pytest.raises(ValueError, match=r"device 'cuda:0' names one GPU; .* uses cuda:LOCAL_RANK: use cuda"):
+            launch.device("cuda:0")
+    assert launch.device("cpu") == torch.device("cpu")
+    assert launch.device("auto") == torch.device("cuda", 1) if gpu else torch.device("cpu")
 
 
 def test_start_refuses_a_process_group_other_than_the_launch(tmp_path):
     # A group the caller initialised is used as it is: it must be the world torchrun's environment describes.
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
-        ddp = Distributed(Launch(rank=0, world_size=2, local_rank=0))
+        launch = Torchrun(rank=0, world_size=2, local_rank=0)
         with pytest.raises(ValueError, match="mismatched world size: the process group has rank 0 of 1, the "):
-            ddp.start(torch.device("cpu"))
-        assert not ddp.owns_group  # not ours: close() must leave it to the caller
+            launch.start(torch.device("cpu"))
+        assert not launch.owns_group  # not ours: close() must leave it to the caller
     finally:
         dist.destroy_process_group()

@@ -10,10 +10,10 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 from torch._dynamo.utils import counters
 
-import freezeout.engine as engine
-import freezeout.trainer as trainer
-from freezeout.config import TrainConfig
-from tests.cifar_files import one_thread
+import freezeout.experiment.engine as engine
+import freezeout.experiment.trainer as trainer
+from freezeout.experiment.config import TrainConfig
+from tests.helpers.cifar_files import one_thread
 
 # Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
 pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")

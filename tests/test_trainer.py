@@ -8,10 +8,12 @@ import re
 import pytest
 import torch
 
-import freezeout.trainer as trainer
-from freezeout.config import TrainConfig
-from freezeout.trainer import train
-from tests.cifar_files import one_thread, write_cifar
+import freezeout.experiment.trainer as trainer
+from freezeout.checks import resolve_device
+from freezeout.experiment.config import TrainConfig
+from freezeout.experiment.trainer import train
+from tests.helpers.cifar_files import one_thread, write_cifar
+from tests.helpers.models import METRIC_KEYS, SUMMARY_KEYS
 
 
 @pytest.fixture(autouse=True)
@@ -20,14 +22,6 @@ def _one_thread():
         yield
 
 
-METRIC_KEYS = {
-    "epoch", "step", "train_loss", "test_loss", "test_error", "test_accuracy", "epoch_seconds", "eval_seconds",
-    "num_frozen", "lr",
-}  # fmt: skip
-SUMMARY_KEYS = {
-    "config", "version", "epochs", "total_steps", "num_layers", "test_accuracy", "test_error", "test_loss",
-    "train_seconds", "wall_seconds", "device", "finished",
-}  # fmt: skip
 TIMING = ("epoch_seconds", "eval_seconds")
 
 
@@ -133,8 +127,8 @@ def test_resume_checks(cifar_dir, tmp_path, uninterrupted):
 
 
 def test_channels_last_is_the_default_layout_and_computes_like_nchw(cifar_dir):
-    from freezeout.data import load_dataset
-    from freezeout.engine import Run
+    from freezeout.experiment.data import load_dataset
+    from freezeout.experiment.engine import Run
 
     nhwc, nchw = tiny_config(cifar_dir), tiny_config(cifar_dir, channels_last=False)
     assert nhwc.channels_last  # the default: measured ~1.5x faster steps on CPU (docs/BENCHMARKS.md)
@@ -158,8 +152,8 @@ def test_channels_last_is_the_default_layout_and_computes_like_nchw(cifar_dir):
 
 
 def test_defaults_are_the_papers_and_reach_the_optimizer(cifar_dir):
-    from freezeout.data import load_dataset
-    from freezeout.engine import Run
+    from freezeout.experiment.data import load_dataset
+    from freezeout.experiment.engine import Run
 
     d = TrainConfig()
     assert (d.batch_size, d.lr, d.momentum, d.nesterov, d.weight_decay) == (50, 0.1, 0.9, True, 1e-4)
@@ -176,9 +170,9 @@ def test_defaults_are_the_papers_and_reach_the_optimizer(cifar_dir):
 def test_auto_device_follows_cuda_availability(monkeypatch):
     # a torch.device is only a name: nothing is allocated on CUDA, so this runs on machines without it
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert trainer.resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert trainer.resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("auto") == torch.device("cuda")
 
 
 def test_progress_bar_shows_epoch_loss_frozen_and_eta(cifar_dir, tmp_path, capsys):
@@ -218,7 +212,7 @@ def test_validation_split_is_evaluated(tmp_path):
         ({"val_split": -1}, "val_split"),
         ({"device": "tpu"}, "device"),
         ({"bf16": 1}, "bf16"),
-        ({"model": "resnet"}, "model"),
+        ({"model": "vgg"}, "model"),
     ],
 )
 def test_config_validation(kw, word):

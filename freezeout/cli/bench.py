@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 from pathlib import Path
 
-from .estimate import add_model_args, build, strategies
+from .common import pct
+from .estimate import add_model_args, build, model_record, strategies
 
 __all__ = ["add_parser"]
 
@@ -40,29 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def _pct(v: float) -> str:
-    return f"{100 * v:6.1f}%"
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..bench import BenchConfig, run_bench, total_work
+    from ..analysis.bench import BenchConfig, run_bench, total_work
+    from ..experiment.runfiles import atomic_json
 
     model, layers, x = build(args)
-    model.to(args.device)  # the FLOP count runs the model on the example input, which goes to the device
     config = BenchConfig(
         steps=args.steps,
         repeats=args.repeats,
@@ -74,17 +56,11 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     ).validate()
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
-        result = run_bench(model, layers, x.to(args.device), config, progress=bar.update)
-    result["model"] = {
-        "name": args.model,
-        "depth": args.depth,
-        "growth": args.growth,
-        "num_classes": args.num_classes,
-        "channels_last": args.channels_last,
-    }
+        result = run_bench(model, layers, x, config, progress=bar.update)
+    result["model"] = model_record(args)
     base = result["baseline"]
     print(
-        f"{args.model}-{args.depth} (k={args.growth}), batch {args.batch_size}, {args.steps} steps, "
+        f"{args.model}-{args.depth} (width {args.growth}), batch {args.batch_size}, {args.steps} steps, "
         f"{result['num_layers']} layers, {result['threads']} threads on {result['device']}: "
         f"baseline {base['seconds']:.2f} s ({1e3 * base['step_seconds']:.1f} ms/step)"
     )
@@ -96,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
         ratio = row["realized_saving"] / row["ideal_saving"] if row["ideal_saving"] else float("nan")
         print(
             f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f} "
-            f"{_pct(row['paper_saving'])} {_pct(row['paper_saving_corrected'])} {_pct(row['calibrated_saving'])} "
-            f"{_pct(row['ideal_saving'])} {_pct(row['realized_saving']):>8} {ratio:>10.3f} "
+            f"{pct(row['paper_saving'])} {pct(row['paper_saving_corrected'])} {pct(row['calibrated_saving'])} "
+            f"{pct(row['ideal_saving'])} {pct(row['realized_saving']):>8} {ratio:>10.3f} "
             f"{100 * row['sched_step_fraction']:>9.3f}%"
         )
     sched, mem = result["sched_step"], result["memory"]
@@ -108,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         f"{saved['none_frozen'] / 2**20:.1f} MiB (none frozen) -> {saved['all_frozen'] / 2**20:.1f} MiB (all frozen)"
     )
     if args.out:
-        _write_json(args.out, result)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_json(args.out, result)
         print(f"wrote {args.out}")
     return 0

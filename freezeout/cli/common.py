@@ -1,8 +1,9 @@
-"""Pieces every subcommand shares: one-line errors and argument types."""
+"""Pieces every subcommand shares: one-line errors, argument types and groups, number formats."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any, NoReturn
 
@@ -10,10 +11,11 @@ __all__ = [
     "CLIError",
     "OneLineParser",
     "add_config_arguments",
+    "add_model_arguments",
     "config_from_args",
-    "depth",
     "int_in",
     "path",
+    "pct",
     "unit_interval",
 ]
 
@@ -40,7 +42,7 @@ MAX_WIDTH = 4096  # growth, channels, image size
 MAX_CLASSES = 100_000
 MAX_REPEATS = 1000
 MAX_EXAMPLES = 10**9  # val split
-MAX_DEPTH = 1000
+MAX_DEPTH = 2000  # each model checks its own depths; this only bounds a typo
 
 
 def int_in(low: int, high: int) -> Any:
@@ -77,14 +79,23 @@ def path(text: str) -> str:
     return text
 
 
-def depth(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer 6n + 4 (10, 40, 76, 186, ...), got {text!r}") from None
-    if value < 10 or value > MAX_DEPTH or (value - 4) % 6:
-        raise argparse.ArgumentTypeError(f"must be 6n + 4 in [10, {MAX_DEPTH}] (10, 40, 76, 186, ...), got {value}")
-    return value
+def pct(value: Any, digits: int = 1, suffix: str = "%") -> str:
+    """A fraction as a percentage, 6 wide; ``-`` for a value that is missing (None or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>6}{' ' * len(suffix)}"
+    return f"{100 * value:6.{digits}f}{suffix}"
+
+
+def add_model_arguments(group: Any, *, default_model: str = "densenet-bc") -> None:
+    """``--model``, ``--depth`` and ``--growth``, from the model registry (depth and width default per model)."""
+    from ..experiment.models import MODELS
+
+    depths = "; ".join(f"{m.name}: {m.depths}" for m in MODELS.values())
+    widths = "; ".join(f"{m.name}: {m.width_help} ({m.default_width})" for m in MODELS.values())
+    defaults = ", ".join(f"{m.name} {m.default_depth}" for m in MODELS.values())
+    group.add_argument("--model", choices=list(MODELS), default=default_model, help="(default: %(default)s)")
+    group.add_argument("--depth", type=int_in(1, MAX_DEPTH), help=f"{depths} (default: {defaults})")
+    group.add_argument("--growth", type=int_in(1, MAX_WIDTH), help=f"the width; {widths}")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = True) -> dict[str, Any]:
@@ -93,14 +104,16 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     ``per_run=False`` leaves out what a sweep sets for each run (schedule, scale-lr, t0, seed), so that
     ``freezeout train`` and ``freezeout sweep`` share one definition of the rest.
     """
-    from ..config import DATASETS, NONFINITE, TrainConfig
-    from ..models import MODELS
+    from ..experiment.config import NONFINITE, TrainConfig
+    from ..experiment.data import DATASETS
     from ..schedule import SCHEDULES
 
     d = TrainConfig()
     groups = {name: parser.add_argument_group(name) for name in ("data", "model", "optimisation")}
     g = groups["data"]
-    g.add_argument("--dataset", choices=DATASETS, default=d.dataset, help="digits is embedded (default: %(default)s)")
+    g.add_argument(
+        "--dataset", choices=list(DATASETS), default=d.dataset, help="digits is embedded (default: %(default)s)"
+    )
     g.add_argument(
         "--data-dir",
         type=path,
@@ -110,9 +123,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         "--val-split", type=int_in(0, MAX_EXAMPLES), default=d.val_split, help="training examples held out (0)"
     )
     g = groups["model"]
-    g.add_argument("--model", choices=MODELS, default=d.model)
-    g.add_argument("--depth", type=depth, default=d.depth, help="6n + 4 (default: %(default)s)")
-    g.add_argument("--growth", type=int_in(1, MAX_WIDTH), default=d.growth, help="growth rate k (default: %(default)s)")
+    add_model_arguments(g, default_model=d.model)
     g = groups["optimisation"]
     g.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=d.epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size, help="(default: %(default)s)")
@@ -155,7 +166,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     """The validated ``TrainConfig`` of the flags ``add_config_arguments`` added (others keep defaults)."""
     from dataclasses import fields
 
-    from ..config import TrainConfig
+    from ..experiment.config import TrainConfig
 
     return TrainConfig(
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}

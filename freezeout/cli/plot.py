@@ -37,12 +37,12 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CLIError("plotting needs matplotlib: pip install 'freezeout[plot]'") from None
-    from ..plot import plot_figure1, plot_figure2
+    from ..experiment.plot import plot_figure1, plot_figure2
 
     out = Path(args.out)
     written = []
     if figure in ("2", "all"):  # first: a folder with nothing to plot fails before any file is written
-        from ..aggregate import aggregate
+        from ..experiment.aggregate import aggregate
 
         table = aggregate(args.sweep, paper=False)
         written.append(plot_figure2(out / "figure2.png", table))

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import math
 from typing import Any
 
-from ..sweep import STRATEGIES, Grid
-from .common import MAX_REPEATS, MAX_SEED, add_config_arguments, config_from_args, int_in, path
+from ..schedule import STRATEGIES
+from .common import MAX_REPEATS, MAX_SEED, add_config_arguments, config_from_args, int_in, path, pct
 
 __all__ = ["add_parser", "format_table"]
 
@@ -20,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "ones. Ends by writing aggregate.csv and aggregate.json into --out. The other flags set the base config.",
     )
     g = p.add_argument_group("grid")
-    g.add_argument("--strategies", nargs="*", choices=STRATEGIES, default=list(STRATEGIES), help="(default: all four)")
+    g.add_argument(
+        "--strategies", nargs="*", choices=list(STRATEGIES), default=list(STRATEGIES), help="(default: all four)"
+    )
     g.add_argument(
         "--t0",
         dest="t0s",
@@ -45,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _pct(x: Any) -> str:
-    return "   -  " if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:6.2f}"
+    return pct(x, digits=2, suffix="")
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -66,7 +67,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..sweep import dry_run, run_sweep
+    from ..experiment.sweep import Grid, dry_run, run_sweep
 
     config = config_from_args(args)
     grid = Grid(tuple(args.strategies), tuple(args.t0s), tuple(args.seeds)).validate()
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         if e is not None:
             print(f"estimated time: {e['seconds'] / 3600:.2f} h ({e['seconds']:.0f} s; {e['method']})")
         return 0
-    from ..aggregate import aggregate, write_aggregate
+    from ..experiment.aggregate import aggregate, write_aggregate
 
     run_sweep(config, grid, args.out, progress=not args.no_progress)
     table = aggregate(args.out)

@@ -13,7 +13,7 @@ __all__ = ["add_parser", "print_summary"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train DenseNet-BC with FreezeOut; writes metrics.jsonl, checkpoint.pt and summary.json",
+        help="train a model (DenseNet-BC, ResNet) with FreezeOut; writes metrics.jsonl, checkpoint.pt and summary.json",
         description="Train with FreezeOut (t0 = 1 is the plain-cosine baseline). Writes into --out: config.json, "
         "metrics.jsonl (one line per epoch), checkpoint.pt (every epoch) and summary.json (at the end).",
     )
@@ -29,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def print_summary(summary: dict, out: str) -> None:
     c = summary["config"]
     what = "baseline (t0 = 1)" if c["t0"] == 1 else f"FreezeOut {c['schedule']} t0={c['t0']:g}"
-    print(f"{c['dataset']} DenseNet-BC-{c['depth']} k={c['growth']}, {what}, {summary['epochs']} epochs")
+    print(f"{c['dataset']} {c['model']}-{c['depth']} (width {c['growth']}), {what}, {summary['epochs']} epochs")
     print(
         f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}), "
         f"train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
@@ -38,14 +38,13 @@ def print_summary(summary: dict, out: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distributed import launch_from_env
-    from ..trainer import train  # torch import only once the arguments are known good
+    from ..experiment.launch import launch_from_env
+    from ..experiment.trainer import train  # torch import only once the arguments are known good
 
     config = config_from_args(args)
     if config.compile:  # dynamo reads a non-leaf .grad while tracing each layer: harmless (docs/COMPILE.md)
         warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
     summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    launch = launch_from_env()
-    if launch is None or launch.is_main:  # under torchrun: one summary, not one per process
+    if launch_from_env().is_main:  # under torchrun: one summary, not one per process
         print_summary(summary, args.out)
     return 0

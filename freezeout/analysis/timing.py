@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .groups import check_layers, param_groups, unwrap
-from .measure import saved_tensor_bytes
+from ..checks import check_int
+from ..groups import check_layers, param_groups, unwrap
+from ..measure import eval_mode, saved_tensor_bytes, sync
+from .cost import interpolate_step_times
 
 __all__ = [
     "copy_model",
@@ -28,18 +30,10 @@ __all__ = [
     "random_targets",
     "set_frozen_prefix",
     "step_time_curve",
-    "sync",
-    "to_channels_last",
     "train_step",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so a wall-clock reading covers it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def copy_model(model: nn.Module, layers: Sequence[nn.Module], device: Any = None) -> tuple[nn.Module, list]:
@@ -62,15 +56,8 @@ def make_optimizer(model: nn.Module, layers: Sequence[nn.Module], lr: float = 0.
 
 def random_targets(model: nn.Module, example_input: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Random class labels for cross-entropy, the class count read from the model's output ``(B, C)``."""
-    modes = {m: m.training for m in model.modules()}
-    try:
-        for m in model.modules():  # eval: reading the output shape must not move BatchNorm statistics
-            m.training = False
-        with torch.no_grad():
-            out = model(example_input)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
+    with eval_mode(model), torch.no_grad():  # reading the output shape must not move BatchNorm statistics
+        out = model(example_input)
     if not isinstance(out, torch.Tensor) or out.dim() != 2:
         raise ValueError("pass target= and loss_fn= for a model whose output is not (batch, classes) logits")
     g = torch.Generator().manual_seed(seed)
@@ -86,12 +73,6 @@ def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> 
             if i < k:
                 p.grad = None
         layer.train(i >= k)
-
-
-def to_channels_last(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Put ``model`` in the channels-last layout (in place) and return ``x`` in it, as the trainer runs."""
-    model.to(memory_format=torch.channels_last)
-    return x.contiguous(memory_format=torch.channels_last)
 
 
 def train_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
@@ -133,14 +114,12 @@ def step_time_curve(
     so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes.
     """
-    from .estimate import interpolate_step_times
-
     layers = check_layers(layers)
     n = len(layers)
-    checks = (("repeats", repeats, 1), ("warmup", warmup, 0), ("warm_rounds", warm_rounds, 0), ("settle", settle, 0))
-    for name, value, low in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    repeats = check_int("repeats", repeats, 1)
+    warmup, warm_rounds, settle = (
+        check_int(k, v, 0) for k, v in (("warmup", warmup), ("warm_rounds", warm_rounds), ("settle", settle))
+    )
     ks = default_ks(n) if ks is None else sorted(set(ks) | {0, n})
     if any(not 0 <= k <= n for k in ks):
         raise ValueError(f"ks must lie in 0 .. {n} (number of layers), got {ks}")

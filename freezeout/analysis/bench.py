@@ -22,24 +22,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .controller import FreezeOut
-from .estimate import integrate_step_times, interpolate_step_times, predict
+from ..checks import check_int
+from ..controller import FreezeOut
+from ..groups import check_layers
+from ..measure import sync
+from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
+from .cost import integrate_step_times, interpolate_step_times
+from .estimate import predict
 from .flops import batch_size_of, layer_flops
-from .groups import check_layers
-from .schedule import freeze_times, validate_schedule, validate_t0
-from .timing import copy_model, default_ks, make_optimizer, random_targets, step_time_curve, sync, train_step
+from .timing import copy_model, default_ks, make_optimizer, random_targets, step_time_curve, train_step
 
-__all__ = ["STRATEGIES", "BenchConfig", "run_bench"]
+__all__ = ["BenchConfig", "run_bench", "total_work"]
 
 log = logging.getLogger(__name__)
-
-# The paper's four strategies: (schedule, scale_lr).
-STRATEGIES: tuple[tuple[str, bool], ...] = (("linear", False), ("linear", True), ("cubic", False), ("cubic", True))
-
-
-def _positive(name: str, value: Any, low: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclass
@@ -62,8 +57,8 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         for name in ("steps", "repeats", "curve_repeats", "overhead_calls"):
-            _positive(name, getattr(self, name))
-        _positive("curve_points", self.curve_points, 2)
+            setattr(self, name, check_int(name, getattr(self, name), 1))
+        self.curve_points = check_int("curve_points", self.curve_points, 2)
         if not self.strategies or not self.t0s:
             raise ValueError("strategies and t0s must each name at least one value")
         for schedule, _ in self.strategies:
@@ -156,7 +151,7 @@ def run_bench(
         y = random_targets(template[0], x, seed=config.seed + i) if target is None else target.to(device)
         data.append((x, y))
     runs = [("baseline", 1.0, "cubic", True)] + [
-        (f"{s}-{'scaled' if sc else 'unscaled'}-{t0:g}", t0, s, sc) for s, sc in config.strategies for t0 in config.t0s
+        (f"{strategy_name(s, sc)}-{t0:g}", t0, s, sc) for s, sc in config.strategies for t0 in config.t0s
     ]
     warm = BenchConfig(**{**asdict(config), "steps": 2})
     _loop(template, data, loss_fn, warm, 1.0, "cubic", True)  # first-run costs land outside the timings

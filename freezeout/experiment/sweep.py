@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable
@@ -18,17 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .runfiles import atomic_json
-from .schedule import SCHEDULES
+from ..checks import check_int
+from ..schedule import STRATEGIES, parse_strategy, strategy_name, validate_t0
+from .runfiles import CHECKPOINT, SUMMARY, atomic_json
 
 __all__ = [
     "PER_RUN_FIELDS",
-    "STRATEGIES",
     "Grid",
     "RunSpec",
     "dry_run",
     "expand",
-    "parse_strategy",
     "prepare_sweep_dir",
     "read_summary",
     "run_config",
@@ -40,21 +38,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The paper's four strategies, in its Figure 1 order: schedule x whether LRs are scaled by 1 / t_i.
-STRATEGIES = ("linear-unscaled", "linear-scaled", "cubic-unscaled", "cubic-scaled")
 # What the sweep sets per run; everything else in the training config is the sweep's base config.
 PER_RUN_FIELDS = ("schedule", "scale_lr", "t0", "seed")
 SWEEP_FILE = "sweep.json"
-SUMMARY = "summary.json"
-CHECKPOINT = "checkpoint.pt"
-
-
-def parse_strategy(name: str) -> tuple[str, bool]:
-    """``"cubic-scaled"`` -> ``("cubic", True)``; ``ValueError`` naming the allowed names otherwise."""
-    schedule, _, scaling = str(name).partition("-")
-    if schedule not in SCHEDULES or scaling not in ("scaled", "unscaled"):
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {name!r}")
-    return schedule, scaling == "scaled"
 
 
 def run_name(strategy: str, t0: float, seed: int) -> str:
@@ -66,7 +52,7 @@ def strategy_of(config: dict[str, Any]) -> str:
     """A run config's strategy name: ``"baseline"`` at t0 = 1, else e.g. ``"cubic-scaled"``."""
     if float(config["t0"]) == 1.0:
         return "baseline"
-    return f"{config['schedule']}-{'scaled' if config['scale_lr'] else 'unscaled'}"
+    return strategy_name(config["schedule"], bool(config["scale_lr"]))
 
 
 @dataclass(frozen=True)
@@ -89,7 +75,7 @@ class RunSpec:
 class Grid:
     """Strategies x t0 values x seeds; every seed also gets a baseline (t0 = 1)."""
 
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = tuple(STRATEGIES)
     t0s: tuple[float, ...] = (0.5, 0.65, 0.8)  # around the paper's Figure 2 range
     seeds: tuple[int, ...] = (0, 1)  # two seeds: the fewest that give a standard deviation
 
@@ -108,12 +94,9 @@ class Grid:
         for s in self.strategies:
             parse_strategy(s)
         for t0 in self.t0s:
-            ok = not isinstance(t0, bool) and isinstance(t0, (int, float)) and math.isfinite(t0)
-            if not ok or not (0.0 < t0 < 1.0):
-                raise ValueError(f"every t0 must be in (0, 1) (t0 = 1 is the baseline, run anyway), got {t0!r}")
+            validate_t0(t0, allow_one=False)
         for seed in self.seeds:
-            if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-                raise ValueError(f"every seed must be an integer >= 0, got {seed!r}")
+            check_int("seed", seed, 0)
         return self
 
     def to_dict(self) -> dict[str, list]:
@@ -226,12 +209,12 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Run every point of ``grid`` into ``sweep_dir``; return the summaries in grid order.
 
-    ``train_fn(config, out_dir, *, resume, progress)`` defaults to ``freezeout.trainer.train``;
+    ``train_fn(config, out_dir, *, resume, progress)`` defaults to ``freezeout.experiment.trainer.train``;
     ``make_config`` turns a run's config dict into what ``train_fn`` takes (a ``TrainConfig``).
     """
     specs = expand(grid)
     record = prepare_sweep_dir(base_config, grid, sweep_dir)
-    from .trainer import ResumeError
+    from .trainer import ResumeError  # the trainer imports torch: only once a sweep really runs
 
     if train_fn is None:
         from .trainer import train as train_fn
@@ -278,7 +261,7 @@ def dry_run(
 
     With ``timing_steps > 0`` also an estimated time, from the calibrated estimator: the step time of the
     sweep's model with ``k`` layers frozen, measured ``timing_steps`` times per sampled ``k`` on random data
-    (``freezeout.sweep_time.calibrated_plan``), integrated over each remaining run's schedule. Without
+    (``freezeout.experiment.plan.calibrated_plan``), integrated over each remaining run's schedule. Without
     it, only the number of runs and epochs: nothing better is known without running the model.
     """
     specs = expand(grid)
@@ -300,7 +283,7 @@ def dry_run(
         "estimate": None,
     }
     if timing_steps > 0 and todo:
-        from .sweep_time import calibrated_plan
+        from .plan import calibrated_plan
 
         plan = calibrated_plan(base, [(s.schedule, s.t0) for s in todo], repeats=timing_steps)
         per_epoch = plan["seconds_per_baseline_epoch"]

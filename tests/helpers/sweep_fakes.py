@@ -1,4 +1,4 @@
-"""A stand-in for ``freezeout.trainer.train`` that writes the same run files with known numbers.
+"""A stand-in for ``freezeout.experiment.trainer.train`` that writes the same run files with known numbers.
 
 It lets the sweep's skip/resume logic be tested in milliseconds; the real trainer is tested in its own
 files and end to end by the CLI kill test.
@@ -33,7 +33,7 @@ class FakeTrainer:
         self.calls.append((out.name, resume))
         start = 0
         if resume:  # like the trainer: a torn checkpoint, or a summary of another config, cannot be resumed
-            from freezeout.trainer import ResumeError
+            from freezeout.experiment.trainer import ResumeError
 
             try:
                 summary = json.loads((out / "summary.json").read_text())

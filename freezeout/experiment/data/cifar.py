@@ -1,4 +1,5 @@
-"""CIFAR-10/100 from the standard "python version" archives, packed (.tar.gz) or unpacked (SPEC §4).
+"""CIFAR-10/100 from the standard "python version" archives, packed (.tar.gz) or unpacked
+(docs/METHOD.md, "The experiment").
 
 The files are pickled dicts. Unpickling runs code, so only the expected member names are ever
 unpickled, and with an unpickler that resolves nothing but what numpy arrays need.

@@ -1,33 +1,18 @@
-"""How much FreezeOut will save, before training: the paper's FLOP estimate and a calibrated one.
-
-The paper (Eq. 2-3, SPEC §3) counts a layer's step as forward + backward = ``2 c_i`` and a frozen one as
-``c_i``. That ignores that backward often costs more than twice the forward and that early,
-high-resolution layers cost more time than their FLOPs say, so we also offer a *calibrated* estimate:
-the measured step time ``T(k)`` with the first ``k`` layers frozen (``freezeout.timing``), integrated over
-the schedule. Everything except the measurements is a pure function of its arguments.
-"""
+"""FreezeOut's cost model as pure functions: the paper's FLOP estimate (Eq. 2-3) and a measured step-time curve
+integrated over a schedule (docs/METHOD.md, "The cost model"). No torch, no measuring: the numbers go in."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
-import torch
-from torch import nn
-
-from .flops import batch_size_of, check_forward_path, layer_flops
-from .schedule import freeze_times, num_frozen_at, validate_schedule, validate_t0, validate_total_steps
+from ..schedule import num_frozen_at, validate_total_steps
 
 __all__ = [
     "LINEAR_CORRECTION",
-    "check_forward_path",
-    "estimate_saving",
     "integrate_step_times",
     "interpolate_step_times",
-    "layer_flops",
     "paper_saving",
-    "predict",
     "steps_per_frozen_count",
 ]
 
@@ -113,85 +98,4 @@ def interpolate_step_times(measured: dict[int, float], n: int) -> list[float]:
         lo = max(j for j in ks if j <= k)
         w = 0.0 if hi == lo else (k - lo) / (hi - lo)
         out.append((1 - w) * measured[lo] + w * measured[hi])
-    return out
-
-
-def predict(
-    flops: Sequence[float],
-    rest_flops: float,
-    t0: float = 0.8,
-    schedule: str = "cubic",
-    scale_lr: bool = True,
-    *,
-    linear_correction: bool = False,
-    step_times: Sequence[float] | None = None,
-    total_steps: int | None = None,
-) -> dict[str, Any]:
-    """Both estimates for one strategy from measured per-layer FLOPs and (optionally) step times.
-
-    ``scale_lr`` does not change freeze times, hence neither estimate; it is kept to label the row.
-    ``total_steps=None`` integrates the step-time curve in the continuous limit.
-    """
-    t0 = validate_t0(t0)
-    validate_schedule(schedule)
-    times = freeze_times(len(flops), t0, schedule)
-    correction = LINEAR_CORRECTION if linear_correction and schedule == "linear" else 1.0
-    row: dict[str, Any] = {
-        "schedule": schedule,
-        "scale_lr": bool(scale_lr),
-        "t0": t0,
-        "paper_saving": paper_saving(flops, rest_flops, times),
-        "paper_correction": correction,
-        "paper_saving_corrected": paper_saving(flops, rest_flops, times, correction),
-    }
-    if step_times is not None:
-        row["calibrated_saving"] = integrate_step_times(step_times, times, total_steps)["saving"]
-    return row
-
-
-def estimate_saving(
-    model: nn.Module,
-    layers: Sequence[nn.Module],
-    example_input: torch.Tensor,
-    t0: float = 0.8,
-    schedule: str = "cubic",
-    scale_lr: bool = True,
-    *,
-    linear_correction: bool = False,
-    calibrate: bool = False,
-    total_steps: int | None = None,
-    **timing_options: Any,
-) -> dict[str, Any]:
-    """Predicted wall-clock saving of FreezeOut for ``model`` with freezable ``layers`` on ``example_input``.
-
-    Always the paper's FLOP estimate (``paper_saving``; ``paper_saving_corrected`` applies the authors'
-    x1.3 for the linear schedule when ``linear_correction``); with ``calibrate=True`` also
-    ``calibrated_saving`` from the step-time curve measured on this hardware (``timing_options`` go to
-    ``freezeout.timing.step_time_curve``: ``target``, ``loss_fn``, ``repeats``, ``ks``, ``device``, ...).
-    The model itself is not changed: the curve is measured on a copy.
-    """
-    validate_t0(t0)
-    validate_schedule(schedule)
-    flops, rest = layer_flops(model, layers, example_input)
-    step_times = None
-    out: dict[str, Any] = {"num_layers": len(flops), "batch_size": batch_size_of(example_input)}
-    if calibrate:
-        from .timing import step_time_curve
-
-        curve = step_time_curve(model, layers, example_input, **timing_options)
-        step_times = curve["step_times"]
-        out["step_times"] = step_times
-    out.update(layer_flops=flops, rest_flops=rest)
-    out.update(
-        predict(
-            flops,
-            rest,
-            t0,
-            schedule,
-            scale_lr,
-            linear_correction=linear_correction,
-            step_times=step_times,
-            total_steps=total_steps,
-        )
-    )
     return out

@@ -17,7 +17,7 @@ _SPLIT_SEED = 0  # fixed, so every run and every seed sees the same test set
 
 def load_digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(train_x, train_y, test_x, test_y)``: uint8 images N x 1 x 8 x 8 (values 0..16), int64 labels."""
-    raw = resources.files("freezeout").joinpath("datasets/digits.csv.gz").read_bytes()
+    raw = resources.files(__package__).joinpath("embedded/digits.csv.gz").read_bytes()
     with gzip.open(io.BytesIO(raw), "rt", newline="") as f:
         rows = [[int(v) for v in row] for row in csv.reader(f) if row]
     table = torch.tensor(rows, dtype=torch.int64)

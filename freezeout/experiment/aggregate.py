@@ -138,7 +138,7 @@ def aggregate(sweep_dir: str | os.PathLike, paper: bool = True) -> dict[str, Any
     base_config = _base_config(sweep_dir, runs)
     predicted = {}
     if paper:
-        from .sweep_time import paper_savings
+        from .plan import paper_savings
 
         predicted = paper_savings(base_config, [(g[0]["schedule"], t0) for (_, t0), g in groups.items()])
     rows = []

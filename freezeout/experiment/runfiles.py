@@ -11,7 +11,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "CHECKPOINT",
+    "CONFIG",
+    "METRICS",
     "PAUSE_ENV",
+    "SUMMARY",
     "append_jsonl",
     "atomic_bytes",
     "atomic_json",
@@ -23,6 +27,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The files of a run folder (README, "freezeout train"): the resolved config at the start, one JSON line per
+# epoch, the checkpoint after every epoch, and the summary whose presence means the run finished.
+CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 # Test hook: seconds to wait between writing a temp file and renaming it into place, so that a kill -9
 # test can land inside a write (otherwise a window of microseconds). Unset in real use.

@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..schedule import STRATEGIES, freeze_times, learning_rates
 from .runfiles import atomic_bytes
-from .schedule import freeze_times, learning_rates
-from .sweep import STRATEGIES, parse_strategy
 
 __all__ = ["figure1_data", "figure2_data", "plot_figure1", "plot_figure2"]
 
@@ -26,8 +25,7 @@ def figure1_data(
     """Per strategy: progress ``t`` (``points`` values over [0, 1]), each layer's freeze time and LR curve,
     and the curve of the rest (the head, never frozen)."""
     data = {}
-    for strategy in STRATEGIES:
-        schedule, scale = parse_strategy(strategy)
+    for strategy, (schedule, scale) in STRATEGIES.items():
         times = freeze_times(n_layers, t0, schedule)
         steps = points - 1
         curves = [learning_rates(s, steps, times, [base_lr] * (n_layers + 1), scale) for s in range(points)]
@@ -91,9 +89,8 @@ def plot_figure1(path: str | os.PathLike, data: dict[str, dict[str, Any]] | None
     fig = Figure(figsize=(9, 6.5), layout="constrained")
     axes = fig.subplots(2, 2, sharex=True)
     titles = {"linear": "linear", "cubic": "cubic"}
-    for ax, strategy in zip(axes.T.flat, STRATEGIES):
+    for ax, (strategy, (schedule, scale)) in zip(axes.T.flat, STRATEGIES.items()):
         d = data[strategy]
-        schedule, scale = parse_strategy(strategy)
         for i, (curve, t_i) in enumerate(zip(d["layers"], d["times"])):
             ax.plot(d["t"], curve, label=f"layer {i + 1} (t$_{i + 1}$={t_i:.2f})")
         ax.plot(d["t"], d["rest"], "k--", lw=1, label="rest (head)")

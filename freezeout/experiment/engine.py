@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .compiled import compile_blocks
+from ..accel.compile import compile_blocks
+from ..controller import FreezeOut
+from ..groups import param_groups
 from .config import FLOAT32_MAX, TrainConfig
-from .controller import FreezeOut
 from .data import Batches, Dataset, channel_stats
-from .distributed import Launch
-from .groups import param_groups
+from .launch import Launch, SingleProcess
 from .models import build_model
 
 __all__ = ["COMPILE_KWARGS", "EVAL_BATCH", "NonFiniteLossError", "Run", "evaluate"]
@@ -30,7 +30,7 @@ class NonFiniteLossError(ValueError):
 
 
 def _autocast(device: torch.device, bf16: bool) -> Any:
-    return torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
 def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[float, float]:
@@ -51,8 +51,9 @@ class Run:
     """Model, optimizer, FreezeOut and data batches of one config, built the same way at start and resume."""
 
     def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, launch: Launch | None = None) -> None:
-        self.config, self.device = config, device
-        self.world_size = 1 if launch is None else launch.world_size
+        launch = SingleProcess() if launch is None else launch
+        self.config, self.device, self.launch = config, device, launch
+        self.world_size = launch.world_size
         torch.manual_seed(config.seed)
         self.model = build_model(config.model, config.depth, config.growth, data.num_classes, data.in_channels)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
@@ -68,10 +69,9 @@ class Run:
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
         mean, std = channel_stats(data.train_x)
         kw = {"device": device, "channels_last": config.channels_last}
-        shard = {} if launch is None else {"shard": (launch.rank, launch.world_size)}
         self.train_batches = Batches(
-            data.train_x, data.train_y, c.batch_size // self.world_size, mean, std, train=True, pad=data.pad,
-            flip=data.flip, generator=self.generator, **kw, **shard,
+            data.train_x, data.train_y, launch.batch_per_process(c.batch_size), mean, std, train=True, pad=data.pad,
+            flip=data.flip, generator=self.generator, shard=(launch.rank, launch.world_size), **kw,
         )  # fmt: skip
         self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
         if data.val_x is not None:
@@ -81,8 +81,7 @@ class Run:
         self.sched = FreezeOut(
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
         )
-        self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun
-        self.on_step: Any = None  # called after every step (under torchrun: rebuilds DDP when a layer froze)
+        self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here
         if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
             raise ValueError(f"the largest layer LR, lr / t_1 = {top:g}, overflows float32: lower --lr or raise --t0")
@@ -124,7 +123,7 @@ class Run:
         Returns the (batches, examples) this process skipped for a non-finite loss: only "skip" mode skips, at
         the price of two host syncs per step. A skipped batch is still a step of the FreezeOut schedule.
         """
-        model, opt, sched, net, on_step = self.model, self.opt, self.sched, self.net, self.on_step
+        model, opt, sched, net, after_step = self.model, self.opt, self.sched, self.net, self.launch.after_step
         skip = self.config.nonfinite == "skip"
         model.train()  # frozen layers stay in eval mode
         loss_sum.zero_()
@@ -145,8 +144,7 @@ class Run:
                 opt.step()
                 self.losses[i] = loss.detach()
             sched.step()
-            if on_step is not None:
-                on_step()
+            after_step()
             if loss is not None:
                 loss_sum.add_(loss.detach(), alpha=y.shape[0])
             if bar is not None:

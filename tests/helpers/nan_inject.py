@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from freezeout.data.batches import Batches
+from freezeout.experiment.data.batches import Batches
 
 
 def plant(steps: set[int], before_step: Callable[[int], None] | None = None) -> Callable:

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .groups import check_layers
+from ..groups import check_layers
 
 __all__ = ["compile_blocks", "uncompile_blocks"]
 

@@ -1,4 +1,5 @@
-"""DenseNet-BC as the FreezeOut paper trains it (SPEC §4): bottleneck, compression 0.5, ReLU -> BN -> Conv."""
+"""DenseNet-BC as the FreezeOut paper trains it (docs/METHOD.md, "The experiment"): bottleneck, compression 0.5,
+ReLU -> BN -> Conv."""
 
 from __future__ import annotations
 
@@ -7,13 +8,19 @@ import math
 import torch
 from torch import nn
 
+from ...checks import check_int
+
 __all__ = ["DenseNetBC", "check_depth", "densenet_bc"]
+
+
+MAX_DEPTH = 1000  # far beyond the paper's 186; a typo must not build a model that cannot fit anywhere
 
 
 def check_depth(depth: int) -> int:
     """Dense layers per block for a DenseNet-BC of ``depth = 6n + 4`` (76 -> 12, 186 -> 30)."""
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
-        raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 40, 76, 186, ...), got {depth!r}")
+    depth = check_int("depth", depth, 10, MAX_DEPTH, what="6n + 4 for densenet-bc: 10, 40, 76, 186, ...")
+    if (depth - 4) % 6:
+        raise ValueError(f"depth must be 6n + 4 for densenet-bc (10, 40, 76, 186, ...), got {depth!r}")
     return (depth - 4) // 6
 
 
@@ -48,9 +55,9 @@ class DenseNetBC(nn.Module):
     def __init__(self, depth: int = 76, growth: int = 12, num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         per_block = check_depth(depth)
-        for name, value in (("growth", growth), ("num_classes", num_classes), ("in_channels", in_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        growth = check_int("growth", growth, 1)
+        num_classes = check_int("num_classes", num_classes, 1)
+        in_channels = check_int("in_channels", in_channels, 1)
         self.depth, self.growth = depth, growth
         channels = 2 * growth
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1, bias=False)

@@ -1,7 +1,8 @@
-"""The trainer under torchrun: one process per device, DistributedDataParallel rebuilt as layers freeze.
+"""How the trainer's processes run: one process, or torchrun's N, behind one interface.
 
-``torchrun --nproc_per_node N -m freezeout train ...`` sets ``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``;
-``train()`` then runs through this module:
+The trainer talks to a ``Launch`` and never asks which kind it has. ``SingleProcess`` does the obvious
+(its collectives are identities); ``Torchrun`` is what ``torchrun --nproc_per_node N -m freezeout train ...``
+gives (``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK`` set):
 
 - process group: gloo on CPU, NCCL on CUDA with device ``cuda:LOCAL_RANK`` (one already initialised by
   the caller is used as it is);
@@ -24,8 +25,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -33,19 +33,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
+from ..accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
+from ..checks import resolve_device
 
-__all__ = [
-    "DUMP_ENV",
-    "Distributed",
-    "Launch",
-    "check_batch_size",
-    "check_world_size",
-    "device_for",
-    "error_of",
-    "launch_from_env",
-    "state_checksums",
-]
+__all__ = ["DUMP_ENV", "Launch", "SingleProcess", "Torchrun", "launch_from_env", "state_checksums"]
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +44,82 @@ log = logging.getLogger(__name__)
 DUMP_ENV = "FREEZEOUT_DUMP_RANK_STATE"
 
 
-@dataclass(frozen=True)
 class Launch:
-    """What torchrun's environment says about this process."""
+    """One process's place in a run: its rank among ``world_size`` processes, and what they do together."""
 
-    rank: int
-    world_size: int
-    local_rank: int
+    rank, world_size, local_rank = 0, 1, 0
 
     @property
     def is_main(self) -> bool:
+        """The process that evaluates and writes the files."""
         return self.rank == 0
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Launch) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def key(self) -> tuple[str, int, int, int]:
+        return type(self).__name__, self.rank, self.world_size, self.local_rank
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size}, local_rank={self.local_rank})"
+
+    def batch_per_process(self, batch_size: int) -> int:
+        """``batch_size`` is the global batch and must split evenly across the processes."""
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size {batch_size} is the global batch and must be divisible by the torchrun world size "
+                f"{self.world_size} (e.g. {self.world_size * max(1, batch_size // self.world_size)})"
+            )
+        return batch_size // self.world_size
+
+    def check_world_size(self, saved: dict[str, Any], where: Any) -> None:
+        """A checkpoint or summary (``saved``) can only be resumed by as many processes as it was run with."""
+        before = saved.get("world_size", 1)
+        if before != self.world_size:
+            raise ValueError(
+                f"cannot resume {where}: torchrun launched with a mismatched world size "
+                f"({self.world_size} process(es); the run in it was trained by {before})"
+            )
+
+    def device(self, name: str) -> torch.device:
+        """The device this process trains on."""
+        return resolve_device(name)
+
+    # What the processes do together; for one process each is the obvious thing.
+    def start(self, device: torch.device) -> None:
+        """Join the other processes."""
+
+    def agree(self, check: Callable[..., Any], *args: Any) -> None:
+        """Run ``check(*args)`` on the main process and raise its ``ValueError`` on every process."""
+        check(*args)
+
+    def wrap(self, model: nn.Module, sched: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What the training forward pass goes through."""
+        return model
+
+    def after_step(self) -> None:
+        """Called after every optimizer step and ``sched.step()``."""
+
+    def end_epoch(self, loss_sum: torch.Tensor) -> dict[str, Any]:
+        """Make the processes agree at the end of an epoch; the numbers to add to the epoch's record."""
+        return {}
+
+    def share(self, obj: Any) -> Any:
+        """The main process's ``obj``, on every process."""
+        return obj
+
+    def close(self, ok: bool) -> None:
+        """Leave the other processes (``ok``: every one finished)."""
+
+    def dump_state(self) -> None:
+        """The test hook of ``DUMP_ENV``."""
+
+
+class SingleProcess(Launch):
+    """One process: rank 0 of 1."""
 
 
 def _env_int(environ: Mapping[str, str], name: str) -> int:
@@ -74,20 +130,20 @@ def _env_int(environ: Mapping[str, str], name: str) -> int:
         raise ValueError(f"torchrun launched with a bad environment: {name}={text!r} is not an integer") from None
 
 
-def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
-    """The torchrun launch this process belongs to, or None for a single process (no ``WORLD_SIZE`` > 1).
+def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch:
+    """The launch this process belongs to: ``Torchrun`` when ``WORLD_SIZE`` > 1, else ``SingleProcess``.
 
     Raises ``ValueError`` for an environment that cannot describe a launch (``RANK`` outside the world,
     ``LOCAL_WORLD_SIZE`` larger than ``WORLD_SIZE``, ...), in one line.
     """
     env = os.environ if environ is None else environ
     if "WORLD_SIZE" not in env:
-        return None
+        return SingleProcess()
     world = _env_int(env, "WORLD_SIZE")
     if world < 1:
         raise ValueError(f"torchrun launched with a mismatched world size: WORLD_SIZE={world} (must be >= 1)")
     if world == 1:
-        return None  # one process: the plain single-process path
+        return SingleProcess()
     rank, local = _env_int(env, "RANK"), _env_int(env, "LOCAL_RANK")
     local_world = _env_int(env, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in env else world
     if not 0 <= rank < world or not 0 <= local < local_world or local_world > world:
@@ -95,45 +151,7 @@ def launch_from_env(environ: Mapping[str, str] | None = None) -> Launch | None:
             f"torchrun launched with a mismatched world size: RANK={rank}, LOCAL_RANK={local}, "
             f"LOCAL_WORLD_SIZE={local_world}, WORLD_SIZE={world}"
         )
-    return Launch(rank, world, local)
-
-
-def check_batch_size(launch: Launch, batch_size: int) -> int:
-    """The per-process batch: ``batch_size`` is the global batch and must split evenly across the ranks."""
-    if batch_size % launch.world_size:
-        raise ValueError(
-            f"batch_size {batch_size} is the global batch and must be divisible by the torchrun world size "
-            f"{launch.world_size} (e.g. {launch.world_size * max(1, batch_size // launch.world_size)})"
-        )
-    return batch_size // launch.world_size
-
-
-def check_world_size(saved: dict[str, Any], launch: Launch | None, where: Any) -> None:
-    """A checkpoint or summary (``saved``) can only be resumed by as many processes as it was run with."""
-    world, before = 1 if launch is None else launch.world_size, saved.get("world_size", 1)
-    if before != world:
-        raise ValueError(
-            f"cannot resume {where}: torchrun launched with a mismatched world size "
-            f"({world} process(es); the run in it was trained by {before})"
-        )
-
-
-def error_of(check: Any, *args: Any) -> str | None:
-    """``check(*args)``'s ``ValueError`` message, or None: to share a check only rank 0 makes."""
-    try:
-        check(*args)
-    except ValueError as exc:
-        return str(exc)
-    return None
-
-
-def device_for(launch: Launch, name: str, resolved: torch.device) -> torch.device:
-    """``cuda:LOCAL_RANK`` where the config asks for CUDA (auto with a GPU, or cuda); cpu stays cpu."""
-    if resolved.type != "cuda":
-        return resolved
-    if name.startswith("cuda:"):
-        raise ValueError(f"device {name!r} names one GPU; under torchrun each process uses cuda:LOCAL_RANK: use cuda")
-    return torch.device("cuda", launch.local_rank)
+    return Torchrun(rank, world, local)
 
 
 def state_checksums(module: nn.Module) -> tuple[list[str], torch.Tensor]:
@@ -147,33 +165,42 @@ def state_checksums(module: nn.Module) -> tuple[list[str], torch.Tensor]:
     return names, torch.stack(sums)
 
 
-@dataclass
-class Distributed:
-    """The process group, the DDP wrapper and the all-reduce counter of one rank's training run."""
+class Torchrun(Launch):
+    """One of torchrun's processes: the process group, the DDP wrapper and the all-reduce counter of its run."""
 
-    launch: Launch
-    device: torch.device | None = None  # set by start()
-    owns_group: bool = False  # we initialised the process group, so we destroy it
-    counter: AllReduceCounter = field(default_factory=AllReduceCounter)
-    ddp: DDP | None = None
-    sched: Any = None
-    frozen: int = 0
-    steps: int = 0
-    agreed_failure: bool = False  # every rank raised the same error at the same point: safe to leave the group
+    def __init__(self, rank: int, world_size: int, local_rank: int) -> None:
+        self.rank, self.world_size, self.local_rank = rank, world_size, local_rank
+        self.torch_device: torch.device | None = None  # set by start()
+        self.owns_group = False  # we initialised the process group, so we destroy it
+        self.counter = AllReduceCounter()
+        self.ddp: DDP | None = None
+        self.sched: Any = None
+        self.frozen = self.steps = 0
+        self.agreed_failure = False  # every rank raised the same error at the same point: safe to leave the group
+
+    def device(self, name: str) -> torch.device:
+        """``cuda:LOCAL_RANK`` where the config asks for CUDA (auto with a GPU, or cuda); cpu stays cpu."""
+        resolved = resolve_device(name)
+        if resolved.type != "cuda":
+            return resolved
+        if name.startswith("cuda:"):
+            raise ValueError(
+                f"device {name!r} names one GPU; under torchrun each process uses cuda:LOCAL_RANK: use cuda"
+            )
+        return torch.device("cuda", self.local_rank)
 
     def start(self, device: torch.device) -> None:
         """Join the process group (gloo on CPU, NCCL on CUDA), or use the one the caller initialised."""
-        self.device = device
+        self.torch_device = device
         if not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
             self.owns_group = True
-        launch = self.launch
-        if dist.get_world_size() != launch.world_size or dist.get_rank() != launch.rank:
+        if dist.get_world_size() != self.world_size or dist.get_rank() != self.rank:
             raise ValueError(
                 f"torchrun launched with a mismatched world size: the process group has rank {dist.get_rank()} "
-                f"of {dist.get_world_size()}, the environment rank {launch.rank} of {launch.world_size}"
+                f"of {dist.get_world_size()}, the environment rank {self.rank} of {self.world_size}"
             )
 
     def close(self, ok: bool) -> None:
@@ -188,16 +215,14 @@ class Distributed:
             dist.barrier()
             dist.destroy_process_group()
 
-    # -- training -------------------------------------------------------------------------------------
-    def wrap(self, model: nn.Module, sched: Any) -> None:
+    def wrap(self, model: nn.Module, sched: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         """DDP over ``model``'s trainable parameters (those not frozen yet: a resumed run has some)."""
-        ids = [self.device.index] if self.device.type == "cuda" else None
+        device = self.torch_device
+        ids = [device.index] if device is not None and device.type == "cuda" else None
         self.sched, self.frozen = sched, sched.num_frozen
         self.ddp = DDP(model, device_ids=ids)
         self.ddp.register_comm_hook(self.counter, counting_allreduce_hook)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.ddp(x)
+        return lambda x: self.ddp(x)  # the wrapper is rebuilt as layers freeze: always the current one
 
     def after_step(self) -> None:
         """Count the step; after a freeze, rebuild DDP so the frozen layers leave its buckets."""
@@ -214,10 +239,9 @@ class Distributed:
         for b in module.buffers():
             dist.broadcast(b, 0)
         self.check_in_sync(module)
-        steps = max(self.steps, 1)
         record = {
-            "world_size": self.launch.world_size,
-            "allreduce_bytes_per_step": self.counter.bytes / steps,
+            "world_size": self.world_size,
+            "allreduce_bytes_per_step": self.counter.bytes / max(self.steps, 1),
             "trainable_bytes": trainable_bytes(module),
         }
         self.counter.reset()
@@ -226,29 +250,35 @@ class Distributed:
 
     def check_in_sync(self, module: nn.Module) -> None:
         names, local = state_checksums(module)
-        gathered = [torch.empty_like(local) for _ in range(self.launch.world_size)]
+        gathered = [torch.empty_like(local) for _ in range(self.world_size)]
         dist.all_gather(gathered, local)
         for rank, other in enumerate(gathered):
             differ = (other != gathered[0]).nonzero()
             if len(differ):
                 raise RuntimeError(f"ranks diverged: rank {rank}'s {names[int(differ[0])]} differs from rank 0's")
 
-    # -- rank 0 does, the others wait ----------------------------------------------------------------
     def share(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (a barrier too: the others wait until rank 0 has it)."""
-        box = [obj if self.launch.is_main else None]
-        dist.broadcast_object_list(box, 0, device=self.device if self.device.type == "cuda" else None)
+        box = [obj if self.is_main else None]
+        device = self.torch_device if self.torch_device is not None and self.torch_device.type == "cuda" else None
+        dist.broadcast_object_list(box, 0, device=device)
         return box[0]
 
-    def agree(self, error: str | None) -> None:
-        """Raise rank 0's ``error`` (a check only rank 0 makes, say a writable out_dir) on every rank."""
+    def agree(self, check: Callable[..., Any], *args: Any) -> None:
+        """Raise rank 0's ``ValueError`` from ``check(*args)`` (a check only rank 0 makes) on every rank."""
+        error = None
+        if self.is_main:
+            try:
+                check(*args)
+            except ValueError as exc:
+                error = str(exc)
         error = self.share(error)
         if error is not None:
             self.agreed_failure = True
-            raise ValueError(error if self.launch.is_main else f"on rank 0: {error}")
+            raise ValueError(error if self.is_main else f"on rank 0: {error}")
 
     def dump_state(self) -> None:
         folder = os.environ.get(DUMP_ENV)
         if folder:
             state = {k: v.detach().cpu() for k, v in self.ddp.module.state_dict().items()}
-            torch.save(state, os.path.join(folder, f"rank{self.launch.rank}.pt"))
+            torch.save(state, os.path.join(folder, f"rank{self.rank}.pt"))

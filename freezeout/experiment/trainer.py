@@ -11,12 +11,18 @@ from typing import Any
 
 import torch
 
-from . import __version__, distributed, engine
+from .. import __version__
+from ..measure import sync
+from . import engine
 from .config import TrainConfig
 from .data import load_dataset
-from .distributed import Distributed
 from .engine import EVAL_BATCH, NonFiniteLossError, evaluate
+from .launch import Launch, launch_from_env
 from .runfiles import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    SUMMARY,
     append_jsonl,
     atomic_json,
     atomic_torch_save,
@@ -26,31 +32,13 @@ from .runfiles import (
     truncate_jsonl,
 )
 
-__all__ = ["EVAL_BATCH", "NonFiniteLossError", "ResumeError", "evaluate", "resolve_device", "train"]
+__all__ = ["EVAL_BATCH", "NonFiniteLossError", "ResumeError", "evaluate", "train"]
 
 log = logging.getLogger(__name__)
-
-CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
 
 class ResumeError(ValueError):
     """The run in out_dir cannot be resumed: no checkpoint, a torn one, or one of another config."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but CUDA is not available here (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:  # torch's message lists every backend it knows; ours names what this library runs on
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":  # kernels run asynchronously: time them only once they are done
-        torch.cuda.synchronize(device)
 
 
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
@@ -98,53 +86,43 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     Everything that can fail on bad input (config, data, model, a checkpoint to resume, a writable
     ``out_dir``) is checked before the first file is written.
 
-    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see ``freezeout.distributed``: the
+    Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see ``freezeout.experiment.launch``: the
     batch size is global, rank 0 evaluates and writes the files, every rank returns the same summary.
     """
-    launch = distributed.launch_from_env()
-    dist_ = None if launch is None else Distributed(launch)
+    launch = launch_from_env()
     ok = False
     try:
-        summary = _train(config.validate(), Path(out_dir), resume, progress, dist_)
+        summary = _train(config.validate(), Path(out_dir), resume, progress, launch)
         ok = True
         return summary
     finally:
-        if dist_ is not None:
-            dist_.close(ok)
+        launch.close(ok)
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: Distributed | None) -> dict:
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, launch: Launch) -> dict:
     started = time.perf_counter()
-    launch = None if dist_ is None else dist_.launch
-    main = launch is None or launch.is_main  # the process that evaluates and writes the files
-    if launch is not None:
-        distributed.check_batch_size(launch, config.batch_size)
+    main = launch.is_main  # the process that evaluates and writes the files
+    launch.batch_per_process(config.batch_size)
     if resume and (out / SUMMARY).is_file():
         summary = _finished_summary(out / SUMMARY)
         if summary is not None:
             _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
-            distributed.check_world_size(summary, launch, out)
+            launch.check_world_size(summary, out)
             log.info("%s already finished; nothing to resume", out)
             return summary
         log.warning("%s is torn or unfinished (not written by this trainer): resuming", out / SUMMARY)
     if resume:
         ckpt = _load_checkpoint(out / CHECKPOINT, config)
-        distributed.check_world_size(ckpt, launch, out)
+        launch.check_world_size(ckpt, out)
     elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
         raise ValueError(f"out_dir {out} already holds a run: resume it or choose another out_dir")
-    device = resolve_device(config.device)
-    if launch is not None:
-        device = distributed.device_for(launch, config.device, device)
+    device = launch.device(config.device)
     if config.bf16 and device.type != "cuda":
         raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
     data = load_dataset(config.dataset, config.data_dir, config.val_split)
-    if dist_ is not None:
-        dist_.start(device)
+    launch.start(device)
     run = engine.Run(config, data, device, launch)
-    if dist_ is None:
-        check_writable(out)
-    else:
-        dist_.agree(distributed.error_of(check_writable, out) if main else None)
+    launch.agree(check_writable, out)
     for stale in remove_stale_temps(out) if main else ():
         log.info("removed %s, left by a write that was killed", stale)
 
@@ -164,9 +142,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     elif main:
         atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__})
         truncate_jsonl(out / METRICS, lambda r: False)  # a run killed before its first checkpoint: start over
-    if dist_ is not None:  # after loading: DDP over what is still trainable
-        dist_.wrap(run.model, run.sched)
-        run.net, run.on_step = dist_, dist_.after_step
+    run.net = launch.wrap(run.model, run.sched)  # after loading: under torchrun, DDP over what still trains
 
     bar = _progress_bar(run, epoch, progress and main)
     loss_sum = torch.zeros((), device=device)
@@ -174,12 +150,12 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     label = f"epoch={epoch + 1}/{config.epochs} loss=?"
     try:
         while epoch < config.epochs:
-            _sync(device)
+            sync(device)
             t = time.perf_counter()
             skipped, skipped_examples = run.train_epoch(loss_sum, bar, label)
-            _sync(device)
+            sync(device)
             epoch_seconds = time.perf_counter() - t
-            ddp_record = {} if dist_ is None else dist_.end_epoch(loss_sum)  # sums the loss over ranks
+            launch_record = launch.end_epoch(loss_sum)  # sums the loss over ranks
             used = n_train - skipped_examples * run.world_size  # every rank skips the same steps
             train_loss = loss_sum.item() / used if used else math.nan
             run.check_finite(epoch + 1, train_loss)  # before anything of a diverged epoch is written
@@ -189,10 +165,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
             for name, batches in run.eval_sets.items() if main else ():
                 loss, acc = evaluate(run.model, batches, config.bf16)
                 record.update({f"{name}_loss": loss, f"{name}_error": 1 - acc, f"{name}_accuracy": acc})
-            _sync(device)
+            sync(device)
             record["eval_seconds"] = time.perf_counter() - t
             record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
-            record.update(ddp_record)
+            record.update(launch_record)
             record["skipped_batches"] = skipped
             epoch, train_seconds, last = epoch + 1, train_seconds + epoch_seconds, record
             wall = wall_before + time.perf_counter() - started
@@ -201,8 +177,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
                 extra = {"train_seconds": train_seconds, "wall_seconds": wall, "last": record}
                 extra["skipped_batches"] = skipped_total
                 atomic_torch_save(out / CHECKPOINT, run.state(epoch, extra))
-            if dist_ is not None:  # the others wait for rank 0's files and take its record
-                last = record = dist_.share(record)
+            last = record = launch.share(record)  # the others wait for rank 0's files and take its record
             log.info(
                 "epoch %d/%d loss %.4f test error %.4f frozen %d/%d (%.1f s)",
                 epoch, config.epochs, train_loss, record["test_error"], record["num_frozen"], len(run.layers),
@@ -233,7 +208,5 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, dist_: 
     }
     if main:
         atomic_json(out / SUMMARY, summary)
-    if dist_ is not None:
-        dist_.dump_state()
-        summary = dist_.share(summary)
-    return summary
+    launch.dump_state()
+    return launch.share(summary)

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .groups import check_layers
+from ..groups import check_layers
+from ..measure import eval_mode
 
 __all__ = ["batch_size_of", "check_forward_path", "layer_flops"]
 
@@ -125,17 +126,11 @@ def _forward(model: nn.Module, layers: Sequence[nn.Module], example_input: torch
     """One checked forward in eval mode (no BatchNorm statistics change); modes are restored after."""
     layers = check_layers(layers)
     batch_size_of(example_input)
-    modes = {m: m.training for m in model.modules()}
     x = example_input.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)  # so every layer on the path yields a tensor that reaches the output
-    try:
-        for m in model.modules():  # plain eval, set directly: a frozen layer's train() is locked anyway
-            m.training = False
+    with eval_mode(model):
         result, events, outputs = _trace(model, layers, lambda: model(x), on_enter, on_exit)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     _check_events(layers, events)
     return result, outputs
 

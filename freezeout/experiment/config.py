@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .models import MODELS
-from .models.densenet import check_depth
-from .schedule import validate_schedule, validate_t0
+from ..checks import check_int, check_number
+from ..schedule import validate_schedule, validate_t0
+from .data import get_dataset
+from .models import get_model
 
-__all__ = ["DATASETS", "DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig"]
+__all__ = ["DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig"]
 
-DATASETS = ("digits", "cifar10", "cifar100")
 DEVICES = ("auto", "cpu", "cuda")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
 # inside the first step), so they are refused up front.
 FLOAT32_MAX = 3.4028234663852886e38
 NONFINITE = ("stop", "skip")
-
-
-def _int_at_least(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
-def _number(name: str, value: Any, low: float, high: float = math.inf, *, high_open: bool = False) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    ok = ok and low <= value and (value < high if high_open else value <= high)
-    if not ok:
-        top = f"{high})" if high_open else f"{high}]"
-        raise ValueError(f"{name} must be a number in [{low}, {top}, got {value!r}")
+MAX_SEED = 2**63 - 1  # torch's generators take 64-bit seeds
 
 
 @dataclass
@@ -40,8 +27,8 @@ class TrainConfig:
     dataset: str = "digits"  # the embedded data: runs anywhere with no download
     data_dir: str | None = None  # CIFAR only: the folder holding the python-version archive or its unpacked folder
     model: str = "densenet-bc"  # the paper's network
-    depth: int = 76  # the paper's DenseNet-BC-76 (12 dense layers per block)
-    growth: int = 12  # the paper's k = 12
+    depth: int | None = None  # None: the model's own default (the paper's DenseNet-BC-76; ResNet-20)
+    growth: int | None = None  # the width: DenseNet-BC's growth rate (the paper's k = 12), ResNet's base width (16)
     epochs: int = 100  # the paper's main setting (it also reports 300)
     batch_size: int = 50  # the authors' default
     lr: float = 0.1  # the paper's base LR
@@ -64,41 +51,39 @@ class TrainConfig:
     nonfinite: str = "stop"
 
     def validate(self) -> TrainConfig:
-        """Return self if every field is valid; raise ``ValueError`` naming the field otherwise."""
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
-        if self.dataset != "digits" and not self.data_dir:
+        """This config with the model's default depth and width filled in, if every field is valid;
+        ``ValueError`` naming the field otherwise."""
+        data = get_dataset(self.dataset)
+        if data.needs_dir and not self.data_dir:
             raise ValueError(f"data_dir is required for dataset {self.dataset!r} (no download is possible)")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be a path string or None, got {self.data_dir!r}")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if isinstance(self.depth, bool) or not isinstance(self.depth, int):
-            raise ValueError(f"depth must be an integer 6n + 4 (10, 40, 76, 186, ...), got {self.depth!r}")
-        check_depth(self.depth)
-        for name in ("growth", "epochs", "batch_size"):
-            _int_at_least(name, getattr(self, name), 1)
-        for name in ("seed", "val_split"):
-            _int_at_least(name, getattr(self, name), 0)
-        _number("lr", self.lr, 0.0, FLOAT32_MAX)
-        if self.lr <= 0:
-            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
-        _number("momentum", self.momentum, 0.0, 1.0, high_open=True)
-        _number("weight_decay", self.weight_decay, 0.0, FLOAT32_MAX)
-        validate_schedule(self.schedule)
-        validate_t0(self.t0)
-        if isinstance(self.t0, bool) or not isinstance(self.t0, (int, float)):
-            raise ValueError(f"t0 must be a number in (0, 1], got {self.t0!r}")
+        model = get_model(self.model)
+        c = replace(
+            self,
+            depth=model.default_depth if self.depth is None else self.depth,
+            growth=model.default_width if self.growth is None else self.growth,
+        )
+        model.check_depth(c.depth)
+        check_int("growth", c.growth, 1, 4096, what=model.width_help)
+        for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 10**6), ("seed", 0, MAX_SEED)):
+            check_int(name, getattr(c, name), low, high)
+        check_int("val_split", c.val_split, 0)
+        check_number("lr", c.lr, 0.0, FLOAT32_MAX, low_open=True)
+        check_number("momentum", c.momentum, 0.0, 1.0, high_open=True)
+        check_number("weight_decay", c.weight_decay, 0.0, FLOAT32_MAX)
+        validate_schedule(c.schedule)
+        validate_t0(c.t0)
         for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if self.nesterov and self.momentum == 0:
+            if not isinstance(getattr(c, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
+        if c.nesterov and c.momentum == 0:
             raise ValueError("momentum must be > 0 with nesterov=True (torch's SGD requires it)")
-        if self.nonfinite not in NONFINITE:
-            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {self.nonfinite!r}")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
-        return self
+        if c.nonfinite not in NONFINITE:
+            raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {c.nonfinite!r}")
+        if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
+            raise ValueError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {c.device!r}")
+        return c
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

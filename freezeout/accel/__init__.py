@@ -1,0 +1,10 @@
+"""What makes frozen or training layers cheaper, or spreads them over devices.
+
+``compile``: ``torch.compile`` per freezable layer, so that freezing recompiles each layer a bounded number of
+times instead of the whole model on every freeze. ``ddp``: ``DistributedDataParallel`` rebuilt over what still
+trains, so that frozen layers' gradients stop being all-reduced.
+"""
+
+from .compile import compile_blocks, uncompile_blocks
+
+__all__ = ["compile_blocks", "uncompile_blocks"]

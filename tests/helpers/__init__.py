@@ -1,0 +1,1 @@
+"""Helpers the test modules share: models, data files, fakes. No test module imports another."""
