@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from freezeout.analysis.timing import copy_model, make_optimizer, set_frozen_prefix, train_step
+from freezeout.analysis.timing import set_frozen_prefix
+from freezeout.analysis.workload import copy_model, make_optimizer, train_step
 from freezeout.experiment.models import DenseNetBC
 from freezeout.experiment.runfiles import atomic_json
 

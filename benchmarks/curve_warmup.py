@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from freezeout.analysis.timing import copy_model, make_optimizer, random_targets, step_time_curve, train_step
+from freezeout.analysis.timing import step_time_curve
+from freezeout.analysis.workload import copy_model, make_optimizer, random_targets, train_step
 from freezeout.experiment.models.densenet import densenet_bc
 from freezeout.experiment.runfiles import atomic_json
 

@@ -29,7 +29,8 @@ from torch import nn
 
 from freezeout import freeze_times
 from freezeout.analysis.cost import integrate_step_times, interpolate_step_times
-from freezeout.analysis.timing import default_ks, make_optimizer, set_frozen_prefix, train_step
+from freezeout.analysis.timing import default_ks, set_frozen_prefix
+from freezeout.analysis.workload import make_optimizer, train_step
 from freezeout.experiment.models import DenseNetBC
 from freezeout.experiment.runfiles import atomic_json
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from freezeout import freeze_times
 from freezeout.analysis.bench import BenchConfig, run_bench, total_work
-from freezeout.analysis.cost import integrate_step_times
 from freezeout.analysis.timing import default_ks, step_time_curve
 
 
@@ -21,10 +19,19 @@ def test_run_bench_rows_and_model_untouched(tiny):
     result = run_bench(tiny, tiny.layers, x, config, progress=done.append)
     assert sum(done) == total_work(config, 4)  # the progress bar ends full, warm-up round included
     assert [r["name"] for r in result["rows"]] == ["linear-unscaled-0.5", "cubic-scaled-0.5"]
+    t = result["step_times"]
+    # Worked by hand, n = 4, t0 = 0.5, 8 steps (step s runs at progress s / 8):
+    # linear t_i = 0.5, 0.625, 0.75, 0.875: steps 0-3 run with 0 frozen, steps 4, 5, 6, 7 with 1, 2, 3, 4;
+    # cubic t_i = 0.125, 0.244, 0.422, 0.670: step 0 with 0, step 1 with 1, 2-3 with 2, 4-5 with 3, 6-7 with 4.
+    ideal = {"linear": [4, 1, 1, 1, 1], "cubic": [1, 1, 2, 2, 2]}
+    # the continuous limit: the fraction of training with k frozen is t_k - t_(k-1)
+    cont = {"linear": [0.5, 0.125, 0.125, 0.125, 0.125], "cubic": [0.125, 0.625**3 - 0.125, 0.75**3 - 0.625**3,
+                                                                    0.875**3 - 0.75**3, 1 - 0.875**3]}  # fmt: skip
     for row in result["rows"]:
-        times = freeze_times(4, 0.5, row["schedule"])
-        assert row["ideal_saving"] == pytest.approx(integrate_step_times(result["step_times"], times, 8)["saving"])
-        assert row["calibrated_saving"] == pytest.approx(integrate_step_times(result["step_times"], times)["saving"])
+        weights = ideal[row["schedule"]]
+        assert row["ideal_saving"] == pytest.approx(1 - sum(w * tk for w, tk in zip(weights, t)) / (8 * t[0]))
+        weights = cont[row["schedule"]]
+        assert row["calibrated_saving"] == pytest.approx(1 - sum(w * tk for w, tk in zip(weights, t)) / t[0])
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
     assert all(p.requires_grad for p in tiny.parameters())
 

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.cli import one_line_error
+from tests.helpers.cli import run as cli
+
 TINY = ["--depth", "10", "--growth", "2", "--input-size", "8", "--batch-size", "4"]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "freezeout", *args], capture_output=True, text=True, env=env)
 
 
 def test_estimate_json_rows_for_every_strategy_and_t0():
@@ -62,9 +55,7 @@ def test_estimate_calibrated_row_and_table():
 )
 def test_bad_input_is_one_line(args, needle):
     for command in ("estimate", "bench"):
-        out = cli(command, *TINY, *args)
-        assert out.returncode == 2
-        assert needle in out.stderr and len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+        one_line_error(cli(command, *TINY, *args), needle)
 
 
 def test_bench_end_to_end_writes_json(tmp_path):

@@ -15,17 +15,12 @@ import pytest
 
 from freezeout.cli import main
 from tests.helpers.cifar_files import one_thread, write_cifar
+from tests.helpers.cli import one_line_error
+from tests.helpers.cli import run as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # the smallest DenseNet-BC on the embedded digits: seconds per run
 TINY = ["--dataset", "digits", "--depth", "10", "--growth", "4", "--batch-size", "100", "--device", "cpu"]
-
-
-def cli(*args: str, **kw) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "freezeout", *args], capture_output=True, text=True, env=env, timeout=300, **kw
-    )
 
 
 def popen(*args: str) -> subprocess.Popen:
@@ -33,13 +28,6 @@ def popen(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "freezeout", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-
-
-def one_line_error(result: subprocess.CompletedProcess, match: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert match in lines[0], lines[0]
 
 
 def epochs_logged(run: Path) -> list[int]:
@@ -67,7 +55,8 @@ def test_killed_sweep_resumes_and_skips_finished(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in base.iterdir()}
     started = (frozen / "config.json").stat().st_mtime_ns
 
-    result = cli(*args)
+    with one_thread():
+        result = cli(*args)
     assert result.returncode == 0, result.stderr
     assert {p: p.stat().st_mtime_ns for p in base.iterdir()} == before  # finished run skipped, untouched
     assert (frozen / "config.json").stat().st_mtime_ns == started  # resumed, not started afresh
@@ -87,7 +76,7 @@ def test_killed_sweep_resumes_and_skips_finished(tmp_path):
         assert (tmp_path / "fig" / name).read_bytes()[:4] == b"\x89PNG"
 
     # the same folder with another config is refused, naming the field
-    one_line_error(cli(*[a if a != "6" else "7" for a in args]), "different config (epochs: 6 -> 7)")
+    one_line_error(cli(*(a if a != "6" else "7" for a in args)), "different config (epochs: 6 -> 7)")
 
 
 def test_sweep_on_cifar10_files(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""DenseNet-BC of the paper (SPEC §4)."""
+"""DenseNet-BC of the paper (docs/METHOD.md, "The experiment")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Frozen means frozen (SPEC §2), checked bit for bit on a real training loop."""
+"""Frozen means frozen (docs/METHOD.md, "What frozen means"), checked bit for bit on a real training loop."""
 
 from __future__ import annotations
 

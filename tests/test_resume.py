@@ -1,4 +1,4 @@
-"""Exact resume mid-schedule, in PyTorch's usual order (SPEC §5)."""
+"""Exact resume mid-schedule, in PyTorch's usual order (docs/METHOD.md, "The public contract")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The schedule's closed forms (SPEC §1)."""
+"""The schedule's closed forms (docs/METHOD.md, "The schedule")."""
 
 from __future__ import annotations
 

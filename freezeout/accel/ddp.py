@@ -13,7 +13,7 @@ parameters::
         ...; opt.step(); sched.step()
         if sched.num_frozen != frozen:          # a layer froze: rebuild over what still trains
             frozen = sched.num_frozen
-            ddp = freezeout.ddp.rewrap_ddp(ddp)
+            ddp = freezeout.accel.ddp.rewrap_ddp(ddp)
 
 The module, its parameters, the optimizer and FreezeOut are unchanged; only the wrapper is new. Since
 frozen parameters no longer take part, ``find_unused_parameters`` is not needed for them. Rebuilding

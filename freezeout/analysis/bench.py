@@ -30,7 +30,8 @@ from ..schedule import freeze_times, strategy_name, validate_schedule, validate_
 from .cost import integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops
-from .timing import copy_model, default_ks, make_optimizer, random_targets, step_time_curve, train_step
+from .timing import default_ks, step_time_curve
+from .workload import copy_model, make_optimizer, random_targets, train_step
 
 __all__ = ["BenchConfig", "run_bench", "total_work"]
 

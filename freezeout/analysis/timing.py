@@ -8,7 +8,6 @@ machine from biasing one end of the curve.
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -19,49 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
-from ..groups import check_layers, param_groups, unwrap
-from ..measure import eval_mode, saved_tensor_bytes, sync
+from ..groups import check_layers
+from ..measure import saved_tensor_bytes, sync
 from .cost import interpolate_step_times
+from .workload import LossFn, copy_model, make_optimizer, random_targets, train_step
 
-__all__ = [
-    "copy_model",
-    "default_ks",
-    "make_optimizer",
-    "random_targets",
-    "set_frozen_prefix",
-    "step_time_curve",
-    "train_step",
-]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def copy_model(model: nn.Module, layers: Sequence[nn.Module], device: Any = None) -> tuple[nn.Module, list]:
-    """A deep copy of ``model`` (on ``device``) and its layers, found again by their module names."""
-    inner = unwrap(model)
-    names = {id(m): name for name, m in inner.named_modules()}
-    missing = [i for i, layer in enumerate(layers) if id(layer) not in names]
-    if missing:
-        raise ValueError(f"layers[{missing[0]}] is not a submodule of the model")
-    clone = copy.deepcopy(inner)
-    if device is not None:
-        clone.to(device)
-    return clone, [clone.get_submodule(names[id(layer)]) for layer in layers]
-
-
-def make_optimizer(model: nn.Module, layers: Sequence[nn.Module], lr: float = 0.1) -> torch.optim.Optimizer:
-    """The paper's optimizer (SGD, Nesterov momentum 0.9, weight decay 1e-4) on FreezeOut's groups."""
-    return torch.optim.SGD(param_groups(model, layers), lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4)
-
-
-def random_targets(model: nn.Module, example_input: torch.Tensor, seed: int = 0) -> torch.Tensor:
-    """Random class labels for cross-entropy, the class count read from the model's output ``(B, C)``."""
-    with eval_mode(model), torch.no_grad():  # reading the output shape must not move BatchNorm statistics
-        out = model(example_input)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2:
-        raise ValueError("pass target= and loss_fn= for a model whose output is not (batch, classes) logits")
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, out.shape[1], (out.shape[0],), generator=g).to(out.device)
+__all__ = ["default_ks", "set_frozen_prefix", "step_time_curve"]
 
 
 def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> None:
@@ -73,12 +35,6 @@ def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> 
             if i < k:
                 p.grad = None
         layer.train(i >= k)
-
-
-def train_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    loss_fn(model(x), y).backward()
-    optimizer.step()
 
 
 def default_ks(n: int, max_points: int = 41) -> list[int]:

@@ -63,13 +63,12 @@ def int_in(low: int, high: int) -> Any:
 
 def unit_interval(text: str) -> float:
     """A t0 value: a number in (0, 1]."""
+    from ..schedule import validate_t0
+
     try:
-        value = float(text)
+        return validate_t0(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not (0.0 < value <= 1.0):
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}") from None
 
 
 def path(text: str) -> str:

@@ -14,7 +14,8 @@ Usage::
 Total steps come from ``trainer.estimated_stepping_batches`` (gradient accumulation included), and the
 schedule advances once per optimizer step (whenever ``trainer.global_step`` moves). The controller is
 built in ``on_train_start``: Lightning restores the optimizer from a checkpoint after ``on_fit_start``
-and before ``on_train_start``, and FreezeOut's state must be loaded after the optimizer's (SPEC §5).
+and before ``on_train_start``, and FreezeOut's state must be loaded after the optimizer's (docs/METHOD.md,
+"The public contract").
 """
 
 from __future__ import annotations

@@ -1,0 +1,104 @@
+"""The package's layout is its architecture: the import graph, read from the source, keeps to it.
+
+Every import counts, also one inside a function (a deferred import is still a dependency). The core (the
+modules at the top of the package) is what a training loop needs; it may use ``accel`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "freezeout"
+
+# What each part may import, besides itself. The CLI may import everything; nothing imports the CLI.
+ALLOWED = {
+    "core": {"core", "accel"},
+    "accel": {"core", "accel"},
+    "analysis": {"core", "accel", "analysis"},
+    "integrations": {"core", "accel", "analysis", "integrations"},
+    "experiment": {"core", "accel", "analysis", "experiment"},
+    "cli": {"core", "accel", "analysis", "integrations", "experiment", "cli"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in ROOT.rglob("*.py")}
+
+
+def part(module: str) -> str:
+    pieces = module.split(".")
+    if len(pieces) > 1 and pieces[1] in ALLOWED:
+        return pieces[1]
+    return "main" if module == "freezeout.__main__" else "core"
+
+
+def imports(module: str) -> set[str]:
+    """The freezeout modules ``module`` imports (a package's ``__init__`` when a name comes from it)."""
+    path = MODULES[module]
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")
+            base = base[: len(base) - node.level + 1] if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:  # `from . import engine` imports the module freezeout.x.engine
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in MODULES else target)
+    return {m for m in found if m in MODULES and m != module}
+
+
+GRAPH = {m: imports(m) for m in MODULES}
+
+
+def test_the_walk_sees_the_whole_package():
+    assert {"freezeout", "freezeout.controller", "freezeout.experiment.trainer", "freezeout.cli"} <= set(MODULES)
+    assert "freezeout.experiment.engine" in GRAPH["freezeout.experiment.trainer"]  # `from . import engine`
+    assert "freezeout.analysis.timing" in GRAPH["freezeout.analysis.estimate"]
+    assert "freezeout.experiment.trainer" in GRAPH["freezeout.experiment.sweep"]  # imported inside a function
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_each_part_imports_only_what_lies_below_it(module):
+    if part(module) == "main":
+        return
+    allowed = ALLOWED[part(module)]
+    wrong = sorted(m for m in GRAPH[module] if part(m) not in allowed)
+    assert not wrong, f"{module} ({part(module)}) imports {wrong}"
+
+
+def test_no_import_cycles():
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(GRAPH[m]):
+            if state.get(n) == 1:
+                cycle = [*path[path.index(n) :], n]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if n not in state:
+                visit(n, [*path, n])
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_the_checks_see_a_violation(monkeypatch):
+    # The walk must catch a core module that imports the experiment, and a cycle.
+    fake = {**GRAPH, "freezeout.schedule": {"freezeout.experiment.trainer"}}
+    bad = [m for m in fake["freezeout.schedule"] if part(m) not in ALLOWED["core"]]
+    assert bad == ["freezeout.experiment.trainer"]
+    monkeypatch.setitem(GRAPH, "freezeout.checks", {"freezeout.schedule"})  # schedule imports checks
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycles()
