@@ -35,94 +35,25 @@ pass (weight sharing) is left out with a warning: it cannot freeze as part of an
 from __future__ import annotations
 
 import fnmatch
+import logging
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from .checks import check_int
-from .groups import check_layers, unwrap
-from .measure import eval_mode
+from .groups import unwrap
+from .layers import LayerLike, check_layers
+from .tracing import Call, Trace, trace
 
 __all__ = ["find_layers"]
+
+log = logging.getLogger(__name__)
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _NORM_NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "RMSNorm")
 _NORMS = (*(getattr(nn, n) for n in _NORM_NAMES if hasattr(nn, n)), nn.modules.instancenorm._InstanceNorm)
-
-
-@dataclass(eq=False)
-class _Call:
-    module: nn.Module
-    name: str
-    index: int  # order in which calls started
-    children: list[_Call] = field(default_factory=list)
-    first_in: Any = None
-    first_out: Any = None
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = _first_tensor(v)
-            if t is not None:
-                return t
-    if isinstance(value, dict):
-        return _first_tensor(list(value.values()))
-    return None
-
-
-def _run(model: nn.Module, example_input: Any) -> None:
-    if isinstance(example_input, dict):
-        model(**example_input)
-    elif isinstance(example_input, tuple):
-        model(*example_input)
-    else:
-        model(example_input)
-
-
-def _trace(model: nn.Module, example_input: Any) -> tuple[_Call, dict[int, int]]:
-    """The call tree of one forward pass, and how many times each module ran."""
-    names = {id(m): n for n, m in model.named_modules()}
-    root = _Call(model, "", 0)
-    stack = [root]
-    counts: dict[int, int] = {}
-    started = [0]
-
-    def pre(module, args, kwargs):
-        started[0] += 1
-        call = _Call(module, names[id(module)], started[0], first_in=_first_tensor((args, kwargs)))
-        counts[id(module)] = counts.get(id(module), 0) + 1
-        stack[-1].children.append(call)
-        stack.append(call)
-
-    def post(module, args, output):
-        stack.pop().first_out = _first_tensor(output)
-
-    handles = []
-    try:
-        for m in model.modules():
-            if m is model:
-                continue
-            handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
-            handles.append(m.register_forward_hook(post))
-        with eval_mode(model), torch.no_grad():
-            try:
-                _run(model, example_input)
-            except Exception as exc:
-                # A failing module never reaches its post hook: the top of the stack is the innermost one.
-                where = stack[-1]
-                label = f"module '{where.name}' ({type(where.module).__name__})" if where.name else "the model itself"
-                raise ValueError(f"forward pass on example_input failed in {label}: {exc}") from exc
-    finally:
-        for h in handles:
-            h.remove()
-    return root, counts
 
 
 def _has_params(module: nn.Module) -> bool:
@@ -133,7 +64,7 @@ def _composite(module: nn.Module) -> bool:
     return any(_has_params(c) for c in module.children())
 
 
-def _chains(call: _Call) -> bool:
+def _chains(call: Call) -> bool:
     link = call.first_in
     for child in call.children:
         if link is None or child.first_in is not link:
@@ -142,15 +73,15 @@ def _chains(call: _Call) -> bool:
     return link is not None and link is call.first_out
 
 
-def _auto_expand(call: _Call) -> bool:
+def _auto_expand(call: Call) -> bool:
     container = isinstance(call.module, _CONTAINERS) or (
         next(call.module.parameters(recurse=False), None) is None and _chains(call)
     )
     return container and any(_composite(c.module) for c in call.children)
 
 
-def _flatten(call: _Call, expand) -> list[_Call]:
-    out: list[_Call] = []
+def _flatten(call: Call, expand) -> list[Call]:
+    out: list[Call] = []
     for child in call.children:
         if child.children and expand(child):
             out.extend(_flatten(child, expand))
@@ -164,7 +95,7 @@ def _norm_only(module: nn.Module) -> bool:
     return bool(owners) and all(isinstance(m, _NORMS) or type(m).__name__.endswith("Norm") for m in owners)
 
 
-def _candidates(root: _Call, granularity: str | int) -> list[_Call]:
+def _candidates(root: Call, granularity: str | int) -> list[Call]:
     if granularity == "auto":
         calls = _flatten(root, _auto_expand)
         while len(p := [c for c in calls if _has_params(c.module)]) == 1 and p[0].children:
@@ -180,24 +111,16 @@ def _candidates(root: _Call, granularity: str | int) -> list[_Call]:
     return calls[:end]
 
 
-def _all_calls(call: _Call) -> list[_Call]:
-    out = []
-    for child in call.children:
-        out.append(child)
-        out.extend(_all_calls(child))
-    return out
-
-
-def _by_patterns(root: _Call, patterns: Sequence[str]) -> list[_Call]:
+def _by_patterns(root: Call, patterns: Sequence[str]) -> list[Call]:
     if isinstance(patterns, str):
         patterns = [patterns]
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"patterns must be a non-empty list of module-name patterns, got {patterns!r}")
-    first: dict[int, _Call] = {}
-    for c in _all_calls(root):
+    first: dict[int, Call] = {}
+    for c in root.descendants():
         first.setdefault(id(c.module), c)
     examples = ", ".join(repr(c.name) for c in first.values() if _has_params(c.module))[:200]
-    chosen: dict[int, _Call] = {}
+    chosen: dict[int, Call] = {}
     for pattern in patterns:
         hits = [c for c in first.values() if fnmatch.fnmatchcase(c.name, pattern) and _has_params(c.module)]
         if not hits:
@@ -211,16 +134,50 @@ def _by_patterns(root: _Call, patterns: Sequence[str]) -> list[_Call]:
     return sorted(outer, key=lambda c: c.index)
 
 
+def _holders(model: nn.Module) -> dict[int, list[str]]:
+    """Parameter id -> every name it is registered under (two or more: tied weights, or a shared module)."""
+    out: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        out.setdefault(id(p), []).append(name)
+    return out
+
+
+def _tied_outside(call: Call, holders: dict[int, list[str]]) -> bool:
+    prefix = f"{call.name}."
+    return any(not n.startswith(prefix) for p in call.module.parameters() for n in holders[id(p)])
+
+
+def _attach_loose(model: nn.Module, calls: list[Call], tr: Trace, holders: dict[int, list[str]]) -> list:
+    """The layers, each a module or ``[module, *parameters]``: parameters held by a module that contains
+    layers (the root's ``cls_token``) join the layer whose call they are used in, or the one before the gap
+    they are used in (or the first), so that nothing trainable flows into a frozen prefix; tied ones, and
+    those first used after the last layer, stay with the rest."""
+    inside = {id(m) for c in calls for m in c.module.modules()}
+    attached: list[list[nn.Parameter]] = [[] for _ in calls]
+    for m in model.modules():
+        if id(m) in inside or not any(id(c) in inside for c in m.modules()):
+            continue  # inside a layer, or a module that holds no layer (the head)
+        for p in m.parameters(recurse=False):
+            use = tr.first_use.get(id(p))
+            if use is None or len(holders[id(p)]) > 1 or use > calls[-1].end:
+                continue
+            j = max([0, *(i for i, c in enumerate(calls) if c.start <= use)])
+            attached[j].append(p)
+    return [c.module if not extra else [c.module, *extra] for c, extra in zip(calls, attached)]
+
+
 def find_layers(
     model: nn.Module,
     example_input: Any,
     granularity: str | int = "auto",
     patterns: Sequence[str] | None = None,
-) -> list[nn.Module]:
+) -> list[LayerLike]:
     """Freezable layers of ``model`` in forward order (input side first), head excluded; see the module doc.
 
-    ``example_input`` is passed as ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)`` for a dict; a
-    batch of one is enough. The result is ready for ``param_groups(model, layers)``.
+    ``example_input`` is passed as ``model(x)``, ``model(*x)`` for a tuple, ``model(**x)`` for a mapping (a
+    dict, a tokenizer's ``BatchEncoding``); a batch of one is enough. Each layer is a module, or a list
+    ``[module, *parameters]`` with the parameters it must freeze with. The result is ready for
+    ``param_groups(model, layers)`` and ``FreezeOut``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -234,22 +191,27 @@ def find_layers(
     if patterns is not None and granularity != "auto":
         raise ValueError("give granularity or patterns, not both: patterns name the layers exactly")
     model = unwrap(model)
-    root, counts = _trace(model, example_input)
-    calls = _by_patterns(root, patterns) if patterns is not None else _candidates(root, granularity)
-    layers = []
+    tr = trace(model, example_input)
+    calls = _by_patterns(tr.root, patterns) if patterns is not None else _candidates(tr.root, granularity)
+    holders = _holders(model)
+    kept = []
     for c in calls:
-        if counts[id(c.module)] > 1:
+        if tr.counts[id(c.module)] > 1:
             warnings.warn(
-                f"module '{c.name}' runs {counts[id(c.module)]} times in one forward pass (weight sharing): "
+                f"module '{c.name}' runs {tr.counts[id(c.module)]} times in one forward pass (weight sharing): "
                 "left out of the freezable layers, it trains with the rest",
                 UserWarning,
                 stacklevel=2,
             )
+        elif _tied_outside(c, holders):
+            # Tied to a module outside it (a language model's token embedding and its head): freezing it would
+            # freeze the head. It trains to the end with the head; FreezeOut cuts its flow into frozen layers.
+            log.info("module '%s' shares a weight with a module outside it (tied): left to the rest", c.name)
         else:
-            layers.append(c.module)
-    if not layers:
+            kept.append(c)
+    if not kept:
         raise ValueError(
             f"found no freezable layers before the head (granularity={granularity!r}): "
             "try granularity=2, 3, ... or name them with patterns=[...]"
         )
-    return check_layers(layers)
+    return check_layers(_attach_loose(model, kept, tr, holders))

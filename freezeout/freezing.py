@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
+
+from .layers import Layer, LayerLike, as_layers
 
 __all__ = ["freeze_layer", "is_frozen"]
 
@@ -26,8 +29,9 @@ def is_frozen(module: nn.Module) -> bool:
     return isinstance(module.__dict__.get("train"), _EvalLock)
 
 
-def freeze_layer(layer: nn.Module, group: dict[str, Any], optimizer: Any) -> None:
-    """Freeze ``layer`` for the rest of training; ``group`` is its optimizer group.
+def freeze_layer(layer: LayerLike | Layer, groups: dict[str, Any] | Sequence[dict[str, Any]], optimizer: Any) -> None:
+    """Freeze ``layer`` (a module, or a group of modules and parameters) for the rest of training; ``groups``
+    are its optimizer groups (one dict, or a list).
 
     - ``requires_grad=False``: autograd neither computes its gradient nor, since frozen layers are a
       prefix of the network, records its ops and keeps their activations.
@@ -36,10 +40,13 @@ def freeze_layer(layer: nn.Module, group: dict[str, Any], optimizer: Any) -> Non
     - LR 0 and the optimizer state dropped: nothing can move it, and momentum/Adam moments free memory.
     - eval mode, locked: BatchNorm uses and keeps its running statistics, dropout is off.
     """
-    for p in layer.parameters():
+    item = layer if isinstance(layer, Layer) else as_layers([layer])[0]
+    for p in item.parameters():
         p.requires_grad_(False)
         p.grad = None
         optimizer.state.pop(p, None)
-    group["lr"] = 0.0
-    layer.train(False)
-    layer.train = _EvalLock(layer)
+    for group in [groups] if isinstance(groups, dict) else groups:
+        group["lr"] = 0.0
+    for m in item.modules:
+        m.train(False)
+        m.train = _EvalLock(m)

@@ -1,13 +1,28 @@
-"""Optimizer parameter groups laid out the way FreezeOut drives them: one per layer, then the rest."""
+"""Optimizer parameter groups as FreezeOut drives them: each group holds parameters of one layer, or of the rest.
+
+``param_groups`` builds the usual layouts (one group per layer then one for the rest, or each of those split
+into weight decay / no weight decay); ``group_owners`` reads any layout a user built, in any number and order.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import fnmatch
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from torch import nn
 
-__all__ = ["check_layers", "check_optimizer_layout", "param_groups", "unwrap"]
+from .layers import Layer, LayerLike, as_layers, check_layers
+
+__all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "unwrap"]
+
+NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
+_NORMS = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -17,74 +32,141 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def check_layers(layers: Sequence[nn.Module]) -> list[nn.Module]:
-    """Validate a list of freezable layers: non-empty, modules, no layer or parameter twice."""
-    if isinstance(layers, nn.Module) or not isinstance(layers, Sequence):
-        raise ValueError("layers must be a non-empty list of nn.Module in forward order (input side first)")
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers must be a non-empty list of nn.Module in forward order, got an empty list")
-    owner: dict[int, int] = {}
-    seen_modules: dict[int, int] = {}
-    for i, layer in enumerate(layers):
-        if not isinstance(layer, nn.Module):
-            raise ValueError(f"layers[{i}] must be an nn.Module, got {type(layer).__name__}")
-        if id(layer) in seen_modules:
-            raise ValueError(
-                f"layers[{i}] is the same module as layers[{seen_modules[id(layer)]}]: list each layer once"
-            )
-        seen_modules[id(layer)] = i
+def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
+    """The common rule (nanoGPT, timm, Hugging Face): no weight decay for biases and other 1-d parameters,
+    normalisation layers and embeddings (``nn.Embedding``, and position embeddings or class tokens held by a
+    module of their own class, which timm lists in ``no_weight_decay()``)."""
+    if param.dim() <= 1 or isinstance(module, (*_NORMS, nn.Embedding)) or type(module).__name__.endswith("Norm"):
+        return True
+    leaf = name.rsplit(".", 1)[-1]
+    return any(word in leaf for word in ("embed", "token", "pos_"))
+
+
+def _no_decay_rule(no_decay: NoDecay | Collection[str] | None, model: nn.Module) -> NoDecay:
+    if no_decay is None:
+        listed = getattr(model, "no_weight_decay", None)  # timm's convention: names the model wants undecayed
+        names = set(listed()) if callable(listed) else set()
+        return lambda name, p, m: name in names or default_no_decay(name, p, m)
+    if callable(no_decay):
+        return no_decay
+    if isinstance(no_decay, str) or not all(isinstance(x, str) for x in no_decay):
+        raise ValueError(f"no_decay must be a callable (name, param, module) -> bool or a list of name patterns, got "
+                         f"{no_decay!r}")  # fmt: skip
+    patterns = list(no_decay)
+    return lambda name, p, m: any(fnmatch.fnmatchcase(name, pat) for pat in patterns)
+
+
+def check_ties(model: nn.Module, layers: Sequence[Layer]) -> None:
+    """``ValueError`` if a layer shares a parameter or a module with ``model`` outside it (tied weights, as a
+    language model's head and its token embedding): freezing the layer would freeze that part too, silently."""
+    inside = {id(m): layer.index for layer in layers for m in layer.all_modules()}
+    loose = {id(p) for layer in layers for p in layer.loose}
+    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    paths: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        paths.setdefault(id(module), []).append(path)
+    mine: dict[int, str] = {}
+    outside: dict[int, list[str]] = {}
+    for path, module in model.named_modules(remove_duplicate=False):
+        for name, p in module.named_parameters(prefix=path, recurse=False):
+            if id(p) not in owner:
+                continue
+            if inside.get(id(module)) == owner[id(p)] and id(p) not in mine:
+                mine[id(p)] = name
+            else:
+                outside.setdefault(id(p), []).append(name)
+    for layer in layers:
+        for m in layer.modules:
+            if len(paths.get(id(m), [])) > 1:
+                first, other = paths[id(m)][:2]
+                raise ValueError(_tie_message(layer.index, f"module {first!r}", other))
         for p in layer.parameters():
-            if id(p) in owner:
-                raise ValueError(
-                    f"layers[{i}] shares a parameter with layers[{owner[id(p)]}] (nested or tied layers): "
-                    "each parameter may belong to one layer only"
-                )
-            owner[id(p)] = i
-    return layers
+            held = outside.get(id(p), [])
+            extra = held[1:] if id(p) in loose else held  # a parameter listed on its own has its one holder outside
+            if extra:
+                name = mine.get(id(p)) or held[0]
+                raise ValueError(_tie_message(layer.index, f"parameter {name!r}", extra[0]))
 
 
-def param_groups(model: nn.Module, layers: Sequence[nn.Module], **group_options: Any) -> list[dict[str, Any]]:
-    """One optimizer group per layer, in order, then one group for every other parameter of ``model``.
+def _tie_message(index: int, what: str, other: str) -> str:
+    return (
+        f"layers[{index}] shares its {what} with {other!r} outside the layer (tied weights): freezing the layer "
+        f"would freeze {other!r} too. Leave the shared module out of the layers (find_layers does): the shared "
+        "weight then trains to the end with the head"
+    )
 
-    ``model`` may be wrapped in ``DistributedDataParallel``. ``group_options`` (say ``weight_decay``) are
-    copied into every group.
+
+def param_groups(
+    model: nn.Module,
+    layers: Sequence[LayerLike],
+    *,
+    weight_decay: float | None = None,
+    no_decay: NoDecay | Collection[str] | None = None,
+    **group_options: Any,
+) -> list[dict[str, Any]]:
+    """Optimizer groups for FreezeOut: per layer, in order, then the rest of ``model``'s parameters.
+
+    Without ``weight_decay``: one group per layer, then one for the rest. With it: each of those split in two,
+    the parameters that take weight decay (``weight_decay``) and those that do not (``weight_decay=0``), empty
+    groups left out. ``no_decay`` picks the latter: a callable ``(name, param, module) -> bool``, a list of
+    ``fnmatch`` patterns on parameter names, or ``None`` for ``default_no_decay`` (plus the names the model's
+    ``no_weight_decay()`` lists, timm's convention). ``group_options`` are copied into every group. ``model``
+    may be wrapped in ``DistributedDataParallel``. A layer that shares a parameter with a module outside it
+    (tied weights) is a ``ValueError``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be an nn.Module, got {type(model).__name__}")
-    layers = check_layers(layers)
+    items = as_layers(layers)
     inner = unwrap(model)
     members = {id(m) for m in inner.modules()}
-    for i, layer in enumerate(layers):
-        if id(layer) not in members:
-            raise ValueError(f"layers[{i}] ({type(layer).__name__}) is not a submodule of the model")
-    groups = [{"params": list(layer.parameters()), **group_options} for layer in layers]
-    in_layers = {id(p) for g in groups for p in g["params"]}
-    rest = [p for p in inner.parameters() if id(p) not in in_layers]
-    groups.append({"params": rest, **group_options})
+    params = {id(p) for p in inner.parameters()}
+    for layer in items:
+        for m in layer.modules:
+            if id(m) not in members:
+                raise ValueError(f"layers[{layer.index}] ({type(m).__name__}) is not a submodule of the model")
+        for p in layer.loose:
+            if id(p) not in params:
+                raise ValueError(f"layers[{layer.index}] holds a parameter that is not the model's")
+    check_ties(inner, items)
+    owned = {id(p) for layer in items for p in layer.parameters()}
+    parts = [list(layer.parameters()) for layer in items]
+    parts.append([p for p in inner.parameters() if id(p) not in owned])
+    if weight_decay is None:
+        if no_decay is not None:
+            raise ValueError("no_decay needs weight_decay: give the weight decay of the other parameters")
+        return [{"params": part, **group_options} for part in parts]
+    rule = _no_decay_rule(no_decay, inner)
+    skip = {
+        id(p) for path, m in inner.named_modules() for n, p in m.named_parameters(prefix=path, recurse=False)
+        if rule(n, p, m)
+    }  # fmt: skip
+    groups = []
+    for part in parts:
+        decay = [p for p in part if id(p) not in skip]
+        plain = [p for p in part if id(p) in skip]
+        for ps, wd in ((decay, weight_decay), (plain, 0.0)):
+            if ps:
+                groups.append({"params": ps, **group_options, "weight_decay": wd})
     return groups
 
 
-def check_optimizer_layout(optimizer: Any, layers: Sequence[nn.Module]) -> None:
-    """Raise ``ValueError`` unless ``optimizer``'s groups are ``param_groups(model, layers)``'s layout."""
+def group_owners(optimizer: Any, layers: Sequence[Layer]) -> list[int]:
+    """For each of ``optimizer``'s groups, the index of the layer whose parameters it holds, or ``len(layers)``
+    for a group of the rest. ``ValueError`` naming a group that mixes layers, or a layer with the rest."""
     groups = getattr(optimizer, "param_groups", None)
     if not isinstance(groups, list):
         raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    if len(groups) != len(layers) + 1:
-        raise ValueError(
-            f"optimizer has {len(groups)} param groups but FreezeOut needs {len(layers) + 1} "
-            f"(one per layer for {len(layers)} layers, then the rest): "
-            "build it from freezeout.param_groups(model, layers)"
-        )
-    layer_params = set()
-    for i, (group, layer) in enumerate(zip(groups, layers)):
-        want = {id(p) for p in layer.parameters()}
-        have = {id(p) for p in group["params"]}
-        if want != have:
+    n = len(layers)
+    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owners = []
+    for g, group in enumerate(groups):
+        found = {owner.get(id(p), n) for p in group["params"]}
+        if len(found) > 1:
+            names = [f"layers[{i}]" if i < n else "the rest" for i in sorted(found)]
             raise ValueError(
-                f"optimizer group {i} does not hold exactly the parameters of layers[{i}] "
-                f"({len(have)} vs {len(want)}): build the optimizer from freezeout.param_groups(model, layers)"
+                f"optimizer param group {g} holds parameters of {', '.join(names[:-1])} and {names[-1]}: each group "
+                "may hold parameters of one layer, or only of the rest (build the groups with "
+                "freezeout.param_groups(model, layers), or split yours)"
             )
-        layer_params |= want
-    if any(id(p) in layer_params for p in groups[-1]["params"]):
-        raise ValueError("optimizer's last group (the rest) holds parameters of a freezable layer")
+        owners.append(found.pop() if found else n)
+    return owners

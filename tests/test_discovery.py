@@ -9,15 +9,21 @@ from torch import nn
 
 from freezeout import FreezeOut, find_layers, param_groups
 from freezeout.experiment.models import DenseNetBC
+from freezeout.layers import as_layers
 from tests.helpers.lookalikes import DenseNet, Residual, ResNet, Scrambled, TextEncoder, VisionTransformer
 from tests.helpers.models import TinyNet
 
 IMG = torch.randn(1, 3, 16, 16)
 
 
-def names(model: nn.Module, layers: list[nn.Module]) -> list[str]:
-    by_id = {id(m): n for n, m in model.named_modules()}
-    return [by_id[id(m)] for m in layers]
+def names(model: nn.Module, layers: list) -> list[str]:
+    """Each layer's module name; a group ``[module, *parameters]`` as ``module+param+...``."""
+    by_id = {id(m): n for n, m in model.named_modules()} | {id(p): n for n, p in model.named_parameters()}
+    return [by_id[id(x)] if isinstance(x, nn.Module) else "+".join(by_id[id(m)] for m in x) for x in layers]
+
+
+def params(layer) -> list[nn.Parameter]:
+    return list(as_layers([layer])[0].parameters())
 
 
 def test_resnet_stem_then_every_basic_block_head_excluded():
@@ -36,13 +42,13 @@ def test_densenet_stem_dense_layers_and_transitions_final_norm_in_head():
     assert got == want  # features.norm5 and classifier are the head
 
 
-def test_vit_patch_embed_then_blocks_root_parameters_go_to_the_rest():
+def test_vit_patch_embed_with_the_root_parameters_it_feeds_then_blocks():
+    # cls_token and pos_embed, held by the root, meet the data right after patch_embed: they freeze with it
     m = VisionTransformer(depth=3)
     layers = find_layers(m, torch.randn(1, 3, 8, 8))
-    assert names(m, layers) == ["patch_embed", "blocks.0", "blocks.1", "blocks.2"]
+    assert names(m, layers) == ["patch_embed+cls_token+pos_embed", "blocks.0", "blocks.1", "blocks.2"]
     rest = param_groups(m, layers)[-1]["params"]
-    want = [m.cls_token, m.pos_embed, *m.norm.parameters(), *m.head.parameters()]
-    assert {id(p) for p in rest} == {id(p) for p in want}
+    assert {id(p) for p in rest} == {id(p) for p in (*m.norm.parameters(), *m.head.parameters())}
 
 
 def test_transformer_encoder_layers_final_norm_in_head():
@@ -172,7 +178,7 @@ def test_end_to_end_find_layers_param_groups_freezeout():
         opt.step()
         sched.step()
         for i in range(sched.num_frozen):
-            snaps.setdefault(i, [p.clone() for p in layers[i].parameters()])
+            snaps.setdefault(i, [p.clone() for p in params(layers[i])])
     assert sched.num_frozen == len(layers) == 4
     for i, snap in snaps.items():
-        assert all(torch.equal(a, b) for a, b in zip(snap, layers[i].parameters())), f"layer {i} moved"
+        assert all(torch.equal(a, b) for a, b in zip(snap, params(layers[i]))), f"layer {i} moved"

@@ -67,20 +67,20 @@ def test_the_same_layer_twice_straight_to_freezeout(tiny):
         FreezeOut(opt, [tiny.stem, relu, relu], total_steps=10)
 
 
-def test_optimizer_not_built_from_param_groups(tiny):
-    with pytest.raises(ValueError, match="param groups"):
+def test_a_group_mixing_layers_is_named(tiny):
+    with pytest.raises(ValueError, match=r"param group 0 holds parameters of layers\[0\], .* and the rest"):
         FreezeOut(sgd(tiny.parameters()), tiny.layers, total_steps=10)
     groups = param_groups(tiny, tiny.layers)
-    groups[0]["params"], groups[1]["params"] = groups[1]["params"], groups[0]["params"]
-    with pytest.raises(ValueError, match="group 0"):
-        FreezeOut(sgd(groups), tiny.layers, total_steps=10)
+    groups[2]["params"] = groups[2]["params"] + groups[-1]["params"][:1]  # layers[2] with a head parameter
+    with pytest.raises(ValueError, match=r"param group 2 holds parameters of layers\[2\] and the rest"):
+        FreezeOut(sgd([*groups[:-1], {"params": groups[-1]["params"][1:]}]), tiny.layers, total_steps=10)
 
 
 def test_param_groups_layout_covers_every_parameter_once():
     model = TinyNet()
-    groups = param_groups(model, model.layers, weight_decay=0.0)
+    groups = param_groups(model, model.layers, momentum=0.5)
     assert len(groups) == len(model.layers) + 1
     ids = [id(p) for g in groups for p in g["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     assert {id(p) for p in groups[-1]["params"]} == {id(p) for m in (model.head, model.fc) for p in m.parameters()}
-    assert all(g["weight_decay"] == 0.0 for g in groups)
+    assert all(g["momentum"] == 0.5 for g in groups)  # group options copied into every group

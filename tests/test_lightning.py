@@ -155,7 +155,7 @@ def test_layout_and_configuration_errors():
         def configure_optimizers(self):
             return torch.optim.SGD(freezeout.param_groups(self, [self.stem, *self.blocks]), lr=0.1)
 
-    class TwoGroups(Net):
+    class OneGroup(Net):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
@@ -166,7 +166,7 @@ def test_layout_and_configuration_errors():
 
     cases = [
         (NoFreezable, "needs a freezable_layers"),
-        (TwoGroups, r"param groups .*freezeout\.param_groups\(self, layers\)"),
+        (OneGroup, r"param group 0 holds parameters of layers.*freezeout\.param_groups\(self, layers\)"),
         (WithScheduler, "return no lr_scheduler"),
     ]
     for cls, msg in cases:

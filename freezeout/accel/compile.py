@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..groups import check_layers
+from ..layers import LayerLike, as_layers, check_layers
 
 __all__ = ["compile_blocks", "uncompile_blocks"]
 
@@ -53,17 +53,23 @@ def _own_code(forward: Any, name: str) -> Any:
     return block_forward
 
 
-def compile_blocks(layers: Sequence[nn.Module], **compile_kwargs: Any) -> list[nn.Module]:
+def _modules(layers: Sequence[LayerLike]) -> list[tuple[int, nn.Module]]:
+    return [(layer.index, m) for layer in as_layers(layers) for m in layer.modules]
+
+
+def compile_blocks(layers: Sequence[LayerLike], **compile_kwargs: Any) -> list[LayerLike]:
     """Compile each layer's ``forward`` separately with ``torch.compile(**compile_kwargs)``; see the module doc.
 
-    Returns ``layers`` (unchanged module objects: ``param_groups``, ``FreezeOut`` and state dicts see the
-    same parameters). Raises ``ValueError`` for a layer compiled already.
+    A layer that is a group compiles each of its modules. Returns ``layers`` (unchanged module objects:
+    ``param_groups``, ``FreezeOut`` and state dicts see the same parameters). Raises ``ValueError`` for a
+    layer compiled already.
     """
     layers = check_layers(layers)
-    for i, layer in enumerate(layers):
+    modules = _modules(layers)
+    for i, layer in modules:
         if _EAGER in layer.__dict__:
             raise ValueError(f"layers[{i}] ({type(layer).__name__}) is compiled already")
-    for i, layer in enumerate(layers):
+    for i, layer in modules:
         eager = layer.forward
         layer.__dict__[_EAGER] = layer.__dict__.get("forward")  # an instance-level forward to restore, or None
         name = f"freezeout_block_{i}_{type(layer).__name__}"
@@ -71,9 +77,9 @@ def compile_blocks(layers: Sequence[nn.Module], **compile_kwargs: Any) -> list[n
     return layers
 
 
-def uncompile_blocks(layers: Sequence[nn.Module]) -> None:
+def uncompile_blocks(layers: Sequence[LayerLike]) -> None:
     """Undo ``compile_blocks``: every layer runs its eager ``forward`` again."""
-    for layer in layers:
+    for _, layer in _modules(layers):
         if _EAGER not in layer.__dict__:
             continue
         previous = layer.__dict__.pop(_EAGER)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..groups import check_layers
+from ..layers import Layer, LayerLike, as_layers
 from ..measure import eval_mode
 
 __all__ = ["batch_size_of", "check_forward_path", "layer_flops"]
@@ -29,31 +29,35 @@ def batch_size_of(example_input: Any) -> int:
     return int(example_input.shape[0])
 
 
-def _name(layers: Sequence[nn.Module], i: int) -> str:
-    return f"layers[{i}] ({type(layers[i]).__name__})"
+def _name(layers: Sequence[Layer], i: int) -> str:
+    modules = layers[i].modules
+    return f"layers[{i}] ({type(modules[0]).__name__ if len(modules) == 1 else 'group'})"
 
 
 def _trace(
-    model: nn.Module, layers: Sequence[nn.Module], run: Callable[[], Any], on_enter=None, on_exit=None
-) -> tuple[Any, list[tuple[str, int]], list[Any]]:
-    """Run ``run()`` with hooks on ``layers``; return its result, the (event, layer) log and each output."""
-    events: list[tuple[str, int]] = []
+    model: nn.Module, layers: Sequence[Layer], run: Callable[[], Any], on_enter=None, on_exit=None
+) -> tuple[Any, list[tuple[str, Any]], list[Any]]:
+    """Run ``run()`` with hooks on the layers' modules; return its result, the event log and each layer's
+    output (its last module's). Events: ``("enter"/"exit", (layer, module))`` and ``("other", name)``."""
+    events: list[tuple[str, Any]] = []
     outputs: list[Any] = [None] * len(layers)
+    done: dict[int, int] = {}
 
-    def pre(i: int):
+    def pre(i: int, j: int):
         def hook(module, args):
-            events.append(("enter", i))
-            if on_enter:
-                on_enter(i)
+            if on_enter and not any(k == "enter" and key[0] == i for k, key in events):
+                on_enter(i)  # the layer starts with its first module
+            events.append(("enter", (i, j)))
 
         return hook
 
-    def post(i: int):
+    def post(i: int, j: int):
         def hook(module, args, out):
-            events.append(("exit", i))
+            events.append(("exit", (i, j)))
             outputs[i] = out
-            if on_exit:
-                on_exit(i)
+            done[i] = done.get(i, 0) + 1
+            if on_exit and done[i] == len(layers[i].modules):
+                on_exit(i)  # ... and ends with its last
 
         return hook
 
@@ -63,10 +67,13 @@ def _trace(
 
         return hook
 
-    handles = [layer.register_forward_pre_hook(pre(i)) for i, layer in enumerate(layers)]
-    handles += [layer.register_forward_hook(post(i)) for i, layer in enumerate(layers)]
+    handles = []
+    for layer in layers:
+        for j, m in enumerate(layer.modules):
+            handles.append(m.register_forward_pre_hook(pre(layer.index, j)))
+            handles.append(m.register_forward_hook(post(layer.index, j)))
     # Modules with parameters of their own outside every listed layer: they must not run between layers.
-    inside = {id(m) for layer in layers for m in layer.modules()}
+    inside = {id(m) for layer in layers for m in layer.all_modules()}
     for name, m in model.named_modules():
         if id(m) not in inside and any(True for _ in m.parameters(recurse=False)):
             handles.append(m.register_forward_pre_hook(other(name or type(m).__name__)))
@@ -78,37 +85,46 @@ def _trace(
     return result, events, outputs
 
 
-def _check_events(layers: Sequence[nn.Module], events: list[tuple[str, int]]) -> None:
-    """Every layer entered exactly once, in list order, each finishing before the next starts, and no
-    unlisted module with parameters runs between the first and the last layer."""
-    entered = [i for kind, i in events if kind == "enter"]
-    for i in range(len(layers)):
-        count = entered.count(i)
-        if count == 0:
-            raise ValueError(f"{_name(layers, i)} never ran in the forward pass: layers must cover the forward path")
-        if count > 1:
-            raise ValueError(f"{_name(layers, i)} ran {count} times in the forward pass; each layer must run once")
-    for a, b in itertools.pairwise(entered):
+def _check_events(layers: Sequence[Layer], events: list[tuple[str, Any]]) -> None:
+    """Every layer's modules entered exactly once each, layers in list order, each module finishing before the
+    next starts, and no unlisted module with parameters running between the first and the last layer."""
+    entered = [key for kind, key in events if kind == "enter"]
+    for layer in layers:
+        for j in range(len(layer.modules)):
+            count = entered.count((layer.index, j))
+            if count == 0:
+                raise ValueError(
+                    f"{_name(layers, layer.index)} never ran in the forward pass: layers must cover the forward path"
+                )
+            if count > 1:
+                raise ValueError(
+                    f"{_name(layers, layer.index)} ran {count} times in the forward pass; each layer must run once"
+                )
+    order = [i for i, _ in entered]
+    for a, b in itertools.pairwise(order):
         if b < a:
             raise ValueError(f"{_name(layers, a)} ran before layers[{b}]: list layers in forward order")
-    first, last = events.index(("enter", 0)), events.index(("exit", len(layers) - 1))
-    for j in range(first, last):
-        if events[j][0] == "other":
-            before = max((i for kind, i in events[:j] if kind == "exit"), default=0)
+    first = next(k for k, e in enumerate(events) if e[0] == "enter")
+    last = max(k for k, e in enumerate(events) if e[0] == "exit")
+    for k in range(first, last):
+        if events[k][0] == "other":
+            before = max((key[0] for kind, key in events[:k] if kind == "exit"), default=0)
             raise ValueError(
-                f"module {events[j][1]!r} has parameters, is not in layers and runs between layers[{before}] and "
+                f"module {events[k][1]!r} has parameters, is not in layers and runs between layers[{before}] and "
                 f"layers[{before + 1}]: layers must cover the forward path (list it, or move it to the head)"
             )
     events = [e for e in events if e[0] != "other"]
-    expected = [e for i in range(len(layers)) for e in (("enter", i), ("exit", i))]
+    expected = [
+        (kind, (layer.index, j)) for layer in layers for j in range(len(layer.modules)) for kind in ("enter", "exit")
+    ]
     if events != expected:
-        inner = next(a for a, b in zip(events, expected) if a != b)
+        inner = next(a for a, b in zip(events, expected) if a != b)[1][0]
         raise ValueError(
-            f"{_name(layers, inner[1])} runs inside another listed layer: freezable layers must run one after another"
+            f"{_name(layers, inner)} runs inside another listed layer: freezable layers must run one after another"
         )
 
 
-def _check_reaches_output(layers: Sequence[nn.Module], outputs: list[Any], result: Any) -> None:
+def _check_reaches_output(layers: Sequence[Layer], outputs: list[Any], result: Any) -> None:
     """Each layer's output must feed the model's output, or freezing it saves nothing (a side branch)."""
     if not isinstance(result, torch.Tensor) or not result.requires_grad:
         return
@@ -122,9 +138,8 @@ def _check_reaches_output(layers: Sequence[nn.Module], outputs: list[Any], resul
             raise ValueError(f"the output of {_name(layers, i)} does not reach the model's output")
 
 
-def _forward(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor, on_enter=None, on_exit=None):
+def _forward(model: nn.Module, layers: Sequence[Layer], example_input: torch.Tensor, on_enter=None, on_exit=None):
     """One checked forward in eval mode (no BatchNorm statistics change); modes are restored after."""
-    layers = check_layers(layers)
     batch_size_of(example_input)
     x = example_input.detach().clone()
     if x.is_floating_point():
@@ -135,20 +150,22 @@ def _forward(model: nn.Module, layers: Sequence[nn.Module], example_input: torch
     return result, outputs
 
 
-def check_forward_path(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor) -> None:
+def check_forward_path(model: nn.Module, layers: Sequence[LayerLike], example_input: torch.Tensor) -> None:
     """Raise ``ValueError`` unless each of ``layers`` runs exactly once, in list order, one after another,
     and feeds the model's output, when ``model(example_input)`` runs."""
+    layers = as_layers(layers)
     result, outputs = _forward(model, layers, example_input)
     _check_reaches_output(layers, outputs, result)
 
 
-def layer_flops(model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor) -> tuple[list[int], int]:
+def layer_flops(model: nn.Module, layers: Sequence[LayerLike], example_input: torch.Tensor) -> tuple[list[int], int]:
     """Forward FLOPs of each layer on ``example_input`` (PyTorch's FlopCounterMode), and of the rest.
 
     One forward runs under the counter; hooks read the running total as each layer starts and ends.
     The counter counts matmuls and convolutions only (not BatchNorm, ReLU, concatenation), as the
     paper's ``c_i`` does. Also checks the forward path like ``check_forward_path``.
     """
+    layers = as_layers(layers)
     counter = FlopCounterMode(display=False)
     marks: dict[tuple[str, int], int] = {}
     with counter:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
-from ..groups import check_layers
+from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
 from .cost import interpolate_step_times
 from .workload import LossFn, copy_model, make_optimizer, random_targets, train_step
@@ -26,15 +26,16 @@ from .workload import LossFn, copy_model, make_optimizer, random_targets, train_
 __all__ = ["default_ks", "set_frozen_prefix", "step_time_curve"]
 
 
-def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> None:
+def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int) -> None:
     """Make the first ``k`` layers frozen and the others trainable, as ``freeze_layer`` would."""
     model.train()
-    for i, layer in enumerate(layers):
+    for layer in as_layers(layers):
         for p in layer.parameters():
-            p.requires_grad_(i >= k)
-            if i < k:
+            p.requires_grad_(layer.index >= k)
+            if layer.index < k:
                 p.grad = None
-        layer.train(i >= k)
+        for m in layer.modules:
+            m.train(layer.index >= k)
 
 
 def default_ks(n: int, max_points: int = 41) -> list[int]:

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..groups import param_groups, unwrap
+from ..layers import LayerLike, as_layers
 from ..measure import eval_mode
 
 __all__ = ["LossFn", "copy_model", "make_optimizer", "random_targets", "train_step"]
@@ -18,17 +19,26 @@ __all__ = ["LossFn", "copy_model", "make_optimizer", "random_targets", "train_st
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def copy_model(model: nn.Module, layers: Sequence[nn.Module], device: Any = None) -> tuple[nn.Module, list]:
-    """A deep copy of ``model`` (on ``device``) and its layers, found again by their module names."""
+def copy_model(model: nn.Module, layers: Sequence[LayerLike], device: Any = None) -> tuple[nn.Module, list]:
+    """A deep copy of ``model`` (on ``device``) and its layers (groups too), found again by their names."""
     inner = unwrap(model)
-    names = {id(m): name for name, m in inner.named_modules()}
-    missing = [i for i, layer in enumerate(layers) if id(layer) not in names]
-    if missing:
-        raise ValueError(f"layers[{missing[0]}] is not a submodule of the model")
+    modules = {id(m): name for name, m in inner.named_modules()}
+    params = {id(p): name for name, p in inner.named_parameters()}
+    for layer in as_layers(layers):
+        if any(id(m) not in modules for m in layer.modules) or any(id(p) not in params for p in layer.loose):
+            raise ValueError(f"layers[{layer.index}] is not a submodule of the model")
     clone = copy.deepcopy(inner)
     if device is not None:
         clone.to(device)
-    return clone, [clone.get_submodule(names[id(layer)]) for layer in layers]
+
+    def find(item: Any) -> Any:
+        if isinstance(item, nn.Parameter):
+            return clone.get_parameter(params[id(item)])
+        if isinstance(item, nn.Module):
+            return clone.get_submodule(modules[id(item)])
+        return type(item)(find(x) for x in item)
+
+    return clone, [find(layer) for layer in layers]
 
 
 def make_optimizer(model: nn.Module, layers: Sequence[nn.Module], lr: float = 0.1) -> torch.optim.Optimizer:

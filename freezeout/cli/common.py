@@ -130,6 +130,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g.add_argument("--momentum", type=float, default=d.momentum, help="Nesterov momentum (default: %(default)s)")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default: %(default)s)")
     g.add_argument(
+        "--warmup-steps",
+        type=int_in(0, MAX_STEPS),
+        default=d.warmup_steps,
+        help="every LR x min(1, step / W); freeze times unchanged (default: %(default)s, the paper's none)",
+    )
+    g.add_argument(
         "--nonfinite",
         choices=NONFINITE,
         default=d.nonfinite,

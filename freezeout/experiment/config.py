@@ -38,6 +38,7 @@ class TrainConfig:
     schedule: str = "cubic"  # the paper's recommended strategy: cubic, scaled, t0 = 0.8
     scale_lr: bool = True  # ditto
     t0: float = 0.8  # 1.0 = baseline (plain cosine, nothing frozen)
+    warmup_steps: int = 0  # the paper has no warmup; W > 0 multiplies every LR by min(1, step / W)
     seed: int = 0  # fixed so that two runs of one config agree
     val_split: int = 0  # training examples held out for validation (0 = none: the paper reports test error)
     device: str = "auto"  # CUDA when present: that is where the time savings matter
@@ -69,6 +70,7 @@ class TrainConfig:
         for name, low, high in (("epochs", 1, 100_000), ("batch_size", 1, 10**6), ("seed", 0, MAX_SEED)):
             check_int(name, getattr(c, name), low, high)
         check_int("val_split", c.val_split, 0)
+        check_int("warmup_steps", c.warmup_steps, 0)
         check_number("lr", c.lr, 0.0, FLOAT32_MAX, low_open=True)
         check_number("momentum", c.momentum, 0.0, 1.0, high_open=True)
         check_number("weight_decay", c.weight_decay, 0.0, FLOAT32_MAX)

@@ -46,7 +46,16 @@ class FreezeOutCallback(pl.Callback):
     ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
     """
 
-    def __init__(self, layers: LayersArg = None, t0: float = 0.8, schedule: str = "cubic", scale_lr: bool = True):
+    def __init__(
+        self,
+        layers: LayersArg = None,
+        t0: float = 0.8,
+        schedule: str = "cubic",
+        scale_lr: bool = True,
+        *,
+        warmup_steps: int = 0,
+        strict: bool = False,
+    ):
         super().__init__()
         if not (layers is None or callable(layers) or isinstance(layers, Sequence)):
             raise ValueError(
@@ -55,6 +64,7 @@ class FreezeOutCallback(pl.Callback):
             )
         self.layers_arg = layers
         self.t0, self.schedule, self.scale_lr = t0, schedule, scale_lr
+        self.warmup_steps, self.strict = warmup_steps, strict
         self.controller: FreezeOut | None = None
         self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
 
@@ -100,6 +110,8 @@ class FreezeOutCallback(pl.Callback):
                 t0=self.t0,
                 schedule=self.schedule,
                 scale_lr=self.scale_lr,
+                warmup_steps=self.warmup_steps,
+                strict=self.strict,
             )
         except ValueError as exc:
             raise ValueError(
@@ -121,13 +133,12 @@ class FreezeOutCallback(pl.Callback):
             return
         self._catch_up(trainer)
         c = self.controller
-        lrs = c.get_last_lr()
-        training = lrs[c.num_frozen :]  # frozen layers are a prefix with LR 0
+        training = [lr for lr, i in zip(c.get_last_lr(), c.group_layers) if i >= c.num_frozen]  # not frozen
         metrics = {
             "freezeout/num_frozen": float(c.num_frozen),
             "freezeout/lr_max": max(training),
             "freezeout/lr_min": min(training),
-            "freezeout/lr_head": lrs[-1],
+            "freezeout/lr_head": c.head_lr(),
         }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
 

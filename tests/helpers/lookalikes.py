@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 
@@ -212,3 +213,56 @@ class Scrambled(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.b2(self.b1(self.stem(x))).mean((2, 3)))
+
+
+class CausalBlock(nn.Module):
+    """GPT-2's block: pre-norm causal self-attention and MLP, two residual branches. ``checkpoint=True``: its
+    ``forward`` runs under activation checkpointing, as Hugging Face's ``GradientCheckpointingLayer`` does
+    (non-reentrant, inside the module call, so that module hooks stay outside the checkpoint)."""
+
+    def __init__(self, dim: int, heads: int, checkpoint: bool = False) -> None:
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(dim), nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ln_2, self.mlp = nn.LayerNorm(dim), Mlp(dim)
+        self.checkpoint = checkpoint
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self.body, x, use_reentrant=False)
+        return self.body(x)
+
+    def body(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        mask = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class TinyGPT(nn.Module):
+    """GPT-2's layout: token and position embeddings, blocks, final norm, an LM head tied to the token embedding.
+
+    ``checkpoint="forward"``: each block checkpoints its forward and, as Hugging Face does for it, a forward hook
+    makes the token embedding's output require grad. ``checkpoint="reentrant"``: the older way, reentrant
+    checkpointing around each block's call."""
+
+    def __init__(self, vocab: int = 13, dim: int = 16, depth: int = 4, ctx: int = 8, checkpoint: str | None = None):
+        super().__init__()
+        self.wte, self.wpe, self.drop = nn.Embedding(vocab, dim), nn.Embedding(ctx, dim), nn.Dropout(0.0)
+        self.h = nn.ModuleList(CausalBlock(dim, 2, checkpoint == "forward") for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight  # tied, as GPT-2's tie_weights() does
+        self.reentrant = checkpoint == "reentrant"
+        if checkpoint:
+            self.wte.register_forward_hook(lambda module, args, out: out.requires_grad_(True))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.drop(self.wte(ids) + self.wpe(pos))
+        for block in self.h:
+            if self.reentrant and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=True)
+            else:
+                x = block(x)
+        return self.lm_head(self.ln_f(x))

@@ -1,0 +1,127 @@
+"""One traced forward pass: the call tree of a model's modules, and when each parameter was first used.
+
+What ``find_layers`` reads a model's structure from. The pass runs in eval mode under ``torch.no_grad`` (no
+BatchNorm statistics move; every module's mode is restored after). Each module call gets a start and an end
+on one clock; a ``TorchFunctionMode`` stamps each parameter with the clock at its first use by any op, so a
+parameter held by the root (a ViT's ``cls_token``) is placed in the data's path between the calls around it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from .measure import eval_mode
+
+__all__ = ["Call", "Trace", "first_tensor", "run_model", "trace"]
+
+
+@dataclass(eq=False)
+class Call:
+    module: nn.Module
+    name: str
+    index: int  # orders the calls by their start
+    start: int = 0  # the clock at the call's start and end
+    end: int = 0
+    children: list[Call] = field(default_factory=list)
+    first_in: Any = None
+    first_out: Any = None
+
+    def descendants(self) -> Iterator[Call]:
+        for child in self.children:
+            yield child
+            yield from child.descendants()
+
+
+@dataclass
+class Trace:
+    root: Call
+    counts: dict[int, int]  # how many times each module (by id) ran
+    first_use: dict[int, int]  # parameter id -> the clock at its first use
+
+
+def first_tensor(value: Any) -> torch.Tensor | None:
+    """The first tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one)."""
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, Mapping):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            t = first_tensor(v)
+            if t is not None:
+                return t
+    return None
+
+
+def run_model(model: nn.Module, example_input: Any) -> Any:
+    """``model(**x)`` for a mapping (a dict, a ``BatchEncoding``), ``model(*x)`` for a tuple, else ``model(x)``."""
+    if isinstance(example_input, Mapping):
+        return model(**example_input)
+    if isinstance(example_input, tuple):
+        return model(*example_input)
+    return model(example_input)
+
+
+class _Uses(TorchFunctionMode):
+    def __init__(self, clock: list[int], first_use: dict[int, int]) -> None:
+        super().__init__()
+        self.clock, self.first_use = clock, first_use
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        for a in (*args, *(kwargs or {}).values()):
+            for t in a if isinstance(a, (list, tuple)) else (a,):  # torch.cat([model.cls_token, x])
+                if isinstance(t, nn.Parameter) and id(t) not in self.first_use:
+                    self.clock[0] += 1
+                    self.first_use[id(t)] = self.clock[0]
+        return func(*args, **(kwargs or {}))
+
+
+def trace(model: nn.Module, example_input: Any) -> Trace:
+    """Run ``model`` once on ``example_input`` and record its call tree; ``ValueError`` naming the innermost
+    module if the pass fails."""
+    names = {id(m): n for n, m in model.named_modules()}
+    clock = [0]
+    root = Call(model, "", 0)
+    stack = [root]
+    counts: dict[int, int] = {}
+    first_use: dict[int, int] = {}
+
+    def pre(module: nn.Module, args: Any, kwargs: Any) -> None:
+        clock[0] += 1
+        call = Call(module, names[id(module)], clock[0], start=clock[0])
+        call.first_in = first_tensor((args, kwargs))
+        counts[id(module)] = counts.get(id(module), 0) + 1
+        stack[-1].children.append(call)
+        stack.append(call)
+
+    def post(module: nn.Module, args: Any, output: Any) -> None:
+        clock[0] += 1
+        call = stack.pop()
+        call.end, call.first_out = clock[0], first_tensor(output)
+
+    handles = []
+    try:
+        for m in model.modules():
+            if m is not model:
+                handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
+                handles.append(m.register_forward_hook(post))
+        with eval_mode(model), torch.no_grad(), _Uses(clock, first_use):
+            try:
+                run_model(model, example_input)
+            except Exception as exc:
+                # A failing module never reaches its post hook: the top of the stack is the innermost one.
+                where = stack[-1]
+                label = f"module '{where.name}' ({type(where.module).__name__})" if where.name else "the model itself"
+                why = str(exc) or type(exc).__name__  # some errors have no message: name at least their kind
+                raise ValueError(f"forward pass on example_input failed in {label}: {why}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    root.end = clock[0] + 1
+    return Trace(root, counts, first_use)
