@@ -140,6 +140,8 @@ class Probe:
         self.warned_kinds: set[str] = set()
         self._handles: list[RemovableHandle] = []
         self._cut: list[RemovableHandle] = []
+        self.cutting = False  # the cut is on: what flows into frozen layers is tied weights or hooked activations
+        self._cut_any = False  # this forward cut something (so the frozen prefix's output required grad)
         self._reset_pass()
 
     def _reset_pass(self) -> None:
@@ -152,11 +154,16 @@ class Probe:
         self._contexts: list[tuple[nn.Module, Any]] = []
 
     def arm(self, num_frozen: int) -> None:
-        """Record the next forward pass with grad enabled, with ``num_frozen`` layers frozen (and no cut)."""
+        """Record the next forward pass with grad enabled, with ``num_frozen`` layers frozen. Once the cut is on,
+        it covers the newly frozen layers too, and what it cuts in that pass is judged like a leak would be (so
+        the pass after a freeze never holds the frozen layers' activations)."""
         self.frozen = num_frozen
-        self._remove(self._cut)
         self._remove(self._handles)
         self._reset_pass()
+        if self.cutting and num_frozen:
+            self._install_cut()
+        else:
+            self._remove(self._cut)
         for layer in self.layers:
             for m in layer.modules:
                 self._handles.append(m.register_forward_pre_hook(_Hook(self._enter(layer.index)), with_kwargs=True))
@@ -263,8 +270,10 @@ class Probe:
         sources = {id(t): t for _, leaves in self.leaks for t in leaves}
         plain = [t for t in sources.values() if id(t) in names.params and not names.tied(t)]
         if not plain:
-            log.info("tied weights or hooked activations flow into frozen layers: cutting the graph at their input")
-            self._install_cut()
+            if not self.cutting:
+                log.info("tied weights or hooked activations flow into frozen layers: the graph is cut at their input")
+                self.cutting = True
+                self._install_cut()
             if self.reentrant and "reentrant" not in self.warned_kinds:
                 self.warned_kinds.add("reentrant")
                 warnings.warn(
@@ -276,6 +285,9 @@ class Probe:
                     stacklevel=3,
                 )
             return
+        if self.cutting:  # a plain parameter must keep its gradient through the frozen layers: no cut then
+            self.cutting = False
+            self._remove(self._cut)
         if all(id(t) in self.warned for t in plain) and not self.strict:
             return
         self.warned.update(id(t) for t in plain)
@@ -293,38 +305,46 @@ class Probe:
 
     # -- the cut -------------------------------------------------------------------------------------------
     def _install_cut(self) -> None:
-        state = {"cut": False}
+        self._remove(self._cut)
         last = self.layers[self.frozen - 1].modules[-1]
+        for layer in self.layers[: self.frozen]:
+            for m in layer.modules:
+                self._cut.append(m.register_forward_pre_hook(_Hook(self._cut_in(layer.index)), with_kwargs=True))
+                self._cut.append(m.register_forward_hook(_Hook(self._cut_out(layer.index, m is last))))
 
-        def detach(t: torch.Tensor) -> torch.Tensor:
-            if t.requires_grad:
-                state["cut"] = True
-                return t.detach()
-            return t
+    def _detach(self, index: int, value: Any) -> Any:
+        cut = [t for t in _tensors(value) if t.requires_grad]
+        if not cut:
+            return value
+        self._cut_any = True
+        if self._handles and not self.done and not any(i == index for i, _ in self.leaks):
+            self.leaks.append((index, _leaves(cut)))  # a check is armed: judge what the cut stops as a leak
+        return _map(value, lambda t: t.detach() if t.requires_grad else t)
 
+    def _cut_in(self, index: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+            if _in_backward():
+                return None  # a reentrant checkpoint recomputing a frozen layer: it needs its graph as recorded
+            return self._detach(index, args), self._detach(index, kwargs)
+
+        return hook
+
+    def _cut_out(self, index: int, last: bool) -> Callable[..., Any]:
         def regrad(t: torch.Tensor) -> torch.Tensor:
             return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
 
-        def cut_in(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
-            if _in_backward():
-                return None  # a reentrant checkpoint recomputing a frozen layer: it needs its graph as recorded
-            return _map(args, detach), _map(kwargs, detach)
-
-        def cut_out(module: nn.Module, args: Any, output: Any) -> Any:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if _in_backward():
                 return None
-            output = _map(output, detach)
-            if module is last and state["cut"]:
+            output = self._detach(index, output)
+            if last and self._cut_any:
                 # What was cut required grad, so the frozen prefix's output did: it does again, as a leaf. A
                 # checkpointed block after it (reentrant) computes its parameters' gradients only so.
-                state["cut"] = False
+                self._cut_any = False
                 output = _map(output, regrad)
             return output
 
-        for layer in self.layers[: self.frozen]:
-            for m in layer.modules:
-                self._cut.append(m.register_forward_pre_hook(_Hook(cut_in), with_kwargs=True))
-                self._cut.append(m.register_forward_hook(_Hook(cut_out)))
+        return hook
 
 
 class _Names:
