@@ -208,3 +208,16 @@ def test_non_integers_are_refused_naming_the_argument(bad):
         FreezeOut(opt, model.layers, bad)
     with pytest.raises(ValueError, match=r"warmup_steps must be an integer >= 0"):
         FreezeOut(opt, model.layers, 10, warmup_steps=-1 if bad == 0 else bad)
+
+
+def test_the_cli_and_the_trainer_pass_warmup_steps_through():
+    from freezeout.cli import build_parser
+    from freezeout.cli.common import config_from_args
+    from freezeout.experiment.data import load_dataset
+    from freezeout.experiment.engine import Run
+
+    args = build_parser().parse_args(["train", "--depth", "10", "--growth", "2", "--warmup-steps", "7", "--out", "x"])
+    config = config_from_args(args)
+    assert config.warmup_steps == 7
+    run = Run(config, load_dataset("digits"), torch.device("cpu"))
+    assert run.sched.warmup_steps == 7 and run.sched.get_last_lr() == [0.0] * len(run.opt.param_groups)

@@ -23,6 +23,7 @@ def test_readme_example_runs_and_freezes_everything(capsys):
     sched, opt = namespace["sched"], namespace["opt"]
     assert sched.num_frozen == len(model.layers)  # t0 = 0.8 < 1: every layer frozen by the end
     times = freeze_times(len(model.layers), 0.8, "cubic")
-    want = learning_rates(15, 15, times, [0.1] * (len(times) + 1), scale_lr=True)
-    assert [g["lr"] for g in opt.param_groups] == want
+    want = learning_rates(15, 15, times, [0.1] * (len(times) + 1), scale_lr=True)  # warmup over by step 15
+    assert [g["lr"] for g in opt.param_groups] == [want[i] for i in sched.group_layers]
+    assert {g["weight_decay"] for g in opt.param_groups} == {1e-4, 0.0} and sched.warmup_steps == len(loader)
     assert "layers frozen" in capsys.readouterr().out
