@@ -6,17 +6,17 @@ that a forward hook made require grad, as Hugging Face does for gradient checkpo
 every frozen layer after it, and the saving is silently gone.
 
 So at the first training forward after construction and after each freeze (never on other steps: nothing here
-costs anything per step), hooks on the layers record the order they run in, and on the frozen ones whether
-their output requires grad, what autograd saved inside them, and, walking the graph, which leaf tensors it came
-from. Then:
+costs anything per step), hooks on the layers record the order they run in and, on the frozen ones, whether
+an input requires grad, which leaf tensors it came from (walking the autograd graph) and what autograd saved
+inside them. ``FreezeOut.step()`` then judges the pass:
 
 - layers out of forward order: ``ValueError`` (they would save nothing until the last one froze);
 - a layer that shares a parameter with the model outside it (tied weights): ``ValueError``;
 - trainable tensors flowing into frozen layers, all of them tied weights (trained as the head) or activations
-  with no parameter behind them: the graph is *cut*: from then on frozen layers' inputs are detached, and the
-  first trainable layer's input requires grad again as before, so the shared weight trains through the head
-  alone and the frozen layers leave backward (an input-side gradient through frozen layers is what freezing
-  drops);
+  with no parameter behind them: the graph is *cut*: from then on frozen layers' inputs and outputs are
+  detached, and the frozen prefix's output requires grad again as before (as a leaf), so the shared weight
+  trains through the head alone and the frozen layers leave backward (an input-side gradient through frozen
+  layers is what freezing drops). Later passes run with the cut on, and what it cuts is judged the same way;
 - any other trainable parameter: a warning naming it and the bytes it costs per step (``strict``: ``ValueError``).
 """
 
@@ -168,10 +168,6 @@ class Probe:
             for m in layer.modules:
                 self._handles.append(m.register_forward_pre_hook(_Hook(self._enter(layer.index)), with_kwargs=True))
                 self._handles.append(m.register_forward_hook(_Hook(self._exit(layer.index)), always_call=True))
-
-    def close(self) -> None:
-        self._remove(self._handles)
-        self._remove(self._cut)
 
     @staticmethod
     def _remove(handles: list[RemovableHandle]) -> None:
