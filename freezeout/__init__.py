@@ -7,10 +7,11 @@ training loop needs and imports nothing of the rest. Around it: ``accel`` (per-l
 """
 
 from .accel.compile import compile_blocks, uncompile_blocks
-from .controller import FreezeOut
+from .controller import FreezeOut, ScheduleWarning
 from .discovery import find_layers
 from .freezing import freeze_layer, is_frozen
 from .groups import param_groups, unwrap
+from .guard import FrozenInputWarning
 from .measure import saved_tensor_bytes
 from .schedule import STRATEGIES, freeze_times, layer_lr, learning_rates, num_frozen_at, progress
 
@@ -19,6 +20,8 @@ __version__ = "0.1.0"
 __all__ = [
     "STRATEGIES",
     "FreezeOut",
+    "FrozenInputWarning",
+    "ScheduleWarning",
     "__version__",
     "compile_blocks",
     "find_layers",

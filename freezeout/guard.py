@@ -23,9 +23,8 @@ inside them. ``FreezeOut.step()`` then judges the pass:
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +32,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .groups import check_ties, unwrap
+from .hooks import Hook, Names, in_backward, leaves, map_tensors, outermost_module, tensors
 from .layers import Layer
 
 __all__ = ["FrozenInputWarning", "Probe"]
@@ -42,90 +42,6 @@ log = logging.getLogger(__name__)
 
 class FrozenInputWarning(UserWarning):
     """A trainable tensor flows into a frozen layer, so autograd still records the frozen layers."""
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _tensors(v)
-
-
-def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(_map(v, fn) for v in value))
-    if isinstance(value, (list, tuple)):
-        return type(value)(_map(v, fn) for v in value)
-    if isinstance(value, dict):
-        out = {k: _map(v, fn) for k, v in value.items()}
-        try:
-            return type(value)(out)  # keeps a BatchEncoding or a ModelOutput a mapping of its own class
-        except TypeError:
-            return out
-    return value
-
-
-def _leaves(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """The leaf tensors requiring grad that ``tensors`` were computed from (walking the autograd graph)."""
-    found: dict[int, torch.Tensor] = {}
-    seen: set[Any] = set()
-    stack = []
-    for t in tensors:
-        if t.grad_fn is None:
-            found[id(t)] = t
-        else:
-            stack.append(t.grad_fn)
-    while stack:
-        node = stack.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        variable = getattr(node, "variable", None)  # an AccumulateGrad node: its leaf
-        if isinstance(variable, torch.Tensor):
-            found[id(variable)] = variable
-        stack.extend(fn for fn, _ in node.next_functions)
-    return list(found.values())
-
-
-class _Hook:
-    """A hook that a pickled or deep-copied model keeps as a no-op: it belongs to this process's FreezeOut, not
-    to the model (``torch.save(model)`` and ``copy.deepcopy`` must work while FreezeOut watches it)."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, *args: Any) -> Any:
-        return self.fn(*args)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return _Hook, (_inert,)
-
-
-def _inert(*args: Any) -> None:
-    return None
-
-
-def _in_backward() -> bool:
-    return torch._C._current_graph_task_id() != -1
-
-
-_CALL_CODES = {getattr(nn.Module, n).__code__ for n in ("_call_impl", "_wrapped_call_impl") if hasattr(nn.Module, n)}
-
-
-def _outermost_module() -> nn.Module | None:
-    """The module whose call encloses this point outermost (the model the training loop called), from the stack."""
-    frame, found = sys._getframe(1), None
-    while frame is not None:
-        if frame.f_code in _CALL_CODES and isinstance(frame.f_locals.get("self"), nn.Module):
-            found = frame.f_locals["self"]
-        frame = frame.f_back
-    return found
 
 
 class Probe:
@@ -166,8 +82,8 @@ class Probe:
             self._remove(self._cut)
         for layer in self.layers:
             for m in layer.modules:
-                self._handles.append(m.register_forward_pre_hook(_Hook(self._enter(layer.index)), with_kwargs=True))
-                self._handles.append(m.register_forward_hook(_Hook(self._exit(layer.index)), always_call=True))
+                self._handles.append(m.register_forward_pre_hook(Hook(self._enter(layer.index)), with_kwargs=True))
+                self._handles.append(m.register_forward_hook(Hook(self._exit(layer.index)), always_call=True))
 
     @staticmethod
     def _remove(handles: list[RemovableHandle]) -> None:
@@ -180,7 +96,7 @@ class Probe:
         """Inside the pass being recorded: it starts at a layer's call with grad enabled (a training forward, not
         an evaluation) and takes in calls under no_grad too (a checkpointed block runs so), but none made by the
         backward pass (a checkpoint's recomputation) nor by dynamo tracing the model."""
-        if self.done or torch.compiler.is_compiling() or _in_backward():
+        if self.done or torch.compiler.is_compiling() or in_backward():
             return False
         return self.root is not None or torch.is_grad_enabled()
 
@@ -189,7 +105,7 @@ class Probe:
             if not self._recording():
                 return
             if self.root is None:
-                outer = _outermost_module()
+                outer = outermost_module()
                 self.root = module if outer is None else outer
             elif index in self.order and index == self.order[0]:
                 self.done = True  # the first layer again: a second pass
@@ -198,9 +114,9 @@ class Probe:
                 self.order.append(index)
             if index >= self.frozen:
                 return
-            leaking = [t for t in _tensors((args, kwargs)) if t.requires_grad]
+            leaking = [t for t in tensors((args, kwargs)) if t.requires_grad]
             if leaking and not any(i == index for i, _ in self.leaks):
-                self.leaks.append((index, _leaves(leaking)))
+                self.leaks.append((index, leaves(leaking)))
                 # a frozen layer fed by a tensor that requires grad, run under no_grad: reentrant checkpointing
                 self.reentrant = self.reentrant or not torch.is_grad_enabled()
             saved = self.saved
@@ -237,7 +153,7 @@ class Probe:
             return  # no forward with grad since arm(): keep waiting
         root = unwrap(self.root)
         self._remove(self._handles)
-        names = _Names(root)
+        names = Names(root)
         try:
             if self.first:
                 self.first = False
@@ -261,7 +177,7 @@ class Probe:
             warnings.warn(f"layers{missing} never ran in the training forward pass: freezing them saves nothing",
                           FrozenInputWarning, stacklevel=3)  # fmt: skip
 
-    def _judge(self, names: _Names) -> None:
+    def _judge(self, names: Names) -> None:
         first, _ = self.leaks[0]
         sources = {id(t): t for _, leaves in self.leaks for t in leaves}
         plain = [t for t in sources.values() if id(t) in names.params and not names.tied(t)]
@@ -305,21 +221,21 @@ class Probe:
         last = self.layers[self.frozen - 1].modules[-1]
         for layer in self.layers[: self.frozen]:
             for m in layer.modules:
-                self._cut.append(m.register_forward_pre_hook(_Hook(self._cut_in(layer.index)), with_kwargs=True))
-                self._cut.append(m.register_forward_hook(_Hook(self._cut_out(layer.index, m is last))))
+                self._cut.append(m.register_forward_pre_hook(Hook(self._cut_in(layer.index)), with_kwargs=True))
+                self._cut.append(m.register_forward_hook(Hook(self._cut_out(layer.index, m is last))))
 
     def _detach(self, index: int, value: Any) -> Any:
-        cut = [t for t in _tensors(value) if t.requires_grad]
+        cut = [t for t in tensors(value) if t.requires_grad]
         if not cut:
             return value
         self._cut_any = True
         if self._handles and not self.done and not any(i == index for i, _ in self.leaks):
-            self.leaks.append((index, _leaves(cut)))  # a check is armed: judge what the cut stops as a leak
-        return _map(value, lambda t: t.detach() if t.requires_grad else t)
+            self.leaks.append((index, leaves(cut)))  # a check is armed: judge what the cut stops as a leak
+        return map_tensors(value, lambda t: t.detach() if t.requires_grad else t)
 
     def _cut_in(self, index: int) -> Callable[..., Any]:
         def hook(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
-            if _in_backward():
+            if in_backward():
                 return None  # a reentrant checkpoint recomputing a frozen layer: it needs its graph as recorded
             return self._detach(index, args), self._detach(index, kwargs)
 
@@ -330,27 +246,14 @@ class Probe:
             return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
-            if _in_backward():
+            if in_backward():
                 return None
             output = self._detach(index, output)
             if last and self._cut_any:
                 # What was cut required grad, so the frozen prefix's output did: it does again, as a leaf. A
                 # checkpointed block after it (reentrant) computes its parameters' gradients only so.
                 self._cut_any = False
-                output = _map(output, regrad)
+                output = map_tensors(output, regrad)
             return output
 
         return hook
-
-
-class _Names:
-    def __init__(self, model: nn.Module) -> None:
-        self.params: dict[int, str] = {}
-        self.count: dict[int, int] = {}
-        for name, p in model.named_parameters(remove_duplicate=False):
-            self.params.setdefault(id(p), name)
-            self.count[id(p)] = self.count.get(id(p), 0) + 1
-        self.modules = {id(m) for m in model.modules()}
-
-    def tied(self, p: torch.Tensor) -> bool:
-        return self.count.get(id(p), 0) > 1

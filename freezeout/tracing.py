@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .hooks import tensors
 from .measure import eval_mode
 
 __all__ = ["Call", "Trace", "first_tensor", "run_model", "trace"]
@@ -46,17 +47,8 @@ class Trace:
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
-    """The first tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-    return None
+    """The first tensor in a (nested) tuple, list or mapping."""
+    return next(tensors(value), None)
 
 
 def run_model(model: nn.Module, example_input: Any) -> Any:
