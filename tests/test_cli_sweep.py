@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from freezeout.cli import main
+from freezeout.experiment.lock import LOCK_FILE
 from tests.helpers.cifar_files import one_thread, write_cifar
 from tests.helpers.cli import one_line_error
 from tests.helpers.cli import run as cli
@@ -52,13 +53,15 @@ def test_killed_sweep_resumes_and_skips_finished(tmp_path):
     assert (base / "summary.json").exists() and not (frozen / "summary.json").exists()
     done_at_kill = len(epochs_logged(frozen))
     assert 1 <= done_at_kill < 6
-    before = {p: p.stat().st_mtime_ns for p in base.iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in base.iterdir() if p.name != LOCK_FILE}  # the lock records its holder
     started = (frozen / "config.json").stat().st_mtime_ns
 
     with one_thread():
         result = cli(*args)
     assert result.returncode == 0, result.stderr
-    assert {p: p.stat().st_mtime_ns for p in base.iterdir()} == before  # finished run skipped, untouched
+    assert {
+        p: p.stat().st_mtime_ns for p in base.iterdir() if p.name != LOCK_FILE
+    } == before  # finished run skipped, untouched
     assert (frozen / "config.json").stat().st_mtime_ns == started  # resumed, not started afresh
     assert epochs_logged(frozen) == [1, 2, 3, 4, 5, 6]  # every epoch exactly once
     for run in (base, frozen):

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from freezeout.experiment.config import TrainConfig
-from freezeout.experiment.runfiles import PAUSE_ENV
+from freezeout.experiment.lock import LOCK_FILE
+from freezeout.experiment.runfiles import PAUSE_ENV, TEMP_SUFFIX
 from freezeout.experiment.trainer import train
 from tests.helpers.cifar_files import one_thread
 
@@ -115,15 +116,22 @@ def test_kill_9_anywhere_then_resume_equals_uninterrupted(tmp_path, uninterrupte
         "epoch; inside a checkpoint write after resuming; inside the summary write"
     )
 
+    # a user's files in the run folder, named like temp files: a resume must never take them for its own
+    users = {".notes.tmp": b"mine", ".checkpoint.pt.abc123.tmp": b"also mine"}
+    out.mkdir()
+    for name, data in users.items():
+        (out / name).write_bytes(data)
+
     kill_inside_write(out, "checkpoint.pt", first)
     assert checkpoint_epoch(out) == first - 1  # the previous checkpoint, whole; the new one never replaced it
-    assert list(out.glob(".checkpoint.pt.*.tmp")), "the kill did not land inside the write"
+    assert list(out.glob(f".checkpoint.pt.*{TEMP_SUFFIX}")), "the kill did not land inside the write"
     assert not (out / "summary.json").exists()
+    assert (out / LOCK_FILE).is_file()  # the killed holder's lock file: the resumes below need no clean-up
 
     kill_mid_epoch(out, delay)
     done = checkpoint_epoch(out)
     assert first <= done < CONFIG.epochs and not (out / "summary.json").exists()
-    assert not list(out.glob(".checkpoint.pt.*.tmp"))  # the resume cleared what the first kill left
+    assert not list(out.glob(f".checkpoint.pt.*{TEMP_SUFFIX}"))  # the resume cleared what the first kill left
 
     kill_inside_write(out, "checkpoint.pt", 1)  # the first checkpoint after the resume
     assert checkpoint_epoch(out) == done and not (out / "summary.json").exists()
@@ -147,4 +155,5 @@ def test_kill_9_anywhere_then_resume_equals_uninterrupted(tmp_path, uninterrupte
         assert all(torch.equal(state["optimizer"]["state"][i][k], v) for k, v in s.items()), i
     assert state["freezeout"] == full_state["freezeout"]
     assert records(out) == records(full_out)
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(f"*{TEMP_SUFFIX}"))
+    assert {name: (out / name).read_bytes() for name in users} == users

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from freezeout.experiment.lock import LOCK_FILE
 from freezeout.experiment.sweep import Grid, dry_run, expand, run_status, run_sweep
 from freezeout.schedule import STRATEGIES, parse_strategy
 from tests.helpers.sweep_fakes import FakeTrainer
@@ -74,8 +75,9 @@ def test_sweep_runs_everything_then_skips_finished(tmp_path):
     again = FakeTrainer()
     assert run_sweep(BASE, grid, tmp_path, train_fn=again, make_config=as_dict) == summaries
     assert again.calls == []
-    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name != "sweep.json"} == {
-        p: m for p, m in mtimes.items() if p.name != "sweep.json"
+    ours = ("sweep.json", LOCK_FILE)  # the lock file records each holder
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.name not in ours} == {
+        p: m for p, m in mtimes.items() if p.name not in ours
     }
 
 

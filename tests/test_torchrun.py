@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from freezeout.experiment.launch import DUMP_ENV, SingleProcess, Torchrun, launch_from_env, state_checksums
+from freezeout.experiment.lock import LOCK_FILE as LOCK
 from freezeout.experiment.models import build_model
 from freezeout.schedule import freeze_times, num_frozen_at
 
@@ -93,7 +94,13 @@ def test_allreduced_bytes_are_the_trainable_parameters_each_step(two_ranks):
 def test_only_rank_zero_writes(two_ranks):
     root, outputs = two_ranks
     out = root / "run"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        LOCK,
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+    ]
     assert len(records(out)) == EPOCHS  # one appender, not two
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"] and summary["total_steps"] == EPOCHS * STEPS

@@ -128,18 +128,20 @@ def run_bench(
     target: torch.Tensor | None = None,
     loss_fn: Callable | None = None,
     progress: Callable[[int], None] | None = None,
+    flops: tuple[Sequence[int], int] | None = None,
 ) -> dict[str, Any]:
     """Benchmark FreezeOut on ``model``: paper, calibrated, ideal and realized saving for every strategy
     and t0 of ``config``, plus memory and the cost of ``sched.step()``. The model is not changed.
 
     ``progress(k)`` reports ``k`` more steps done (for a progress bar); ``total_work(config, n)``
-    says how many there will be.
+    says how many there will be. ``flops``: ``layer_flops``' result, if already counted (``layer_flops_meta``
+    counts a big batch without its activations' memory).
     """
     config = (config or BenchConfig()).validate()
     layers = check_layers(layers)
     n = len(layers)
     batch = batch_size_of(example_input)
-    flops, rest = layer_flops(model, layers, example_input)
+    flops, rest = layer_flops(model, layers, example_input) if flops is None else (list(flops[0]), int(flops[1]))
     device = torch.device(config.device)
     loss_fn = loss_fn or F.cross_entropy
     template = copy_model(model, layers, device)

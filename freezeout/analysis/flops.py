@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from ..layers import Layer, LayerLike, as_layers
 from ..measure import eval_mode
 
-__all__ = ["batch_size_of", "check_forward_path", "layer_flops"]
+__all__ = ["batch_size_of", "check_forward_path", "layer_flops", "layer_flops_meta"]
 
 
 def batch_size_of(example_input: Any) -> int:
@@ -180,3 +180,15 @@ def layer_flops(model: nn.Module, layers: Sequence[LayerLike], example_input: to
     _check_reaches_output(layers, outputs, result)
     per_layer = [int(marks[("exit", i)] - marks[("enter", i)]) for i in range(len(layers))]
     return per_layer, int(total - sum(per_layer))
+
+
+def layer_flops_meta(
+    model: nn.Module, layers: Sequence[nn.Module], example_input: torch.Tensor
+) -> tuple[list[int], int]:
+    """``layer_flops`` on a copy of the model on the meta device, where ops compute shapes only: no memory for
+    activations (a batch of any size counts at once; the input itself may be a meta tensor). For models whose
+    forward does not depend on the values in its tensors, like the command line's."""
+    from .timing import copy_model  # timing imports nothing of this module, but keep the import graph one way
+
+    clone, clone_layers = copy_model(model, layers, "meta")
+    return layer_flops(clone, clone_layers, example_input.to("meta"))

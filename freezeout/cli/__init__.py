@@ -39,6 +39,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("freezeout: interrupted", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(f"freezeout {args.command}: error: {message}", file=sys.stderr)
+        print(f"freezeout {args.command}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not _out_of_memory(exc):
+            raise  # a bug: its traceback is what a report needs
+        print(
+            f"freezeout {args.command}: error: out of memory ({_first_line(exc)}); try a smaller --batch-size",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+# What an allocator that ran out says: torch.OutOfMemoryError (CUDA, a RuntimeError), the CPU allocator's
+# RuntimeError, and Python's MemoryError.
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or (
+        type(exc).__name__ == "OutOfMemoryError" or any(t in str(exc).lower() for t in _OOM_TEXT)
+    )

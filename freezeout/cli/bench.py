@@ -38,13 +38,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_out(out: Path) -> None:
+    """``--out`` must be a file that can be written, known before the benchmark runs, not after."""
+    from ..experiment.runfiles import check_writable
+
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: give the name of the JSON file to write")
+    check_writable(out.parent, name="the folder of --out")  # creates it, as writing the results would
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..analysis.bench import BenchConfig, run_bench, total_work
+    from ..analysis.flops import layer_flops_meta
     from ..experiment.runfiles import atomic_json
 
-    model, layers, x = build(args)
+    if args.out:
+        _check_out(args.out)
+
+    # besides the probe's work: the template and the running copy of the model, and up to 4 batches of data
+    model, layers, x = build(args, training=True, copies=2, inputs=4)
     config = BenchConfig(
         steps=args.steps,
         repeats=args.repeats,
@@ -56,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     ).validate()
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
-        result = run_bench(model, layers, x, config, progress=bar.update)
+        result = run_bench(model, layers, x, config, progress=bar.update, flops=layer_flops_meta(model, layers, x))
     result["model"] = model_record(args)
     base = result["baseline"]
     print(
@@ -84,7 +98,6 @@ def run(args: argparse.Namespace) -> int:
         f"{saved['none_frozen'] / 2**20:.1f} MiB (none frozen) -> {saved['all_frozen'] / 2**20:.1f} MiB (all frozen)"
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         atomic_json(args.out, result)
         print(f"wrote {args.out}")
     return 0

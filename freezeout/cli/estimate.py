@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from typing import Any
 
 __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"]
@@ -44,20 +45,58 @@ def strategies(args: argparse.Namespace) -> list[tuple[str, bool]]:
     return [(s, args.scale_lr) for s in dict.fromkeys(args.schedule)]
 
 
-def build(args: argparse.Namespace) -> tuple[Any, list, Any]:
+def build(
+    args: argparse.Namespace, *, training: bool = False, copies: int = 0, inputs: int = 0
+) -> tuple[Any, list, Any]:
     """The model (seeded), its layers and an example input of the requested shape, on ``args.device``;
-    ``ValueError`` if the device is unknown or the model cannot take that input."""
+    ``ValueError`` if the device is unknown or the model cannot take that input.
+
+    ``training``: the input is real, for training steps as the step-time curve and bench run them, and it is
+    first checked that they fit in memory, with ``copies`` more copies of the model and ``inputs`` more input
+    batches held besides (``ValueError`` naming the batch that fits), measured at small batches before the batch
+    is allocated. Otherwise the input is a meta tensor: enough for ``layer_flops_meta``, and no memory at all.
+    """
+    import torch
+
+    from ..analysis.memory import size_batch
     from ..checks import resolve_device
-    from ..experiment.models import build_example
+    from ..experiment.models import build_example, example_input
 
     args.device = str(resolve_device(args.device))
     shape = (args.channels, args.input_size, args.input_size)
-    model, x = build_example(
-        args.model, args.depth, args.growth, args.num_classes, shape, args.batch_size, args.channels_last
-    )
+    model, _ = build_example(args.model, args.depth, args.growth, args.num_classes, shape, 1, args.channels_last)
     args.depth, args.growth = model.depth, getattr(model, "growth", getattr(model, "width", None))
     model.to(args.device)
-    return model, model.layers, x.to(args.device)
+    if not training:
+        layout = torch.channels_last if args.channels_last else torch.contiguous_format
+        return model, model.layers, torch.empty((args.batch_size, *shape), device="meta", memory_format=layout)
+    model_bytes = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    size_batch(
+        _probe(model, shape, args),
+        args.batch_size,
+        args.device,
+        what="a training step",
+        extra=lambda b: copies * model_bytes + inputs * 4 * b * math.prod(shape),
+    )
+    return model, model.layers, example_input(shape, args.batch_size, args.channels_last).to(args.device)
+
+
+def _probe(model: Any, shape: tuple[int, int, int], args: argparse.Namespace) -> Any:
+    """A training step at batch ``b`` on a copy of ``model``, as the step-time curve runs it."""
+    import torch.nn.functional as F
+
+    from ..analysis.timing import copy_model, make_optimizer, random_targets, train_step
+    from ..experiment.models import example_input
+
+    clone, layers = copy_model(model, model.layers)
+
+    def work(b: int) -> None:
+        x = example_input(shape, b, args.channels_last).to(args.device)
+        optimizer = make_optimizer(clone, layers)
+        train_step(clone, optimizer, x, random_targets(clone, x), F.cross_entropy)
+        optimizer.zero_grad(set_to_none=True)  # each probe allocates its own gradients
+
+    return work
 
 
 def model_record(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,16 +131,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from ..analysis.estimate import predict
-    from ..analysis.flops import layer_flops
+    from ..analysis.flops import layer_flops_meta
     from .common import pct
 
-    model, layers, x = build(args)
-    flops, rest = layer_flops(model, layers, x)
+    # --calibrate: the step-time curve trains a copy of the model
+    model, layers, x = build(args, training=args.calibrate, copies=int(args.calibrate))
+    flops, rest = layer_flops_meta(model, layers, x)
     curve = None
     if args.calibrate:
-        from tqdm import tqdm
-
         from ..analysis.timing import default_ks, step_time_curve
 
         ks = default_ks(len(layers), args.curve_points)

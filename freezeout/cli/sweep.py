@@ -81,10 +81,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"estimated time: {e['seconds'] / 3600:.2f} h ({e['seconds']:.0f} s; {e['method']})")
         return 0
     from ..experiment.aggregate import aggregate, write_aggregate
+    from ..experiment.lock import run_lock
 
-    run_sweep(config, grid, args.out, progress=not args.no_progress)
-    table = aggregate(args.out)
-    csv_path, _ = write_aggregate(table, args.out)
+    with run_lock(args.out):  # the sweep and its aggregate: no other process writes in the folder meanwhile
+        run_sweep(config, grid, args.out, progress=not args.no_progress)
+        table = aggregate(args.out)
+        csv_path, _ = write_aggregate(table, args.out)
     print(format_table(table["rows"]))
     print(f"wrote {csv_path} and aggregate.json")
     return 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 from ..checks import check_int, check_number
@@ -10,7 +12,7 @@ from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
 from .models import get_model
 
-__all__ = ["DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig"]
+__all__ = ["DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig", "config_differences", "run_identity"]
 
 DEVICES = ("auto", "cpu", "cuda")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
@@ -52,7 +54,8 @@ class TrainConfig:
     nonfinite: str = "stop"
 
     def validate(self) -> TrainConfig:
-        """This config with the model's default depth and width filled in, if every field is valid;
+        """This config with the model's default depth and width filled in and ``data_dir`` made absolute (so
+        that the files of a run name the folder it read, from wherever it is resumed), if every field is valid;
         ``ValueError`` naming the field otherwise."""
         data = get_dataset(self.dataset)
         if data.needs_dir and not self.data_dir:
@@ -64,6 +67,7 @@ class TrainConfig:
             self,
             depth=model.default_depth if self.depth is None else self.depth,
             growth=model.default_width if self.growth is None else self.growth,
+            data_dir=None if self.data_dir is None else os.path.abspath(os.path.expanduser(self.data_dir)),
         )
         model.check_depth(c.depth)
         check_int("growth", c.growth, 1, 4096, what=model.width_help)
@@ -101,7 +105,69 @@ class TrainConfig:
             raise ValueError(f"unknown config fields: {', '.join(unknown)}")
         return cls(**d)
 
-    def differences(self, other: TrainConfig) -> list[str]:
-        """Names of the fields whose values differ, as ``name: self -> other``."""
-        mine, theirs = self.to_dict(), other.to_dict()
-        return [f"{k}: {mine[k]!r} -> {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+    def differences(
+        self, other: TrainConfig, *, device: str | None = None, other_device: str | None = None
+    ) -> list[str]:
+        """The fields in which the runs of the two configs differ, as ``name: self -> other`` (see ``run_identity``;
+        ``device``/``other_device``: the device each run really used, where known)."""
+        return config_differences(self.to_dict(), other.to_dict(), device, other_device)
+
+
+def _device_kind(name: Any, used: str | None) -> Any:
+    """``cpu`` or ``cuda``: what decides the numbers (``cuda:1`` computes as ``cuda:0``). ``auto`` is the device
+    the run used where known, else the one it picks on this machine."""
+    if used is not None:
+        name = used
+    elif name == "auto":
+        from ..checks import resolve_device
+
+        name = str(resolve_device("auto"))
+    return name.split(":")[0] if isinstance(name, str) else name
+
+
+def run_identity(config: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """The values of a config dict that decide a run's numbers, normalised so that one run compares equal to itself
+    however it was spelt: ``data_dir`` resolved (``data``, ``data/`` and its absolute path are one folder; ``None``
+    for a dataset that reads no folder), ``device`` as the kind of device it trains on (``auto`` resolved; pass
+    ``device``, the one the run really used, when it is known). Relative paths resolve against the current folder:
+    configs written before ``validate`` made ``data_dir`` absolute hold them.
+
+    Every other field counts as it is: each can change the numbers, ``compile`` too (inductor's fused kernels do
+    not round like eager ones, so a run resumed with the other setting would match neither). What cannot change
+    them (where the files go, a progress bar) is not part of the config.
+    """
+    out = dict(config)
+    data_dir = out.get("data_dir")
+    try:
+        reads_dir = get_dataset(out.get("dataset", TrainConfig.dataset)).needs_dir
+    except ValueError:
+        reads_dir = True
+    if not reads_dir:
+        out["data_dir"] = None
+    elif isinstance(data_dir, str) and data_dir:
+        out["data_dir"] = str(Path(data_dir).expanduser().resolve())
+    out["device"] = _device_kind(out.get("device", TrainConfig.device), device)
+    return out
+
+
+def _show(raw: Any, normal: Any) -> str:
+    return repr(raw) if raw == normal else f"{raw!r} ({normal})"
+
+
+def config_differences(
+    saved: dict[str, Any], new: dict[str, Any], saved_device: str | None = None, new_device: str | None = None
+) -> list[str]:
+    """``name: saved -> new`` for each field in which the two config dicts name different runs: their values
+    differ as written and once normalised (``run_identity``; ``saved_device``/``new_device``: the device each run
+    really used, where known). A field missing from one side (added to TrainConfig later) counts at its default.
+
+    Equal as written is equal: ``auto`` resumes ``auto`` on whatever device it picks now, as it always has.
+    """
+    defaults = TrainConfig().to_dict()
+    a_raw, b_raw = {**defaults, **saved}, {**defaults, **new}
+    a, b = run_identity(a_raw, saved_device), run_identity(b_raw, new_device)
+    return [
+        f"{k}: {_show(a_raw.get(k), a.get(k))} -> {_show(b_raw.get(k), b.get(k))}"
+        for k in dict.fromkeys([*a_raw, *b_raw])
+        if a_raw.get(k) != b_raw.get(k) and a.get(k) != b.get(k)
+    ]

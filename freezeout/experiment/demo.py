@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from .config import TrainConfig
-from .runfiles import CHECKPOINT, atomic_json
+from .lock import run_lock
+from .runfiles import CHECKPOINT, atomic_json, remove_stale_temps
 from .trainer import train
 
 __all__ = ["DEMO", "RUNS", "run_demo", "table"]
@@ -50,12 +51,14 @@ def run_demo(
     # barriers wait for descheduled threads (measured on 2 shared cores: 9 ms per step vs 2 s).
     torch.set_num_threads(1)
     try:
-        for name, config in configs.items():
-            if on_start is not None:
-                on_start(name)
-            resume = (out / name / CHECKPOINT).exists()
-            summaries[name] = train(config, out / name, resume=resume, progress=progress)
+        with run_lock(out):  # one demo per folder (each run's folder is locked by the trainer too)
+            remove_stale_temps(out)
+            for name, config in configs.items():
+                if on_start is not None:
+                    on_start(name)
+                resume = (out / name / CHECKPOINT).exists()
+                summaries[name] = train(config, out / name, resume=resume, progress=progress)
+            atomic_json(out / "demo.json", summaries)
     finally:
         torch.set_num_threads(threads)
-    atomic_json(out / "demo.json", summaries)
     return summaries

@@ -23,6 +23,9 @@ __all__ = ["COMPILE_KWARGS", "EVAL_BATCH", "NonFiniteLossError", "Run", "evaluat
 
 EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
 COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests pick a cheaper backend here)
+# A scaled schedule multiplies the first layer's LR by 1 / t_1: beyond 100x (t_1 < 0.01: cubic t0 < 0.22) a
+# divergence is blamed on t0 rather than on lr.
+SCALE_SUSPECT = 0.01
 
 
 class NonFiniteLossError(ValueError):
@@ -85,7 +88,7 @@ class Run:
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here
         if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
-            raise ValueError(f"the largest layer LR, lr / t_1 = {top:g}, overflows float32: lower --lr or raise --t0")
+            raise ValueError(f"{self._first_lr()} overflows float32: raise --t0 or lower --lr")
         # "stop" mode: each step's loss stays on the device, looked at once per epoch (check_finite).
         self.losses = torch.zeros(self.steps_per_epoch, device=device)
         # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
@@ -104,6 +107,7 @@ class Run:
             "epoch": epoch,
             "step": self.sched.step_count,
             "config": self.config.to_dict(),
+            "device": str(self.device),  # what "auto" was here: a resume compares the device it runs on
             "world_size": self.world_size,
             **extra,
         }
@@ -173,6 +177,20 @@ class Run:
             torch._foreach_copy_(self.buffers, self.backup)
         return ok
 
+    def _first_lr(self) -> str:
+        """The first layer's starting LR, the largest of a scaled schedule, and where it comes from."""
+        c, t1 = self.config, self.sched.times[0]
+        if not c.scale_lr:
+            return f"the layers' LR lr = {c.lr:g}"
+        what = "t0 cubed" if c.schedule == "cubic" else "t0"
+        return f"the first layer's LR lr / t_1 = {c.lr:g} / {t1:g} = {c.lr / t1:g} (t_1 = {what})"
+
+    def _advice(self) -> str:
+        """What to change after a divergence: --lr, unless the scaling lr / t_1 made the first layer's LR huge."""
+        if self.config.scale_lr and self.sched.times[0] < SCALE_SUSPECT:
+            return f"{self._first_lr()} is the likely cause: raise --t0 (or use --no-scale-lr)"
+        return "lower --lr"
+
     def check_finite(self, epoch: int, train_loss: float) -> None:
         """Raise ``NonFiniteLossError`` naming the first step of ``epoch`` with a NaN/inf loss (one sync)."""
         n, skip = self.steps_per_epoch, self.config.nonfinite == "skip"
@@ -184,13 +202,13 @@ class Run:
             i = int(bad[0]) if len(bad) else n - 1
             raise NonFiniteLossError(
                 f"non-finite loss ({float(self.losses[i])}) at step {(epoch - 1) * n + i + 1} (epoch {epoch}, batch "
-                f"{i + 1} of {n}): training stopped, {kept}; lower --lr, or --nonfinite skip to drop such batches"
+                f"{i + 1} of {n}): training stopped, {kept}; {self._advice()}, or --nonfinite skip to drop such batches"
             )
         state = [*self.model.parameters(), *(b for b in self.buffers if b.is_floating_point())]
         if not torch.isfinite(torch.nn.utils.get_total_norm(state)):  # the last step's update, or BatchNorm's stats
             raise NonFiniteLossError(
                 f"non-finite parameters or BatchNorm statistics after step {epoch * n} (epoch {epoch}, its last): "
-                f"training stopped, {kept}; lower --lr"
+                f"training stopped, {kept}; {self._advice()}"
             )
 
     def lr_summary(self) -> dict[str, float]:

@@ -1,14 +1,23 @@
-"""Files of a run directory, written so that a killed run leaves nothing half-written."""
+"""Files of a run directory, written so that a killed run leaves nothing half-written.
+
+Every write goes to a temp file in the same folder, named ``.<target>.<random>.freezeout-tmp`` (a name only
+freezeout writes), then is fsynced and renamed into place. A write killed before its rename leaves that temp
+file; ``remove_stale_temps`` removes those, and nothing else, while holding the folder's run lock
+(``freezeout.experiment.lock``), so it can never take the temp file of a write still in flight. Files are
+created with mode ``0o666`` less the umask (0644 under the usual 022), like any file a program creates.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Any
+
+from .lock import holds_lock
 
 __all__ = [
     "CHECKPOINT",
@@ -16,6 +25,7 @@ __all__ = [
     "METRICS",
     "PAUSE_ENV",
     "SUMMARY",
+    "TEMP_SUFFIX",
     "append_jsonl",
     "atomic_bytes",
     "atomic_json",
@@ -36,6 +46,8 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoi
 # test can land inside a write (otherwise a window of microseconds). Unset in real use.
 PAUSE_ENV = "FREEZEOUT_TEST_PAUSE_BEFORE_REPLACE"
 
+TEMP_SUFFIX = ".freezeout-tmp"
+
 
 def _test_pause(path: Path) -> None:
     seconds = float(os.environ.get(PAUSE_ENV) or 0)
@@ -44,9 +56,24 @@ def _test_pause(path: Path) -> None:
         time.sleep(seconds)
 
 
+def _create_temp(folder: Path, stem: str) -> tuple[int, str]:
+    """A new file ``.<stem>.<random>.freezeout-tmp`` in ``folder``, opened for writing.
+
+    Not ``mkstemp``: its files are 0600 whatever the umask. ``O_CREAT`` with 0o666 lets the kernel apply the
+    umask (and a default ACL), as for any other file; ``O_EXCL`` keeps the name ours alone.
+    """
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {folder}")
+
+
 def _atomic(path: Path, write: Any) -> None:
     """Write via a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temp(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -104,18 +131,24 @@ def truncate_jsonl(path: Path, keep: Any) -> list[dict[str, Any]]:
 
 
 def remove_stale_temps(out: Path) -> list[Path]:
-    """Delete the temp files that a killed write left in ``out`` (they never replaced anything)."""
-    stale = [p for p in out.glob(".*.tmp") if p.is_file()]
+    """Delete the temp files that killed writes left in ``out`` (they never replaced anything): only files named
+    as ``_atomic`` names them. The caller must hold ``out``'s run lock, or another process's write in flight
+    could lose its temp file."""
+    if not holds_lock(out):
+        raise RuntimeError(f"remove_stale_temps({out}) without holding its run lock")
+    stale = [p for p in out.glob(f".*{TEMP_SUFFIX}") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
 
 
-def check_writable(out: Path) -> None:
-    """Create ``out`` if needed and prove a file can be written there; ``ValueError`` otherwise."""
+def check_writable(out: Path, name: str = "out_dir") -> None:
+    """Create ``out`` if needed and prove a file can be written there; ``ValueError`` naming it as ``name``
+    otherwise."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
+        fd, tmp = _create_temp(out, "write-test")
+        os.close(fd)
+        os.unlink(tmp)
     except OSError as exc:
-        raise ValueError(f"out_dir {out} is not writable: {exc.strerror or exc}") from None
+        raise ValueError(f"{name} {out} is not writable: {exc.strerror or exc}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,9 @@ from typing import Any
 
 from ..checks import check_int
 from ..schedule import STRATEGIES, parse_strategy, strategy_name, validate_t0
-from .runfiles import CHECKPOINT, SUMMARY, atomic_json
+from .config import config_differences
+from .lock import run_lock
+from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, atomic_json, remove_stale_temps
 
 __all__ = [
     "PER_RUN_FIELDS",
@@ -137,7 +138,9 @@ def prepare_sweep_dir(
     (``write=False``: only check, as a dry run does).
 
     A different base config raises ``ValueError`` naming the differing fields (mixing runs of two configs
-    would make the aggregate meaningless). The grid may grow: ``sweep.json`` keeps the union.
+    would make the aggregate meaningless); values that name the same run (``config.config_differences``:
+    ``data`` and its absolute path, ``auto`` and the device it picks here) are not different. The grid may
+    grow: ``sweep.json`` keeps the union.
     """
     out = Path(sweep_dir)
     base = _base_dict(base_config)
@@ -149,13 +152,12 @@ def prepare_sweep_dir(
             old_base = old["base_config"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"{path} is not a sweep file: {exc}") from None
+        if not isinstance(old_base, dict):
+            raise ValueError(f"{path} is not a sweep file: its base_config is not a mapping")
         # A field added to TrainConfig after the sweep began is at its default there: not a difference.
-        defaults = _base_dict(_make_config({}))
-        base_full, old_full = {**defaults, **base}, {**defaults, **old_base}
-        diff = sorted(k for k in set(base_full) | set(old_full) if base_full.get(k) != old_full.get(k))
+        diff = config_differences(old_base, base)
         if diff:
-            what = ", ".join(f"{k}: {old_full.get(k)!r} -> {base_full.get(k)!r}" for k in diff)
-            raise ValueError(f"{out} holds a sweep with a different config ({what}); use another --out")
+            raise ValueError(f"{out} holds a sweep with a different config ({', '.join(diff)}); use another --out")
         old_grid = old.get("grid", {})
         record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}
     if write:
@@ -177,12 +179,14 @@ def read_summary(run_dir: str | os.PathLike, expected: dict[str, Any] | None = N
     config = summary.get("config")
     if not isinstance(config, dict):
         return None
-    if expected is not None and any(config.get(k, _MISSING) != v for k, v in expected.items()):
-        return None
+    if expected is not None:
+        device = summary.get("device") if isinstance(summary.get("device"), str) else None
+        try:
+            if config_differences(config, {**config, **expected}, device):
+                return None
+        except (TypeError, ValueError, AttributeError):  # a hand-edited config: not this point's result
+            return None
     return summary
-
-
-_MISSING = object()
 
 
 def run_status(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> str:
@@ -212,46 +216,65 @@ def run_sweep(
     ``train_fn(config, out_dir, *, resume, progress)`` defaults to ``freezeout.experiment.trainer.train``;
     ``make_config`` turns a run's config dict into what ``train_fn`` takes (a ``TrainConfig``).
     """
-    specs = expand(grid)
-    record = prepare_sweep_dir(base_config, grid, sweep_dir)
-    from .trainer import ResumeError  # the trainer imports torch: only once a sweep really runs
-
+    specs = expand(grid)  # the grid is valid before the folder is created
     if train_fn is None:
         from .trainer import train as train_fn
-    bar = None
-    if progress:
-        from tqdm import tqdm  # the cli extra
+    with run_lock(sweep_dir):  # one sweep per folder; each run's folder is locked too, by the trainer and here
+        record = prepare_sweep_dir(base_config, grid, sweep_dir)
+        remove_stale_temps(Path(sweep_dir))
+        bar = None
+        if progress:
+            from tqdm import tqdm
 
-        bar = tqdm(total=len(specs), unit="run", dynamic_ncols=True)
-    summaries = []
-    try:
-        for spec in specs:
-            run_dir = Path(sweep_dir) / spec.name
-            expected = run_config(record["base_config"], spec)
-            status = run_status(run_dir, expected)
+            bar = tqdm(total=len(specs), unit="run", dynamic_ncols=True)
+        summaries = []
+        try:
+            for spec in specs:
+                summaries.append(_one_run(spec, record, Path(sweep_dir), train_fn, make_config, bar))
+                if bar is not None:
+                    bar.update(1)
+        finally:
             if bar is not None:
-                bar.set_postfix_str(f"{spec.name} ({status})")
-            if status == "finished":
-                log.info("%s finished already: skipped", spec.name)
-                summary = read_summary(run_dir, expected)
-            else:
-                if status == "new" and run_dir.exists():
-                    shutil.rmtree(run_dir)  # half-written files of a run killed before its first checkpoint
-                log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
-                config = make_config(expected)
-                try:
-                    summary = train_fn(config, run_dir, resume=status == "interrupted", progress=False)
-                except ResumeError as exc:  # a torn checkpoint, or files of another config: redo the run
-                    log.warning("%s cannot be resumed (%s): starting it over", spec.name, exc)
-                    shutil.rmtree(run_dir)
-                    summary = train_fn(config, run_dir, resume=False, progress=False)
-            summaries.append(summary)
-            if bar is not None:
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.close()
     return summaries
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove what the trainer wrote in ``run_dir`` (not the lock, nor a file of the user's); lock held."""
+    for name in (SUMMARY, CHECKPOINT, METRICS, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
+    remove_stale_temps(run_dir)
+
+
+def _one_run(
+    spec: RunSpec,
+    record: dict[str, Any],
+    sweep_dir: Path,
+    train_fn: Callable[..., dict],
+    make_config: Callable,
+    bar: Any,
+) -> dict[str, Any] | None:
+    from .trainer import ResumeError
+
+    run_dir = sweep_dir / spec.name
+    expected = run_config(record["base_config"], spec)
+    with run_lock(run_dir):  # held from the status check to the end: nobody else may change the run meanwhile
+        status = run_status(run_dir, expected)
+        if bar is not None:
+            bar.set_postfix_str(f"{spec.name} ({status})")
+        if status == "finished":
+            log.info("%s finished already: skipped", spec.name)
+            return read_summary(run_dir, expected)
+        if status == "new":
+            _clear_run(run_dir)  # the files of a run killed before its first checkpoint, or of another config
+        log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
+        config = make_config(expected)
+        try:
+            return train_fn(config, run_dir, resume=status == "interrupted", progress=False)
+        except ResumeError as exc:  # a torn checkpoint, or files of another config: redo the run
+            log.warning("%s cannot be resumed (%s): starting it over", spec.name, exc)
+            _clear_run(run_dir)
+            return train_fn(config, run_dir, resume=False, progress=False)
 
 
 def dry_run(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -18,6 +19,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .engine import EVAL_BATCH, NonFiniteLossError, evaluate
 from .launch import Launch, launch_from_env
+from .lock import run_lock
 from .runfiles import (
     CHECKPOINT,
     CONFIG,
@@ -41,7 +43,7 @@ class ResumeError(ValueError):
     """The run in out_dir cannot be resumed: no checkpoint, a torn one, or one of another config."""
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+def _load_checkpoint(path: Path, config: TrainConfig, device: torch.device) -> dict[str, Any]:
     if not path.is_file():
         raise ResumeError(f"cannot resume: no checkpoint in {path.parent} (nothing was trained there yet)")
     try:
@@ -49,7 +51,7 @@ def _load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
         saved = TrainConfig.from_dict(ckpt["config"])
     except Exception as exc:  # a torn or foreign file: say which, in one line
         raise ResumeError(f"cannot resume from {path}: not a readable checkpoint ({type(exc).__name__})") from None
-    _same_config(saved, config, path)
+    _same_config(saved, ckpt.get("device"), config, device, path)  # older checkpoints lack "device"
     return ckpt
 
 
@@ -61,8 +63,10 @@ def _finished_summary(path: Path) -> dict[str, Any] | None:
     return summary if isinstance(summary, dict) and summary.get("finished") is True else None
 
 
-def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
-    differ = saved.differences(config)
+def _same_config(saved: TrainConfig, saved_device: Any, config: TrainConfig, device: torch.device, where: Path) -> None:
+    differ = saved.differences(
+        config, device=saved_device if isinstance(saved_device, str) else None, other_device=str(device)
+    )
     if differ:
         raise ResumeError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
 
@@ -70,7 +74,7 @@ def _same_config(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
 def _progress_bar(run: engine.Run, epoch: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm  # the cli extra; the library itself needs only torch
+    from tqdm import tqdm  # only when a bar shows
 
     bar = tqdm(total=run.total_steps, initial=run.sched.step_count, unit="step", dynamic_ncols=True, leave=False)
     bar.set_postfix_str(f"epoch={epoch + 1}/{run.config.epochs} loss=? frozen={run.sched.num_frozen}")
@@ -86,8 +90,13 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
     Everything that can fail on bad input (config, data, model, a checkpoint to resume, a writable
     ``out_dir``) is checked before the first file is written.
 
+    One process per ``out_dir``: the run holds its lock (``freezeout.experiment.lock``) and another process
+    on the folder gets ``FolderLockedError`` naming it; at once for a folder that exists, after the input
+    checks for a new one (which is created only then).
+
     Under torchrun (``WORLD_SIZE`` > 1) every process calls this; see ``freezeout.experiment.launch``: the
-    batch size is global, rank 0 evaluates and writes the files, every rank returns the same summary.
+    batch size is global, rank 0 evaluates and writes the files and holds the lock, every rank returns the
+    same summary.
     """
     launch = launch_from_env()
     ok = False
@@ -99,35 +108,64 @@ def train(config: TrainConfig, out_dir: str | os.PathLike, *, resume: bool = Fal
         launch.close(ok)
 
 
-def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, launch: Launch) -> dict:
-    started = time.perf_counter()
-    main = launch.is_main  # the process that evaluates and writes the files
-    launch.batch_per_process(config.batch_size)
+def _existing_run(
+    out: Path, config: TrainConfig, resume: bool, device: torch.device, launch: Launch
+) -> tuple[dict | None, dict | None]:
+    """What ``out`` holds for this call: (the summary of a finished run to return, the checkpoint to resume)."""
     if resume and (out / SUMMARY).is_file():
         summary = _finished_summary(out / SUMMARY)
         if summary is not None:
-            _same_config(TrainConfig.from_dict(summary.get("config", {})), config, out)
+            saved = TrainConfig.from_dict(summary.get("config", {}))
+            _same_config(saved, summary.get("device"), config, device, out)
             launch.check_world_size(summary, out)
-            log.info("%s already finished; nothing to resume", out)
-            return summary
+            return summary, None
         log.warning("%s is torn or unfinished (not written by this trainer): resuming", out / SUMMARY)
     if resume:
-        ckpt = _load_checkpoint(out / CHECKPOINT, config)
+        ckpt = _load_checkpoint(out / CHECKPOINT, config, device)
         launch.check_world_size(ckpt, out)
-    elif (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
+        return None, ckpt
+    if (out / CHECKPOINT).exists() or (out / SUMMARY).exists():
         raise ValueError(f"out_dir {out} already holds a run: resume it or choose another out_dir")
-    device = launch.device(config.device)
-    if config.bf16 and device.type != "cuda":
-        raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
-    data = load_dataset(config.dataset, config.data_dir, config.val_split)
-    launch.start(device)
-    run = engine.Run(config, data, device, launch)
-    launch.agree(check_writable, out)
-    for stale in remove_stale_temps(out) if main else ():
-        log.info("removed %s, left by a write that was killed", stale)
+    return None, None
 
+
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, launch: Launch) -> dict:
+    started = time.perf_counter()
+    launch.batch_per_process(config.batch_size)
+    with contextlib.ExitStack() as held:
+        # A folder that exists may hold a run: lock it before reading anything there, so that a second process
+        # is refused at once. A new one is created (and locked) only once the inputs have passed their checks.
+        locked = launch.is_main and out.is_dir()
+        if locked:
+            held.enter_context(run_lock(out))
+        device = launch.device(config.device)
+        finished, ckpt = _existing_run(out, config, resume, device, launch)
+        if finished is not None:
+            log.info("%s already finished; nothing to resume", out)
+            return finished
+        if config.bf16 and device.type != "cuda":
+            raise ValueError("bf16 autocast needs a CUDA device (device is cpu)")
+        data = load_dataset(config.dataset, config.data_dir, config.val_split)
+        launch.start(device)
+        run = engine.Run(config, data, device, launch)
+        launch.agree(check_writable, out)
+
+        def lock_new_folder() -> None:  # on rank 0 only; launch.agree raises its refusal on every rank
+            if not locked:
+                held.enter_context(run_lock(out))
+                _existing_run(out, config, resume, device, launch)  # another process may have run here meanwhile
+
+        launch.agree(lock_new_folder)
+        for stale in remove_stale_temps(out) if launch.is_main else ():
+            log.info("removed %s, left by a write that was killed", stale)
+        return _run(run, out, ckpt, progress, launch, started)
+
+
+def _run(run: engine.Run, out: Path, ckpt: dict | None, progress: bool, launch: Launch, started: float) -> dict:
+    """The training loop of ``_train``, with the inputs checked and the folder locked."""
+    config, main, device = run.config, launch.is_main, run.device
     epoch, train_seconds, wall_before, last, skipped_total = 0, 0.0, 0.0, {}, 0
-    if resume:
+    if ckpt is not None:
         run.load(ckpt)
         epoch, train_seconds, wall_before, last = (
             ckpt["epoch"],

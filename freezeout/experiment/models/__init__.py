@@ -24,6 +24,7 @@ __all__ = [
     "build_example",
     "build_model",
     "densenet_bc",
+    "example_input",
     "get_model",
     "resnet",
 ]
@@ -88,7 +89,7 @@ def build_example(
     """
     torch.manual_seed(seed)
     model = build_model(name, depth, growth, num_classes, shape[0])
-    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
+    x = example_input(shape, batch, False, seed)
     try:
         with torch.no_grad():
             model.eval()(x[:1])
@@ -100,3 +101,9 @@ def build_example(
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return model, x
+
+
+def example_input(shape: tuple[int, int, int], batch: int, channels_last: bool = True, seed: int = 0) -> torch.Tensor:
+    """``build_example``'s random input batch of ``shape`` (C, H, W), seeded, in the training layout."""
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
