@@ -13,10 +13,10 @@ from. Then:
 - layers out of forward order: ``ValueError`` (they would save nothing until the last one froze);
 - a layer that shares a parameter with the model outside it (tied weights): ``ValueError``;
 - trainable tensors flowing into frozen layers, all of them tied weights (trained as the head) or activations
-  with no parameter behind them: the graph is *cut*: from then on frozen layers' inputs are detached, and the
-  first trainable layer's input requires grad again as before, so the shared weight trains through the head
-  alone and the frozen layers leave backward (an input-side gradient through frozen layers is what freezing
-  drops);
+  with no parameter behind them: the graph is *cut*: from then on (and in the checked pass itself, input by
+  input, so that no step keeps more than the one before it) frozen layers' inputs are detached, and the first
+  trainable layer's input requires grad again as before, so the shared weight trains through the head alone
+  and the frozen layers leave backward (an input-side gradient through frozen layers is what freezing drops);
 - any other trainable parameter: a warning naming it and the bytes it costs per step (``strict``: ``ValueError``).
 """
 
@@ -69,6 +69,14 @@ def _map(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         except TypeError:
             return out
     return value
+
+
+def _detach(t: torch.Tensor) -> torch.Tensor:
+    return t.detach() if t.requires_grad else t
+
+
+def _regrad(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
 
 
 def _leaves(tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -150,6 +158,8 @@ class Probe:
         self.leaks: list[tuple[int, list[torch.Tensor]]] = []
         self.reentrant = False
         self._contexts: list[tuple[nn.Module, Any]] = []
+        self._names: _Names | None = None
+        self.cutting = False  # _cut_now cut an input in this forward: the prefix's output requires grad again
 
     def arm(self, num_frozen: int) -> None:
         """Record the next forward pass with grad enabled, with ``num_frozen`` layers frozen (and no cut)."""
@@ -181,8 +191,8 @@ class Probe:
             return False
         return self.root is not None or torch.is_grad_enabled()
 
-    def _enter(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _enter(self, index: int) -> Callable[..., Any]:
+        def record(module: nn.Module, args: Any, kwargs: Any) -> None:
             if not self._recording():
                 return
             if self.root is None:
@@ -217,14 +227,38 @@ class Probe:
                 ctx = None
             self._contexts.append((module, ctx))
 
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+            record(module, args, kwargs)
+            return self._cut_now(index, args, kwargs)
+
         return hook
 
-    def _exit(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def _cut_now(self, index: int, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        """Until ``step()`` judges the pass and installs the cut, cut here what it would cut (tied weights, hooked
+        activations): the newly frozen layers must not run with a graph in this step either. Under activation
+        checkpointing they would run unchecked (frozen means eval mode) and keep more than any step before."""
+        if index >= self.frozen or self.root is None or _in_backward() or torch.compiler.is_compiling():
+            return None
+        leaking = [t for t in _tensors((args, kwargs)) if t.requires_grad]
+        if not leaking:
+            return None
+        if self._names is None:
+            self._names = _Names(unwrap(self.root))
+        if any(id(t) in self._names.params and not self._names.tied(t) for t in _leaves(leaking)):
+            return None  # a trainable parameter: judged at step() (a warning, or strict's error), never cut
+        self.cutting = True
+        return _map(args, _detach), _map(kwargs, _detach)
+
+    def _exit(self, index: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if self._contexts and self._contexts[-1][0] is module:
                 _, ctx = self._contexts.pop()
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
+            if self.cutting and module is self.layers[self.frozen - 1].modules[-1] and not _in_backward():
+                self.cutting = False
+                return _map(output, _regrad)  # as the cut does (see _install_cut)
+            return None
 
         return hook
 
@@ -302,9 +336,6 @@ class Probe:
                 return t.detach()
             return t
 
-        def regrad(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
-
         def cut_in(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
             if _in_backward():
                 return None  # a reentrant checkpoint recomputing a frozen layer: it needs its graph as recorded
@@ -318,7 +349,7 @@ class Probe:
                 # What was cut required grad, so the frozen prefix's output did: it does again, as a leaf. A
                 # checkpointed block after it (reentrant) computes its parameters' gradients only so.
                 state["cut"] = False
-                output = _map(output, regrad)
+                output = _map(output, _regrad)
             return output
 
         for layer in self.layers[: self.frozen]:
