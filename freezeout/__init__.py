@@ -2,7 +2,7 @@
 
 The package's core (this folder: schedule, controller, groups, freezing, discovery, measure, checks) is what a
 training loop needs and imports nothing of the rest. Around it: ``accel`` (per-layer compile, DDP),
-``analysis`` (FLOPs, step-time curve, estimates, benchmark), ``integrations`` (Lightning), ``experiment``
+``analysis`` (FLOPs, step-time curve, estimates, benchmark), ``integrations`` (Lightning, HF Trainer), ``experiment``
 (the paper's study as an application: trainer, sweep, plots, models, data) and ``cli`` (the command line).
 """
 

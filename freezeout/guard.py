@@ -13,10 +13,11 @@ inside them. ``FreezeOut.step()`` then judges the pass:
 - layers out of forward order: ``ValueError`` (they would save nothing until the last one froze);
 - a layer that shares a parameter with the model outside it (tied weights): ``ValueError``;
 - trainable tensors flowing into frozen layers, all of them tied weights (trained as the head) or activations
-  with no parameter behind them: the graph is *cut*: from then on frozen layers' inputs and outputs are
-  detached, and the frozen prefix's output requires grad again as before (as a leaf), so the shared weight
-  trains through the head alone and the frozen layers leave backward (an input-side gradient through frozen
-  layers is what freezing drops). Later passes run with the cut on, and what it cuts is judged the same way;
+  with no parameter behind them: the graph is *cut*: from then on (and in the checked pass itself, input by
+  input, so that no step keeps more than the one before it) frozen layers' inputs and outputs are detached,
+  and the frozen prefix's output requires grad again as before (as a leaf), so the shared weight trains
+  through the head alone and the frozen layers leave backward (an input-side gradient through frozen layers
+  is what freezing drops). Later passes run with the cut on, and what it cuts is judged the same way;
 - any other trainable parameter: a warning naming it and the bytes it costs per step (``strict``: ``ValueError``).
 """
 
@@ -44,6 +45,10 @@ class FrozenInputWarning(UserWarning):
     """A trainable tensor flows into a frozen layer, so autograd still records the frozen layers."""
 
 
+def _regrad(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
+
+
 class Probe:
     """Arms the one-pass check; ``finish()`` (called by ``FreezeOut.step()``) judges what the pass recorded.
     ``strict``: a leak is a ``ValueError``, not a warning. See the module doc."""
@@ -68,6 +73,7 @@ class Probe:
         self.leaks: list[tuple[int, list[torch.Tensor]]] = []
         self.reentrant = False
         self._contexts: list[tuple[nn.Module, Any]] = []
+        self._names: Names | None = None
 
     def arm(self, num_frozen: int) -> None:
         """Record the next forward pass with grad enabled, with ``num_frozen`` layers frozen. Once the cut is on,
@@ -100,23 +106,24 @@ class Probe:
             return False
         return self.root is not None or torch.is_grad_enabled()
 
-    def _enter(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _enter(self, index: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
             if not self._recording():
-                return
+                return None
             if self.root is None:
                 outer = outermost_module()
                 self.root = module if outer is None else outer
             elif index in self.order and index == self.order[0]:
                 self.done = True  # the first layer again: a second pass
-                return
+                return None
             if index not in self.order:
                 self.order.append(index)
             if index >= self.frozen:
-                return
+                return None
             leaking = [t for t in tensors((args, kwargs)) if t.requires_grad]
+            sources = leaves(leaking) if leaking else []
             if leaking and not any(i == index for i, _ in self.leaks):
-                self.leaks.append((index, leaves(leaking)))
+                self.leaks.append((index, sources))
                 # a frozen layer fed by a tensor that requires grad, run under no_grad: reentrant checkpointing
                 self.reentrant = self.reentrant or not torch.is_grad_enabled()
             saved = self.saved
@@ -135,15 +142,32 @@ class Probe:
             except RuntimeError:  # saved-tensor hooks are disabled here
                 ctx = None
             self._contexts.append((module, ctx))
+            return self._cut_now(sources, args, kwargs)
 
         return hook
 
-    def _exit(self, index: int) -> Callable[..., None]:
-        def hook(module: nn.Module, args: Any, output: Any) -> None:
+    def _cut_now(self, sources: list[torch.Tensor], args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        """In the checked pass itself, cut what the cut would (tied weights, hooked activations) before ``step()``
+        judges it: under activation checkpointing a frozen block runs unchecked (frozen means eval mode), so
+        that one step would keep more for backward than any before it. A trainable parameter is never cut."""
+        if not sources or in_backward() or torch.compiler.is_compiling():
+            return None
+        if self._names is None:
+            self._names = Names(unwrap(self.root))
+        if any(id(t) in self._names.params and not self._names.tied(t) for t in sources):
+            return None
+        return self._detach(-1, args), self._detach(-1, kwargs)
+
+    def _exit(self, index: int) -> Callable[..., Any]:
+        def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if self._contexts and self._contexts[-1][0] is module:
                 _, ctx = self._contexts.pop()
                 if ctx is not None:
                     ctx.__exit__(None, None, None)
+            if self._cut_any and module is self.layers[self.frozen - 1].modules[-1] and not in_backward():
+                self._cut_any = False
+                return map_tensors(output, _regrad)  # as the cut does (see _cut_out)
+            return None
 
         return hook
 
@@ -229,7 +253,7 @@ class Probe:
         if not cut:
             return value
         self._cut_any = True
-        if self._handles and not self.done and not any(i == index for i, _ in self.leaks):
+        if index >= 0 and self._handles and not self.done and not any(i == index for i, _ in self.leaks):
             self.leaks.append((index, leaves(cut)))  # a check is armed: judge what the cut stops as a leak
         return map_tensors(value, lambda t: t.detach() if t.requires_grad else t)
 
@@ -242,9 +266,6 @@ class Probe:
         return hook
 
     def _cut_out(self, index: int, last: bool) -> Callable[..., Any]:
-        def regrad(t: torch.Tensor) -> torch.Tensor:
-            return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
-
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             if in_backward():
                 return None
@@ -253,7 +274,7 @@ class Probe:
                 # What was cut required grad, so the frozen prefix's output did: it does again, as a leaf. A
                 # checkpointed block after it (reentrant) computes its parameters' gradients only so.
                 self._cut_any = False
-                output = map_tensors(output, regrad)
+                output = map_tensors(output, _regrad)
             return output
 
         return hook

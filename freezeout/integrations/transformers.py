@@ -1,0 +1,219 @@
+"""FreezeOut inside a Hugging Face ``transformers.Trainer``: ``add_freezeout`` (needs the ``[transformers]`` extra).
+
+Usage, two lines added to a Trainer script::
+
+    from freezeout.integrations.transformers import add_freezeout
+
+    trainer = Trainer(model=model, args=args, train_dataset=train)
+    add_freezeout(trainer, t0=0.8, layers=lambda m: [m.bert.embeddings, *m.bert.encoder.layer])
+    trainer.train()
+
+How it works. ``add_freezeout`` takes over Trainer's two documented override points on this one trainer:
+
+- ``create_optimizer``: the optimizer Trainer would build (``args.optim`` through
+  ``Trainer.get_optimizer_cls_and_kwargs``, or ``optimizer_cls_and_kwargs``; ``args.learning_rate``, betas,
+  ...), over ``freezeout.param_groups`` split by Trainer's own decay rule (``get_decay_parameter_names``,
+  ``args.weight_decay``): every group holds parameters of one layer, or only of the rest. The rest's groups
+  come first, because Trainer logs group 0's LR as ``learning_rate``: so it logs the head's, not a frozen
+  layer's 0.
+- ``create_scheduler``: a ``FreezeOut`` over Trainer's step count (epochs or ``max_steps``, gradient
+  accumulation included: the ``num_training_steps`` Trainer passes), with ``args.get_warmup_steps`` as its
+  ``warmup_steps`` (``warmup_steps``, or ``warmup_ratio`` of the run). It is the LR schedule:
+  ``lr_scheduler_type`` is not used. Trainer steps it after each optimizer step (not after a step the AMP
+  scaler skipped), saves its ``state_dict`` as ``scheduler.pt`` and, on ``resume_from_checkpoint``, loads it
+  after the model's weights and the optimizer's state, so ``FreezeOut.load_state_dict`` re-freezes the layers
+  due and the run continues bit-identically.
+
+and wraps ``trainer.log`` (also documented for overriding) to add ``freezeout/num_frozen`` to every training
+log: the layers frozen during the step just taken, the one whose LR Trainer logs. Under activation
+(gradient) checkpointing Hugging Face hooks the token embedding's output to require grad; FreezeOut's guard
+(``freezeout.guard``) cuts the graph at the frozen layers' inputs, so memory falls as layers freeze.
+
+Why a function on the trainer, not a ``TrainerCallback`` or a ``Trainer`` subclass: a callback cannot replace
+Trainer's optimizer or scheduler (it never sees the trainer, and by ``on_train_begin`` both exist, prepared,
+and on resume already loaded), and a subclass would ask every user of ``Seq2SeqTrainer``, TRL's trainers or
+their own subclass to write a new class. Setting the two methods on the instance works with any of them,
+touches no private API, and keeps the user's script as it was plus two lines.
+
+``layers``: a list of the model's modules (or groups, see ``freezeout.layers``) in forward order, or a
+callable ``model -> layers`` (needed with ``model_init``, where the model is built inside ``train()``), or
+None for ``freezeout.find_layers(model, example)`` on ``example`` (on the model's device) or else the first
+training batch (taken with the RNG state restored after). A weight tied to the head (GPT-2's token
+embedding) must stay out of the layers: it trains with the head. An optimizer passed as
+``optimizers=(optimizer, None)`` is used as given (its groups must pass FreezeOut's check; the rest's first,
+for the logged LR). Under DDP set ``ddp_find_unused_parameters=True`` (Trainer turns it off under
+checkpointing): frozen parameters stop having gradients. Not supported: DeepSpeed, FSDP, optimizers that
+build their own groups (GaLore, LOMO, layer-wise, Muon-style factories), a scheduler in ``optimizers=``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..controller import FreezeOut
+from ..discovery import find_layers
+from ..groups import param_groups
+from ..layers import LayerLike, as_layers
+from ..schedule import num_frozen_at, validate_schedule, validate_t0
+
+try:
+    import transformers
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "freezeout.integrations.transformers needs Hugging Face transformers: pip install 'freezeout[transformers]'"
+    ) from exc
+
+__all__ = ["TrainerFreezeOut", "add_freezeout"]
+
+log = logging.getLogger(__name__)
+
+LayersArg = Sequence[LayerLike] | Callable[[nn.Module], Sequence[LayerLike]] | None
+_OWN_GROUPS = ("params", "model", "optimizer_dict")  # kwargs of optimizers that group the parameters themselves
+
+
+class TrainerFreezeOut:
+    """What ``add_freezeout`` installs on a ``Trainer`` (see the module doc). ``controller`` is the ``FreezeOut``
+    of the current ``train()`` (None before), ``layers`` the layers it drives."""
+
+    def __init__(self, trainer: Any, layers: LayersArg, example: Any, options: dict[str, Any]) -> None:
+        self.trainer = trainer
+        self.layers_arg, self.example, self.options = layers, example, options
+        self.layers: list[LayerLike] | None = None
+        self.controller: FreezeOut | None = None
+        self._model: nn.Module | None = None  # the model self.layers belong to
+        self._log = trainer.log
+
+    # -- Trainer's override points ---------------------------------------------------------------------------
+    def create_optimizer(self, model: nn.Module | None = None) -> Any:
+        t = self.trainer
+        if t.optimizer is None:
+            opt_model = t.model if model is None else model
+            cls, kwargs = self._optimizer_cls_and_kwargs(opt_model)
+            t.optimizer = cls(self._groups(opt_model), **kwargs)
+        return t.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        t = self.trainer
+        if t.lr_scheduler is None:
+            layers = self._layers_for(t.model)
+            warmup = t.args.get_warmup_steps(num_training_steps)
+            self.controller = FreezeOut(
+                t.optimizer if optimizer is None else optimizer, layers, num_training_steps,
+                warmup_steps=warmup, **self.options,
+            )  # fmt: skip
+            t.lr_scheduler = self.controller
+            if self.controller.group_layers[0] != len(layers):
+                log.warning(
+                    "optimizer group 0 is not the rest's (the head's): Trainer logs its LR as learning_rate, which "
+                    "falls to 0 when its layer freezes; put the rest's groups first"
+                )
+            t._created_lr_scheduler = True  # so that the next train() builds a fresh one, as for Trainer's own
+            log.info(
+                "FreezeOut: %d layers over %d steps, %d warmup steps (the LR schedule: lr_scheduler_type=%s unused)",
+                len(layers), num_training_steps, warmup, t.args.lr_scheduler_type,
+            )  # fmt: skip
+        return t.lr_scheduler
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        c = self.controller
+        if c is not None and c is self.trainer.lr_scheduler and "learning_rate" in logs:
+            # The step just taken: whose LR transformers 5 logs (it reads the LR before the scheduler steps).
+            logs["freezeout/num_frozen"] = float(num_frozen_at(max(c.step_count - 1, 0), c.total_steps, c.times))
+        self._log(logs, *args, **kwargs)
+
+    # -- the pieces --------------------------------------------------------------------------------------------
+    def _layers_for(self, model: nn.Module) -> list[LayerLike]:
+        if self.layers is None or self._model is not model:
+            if self.layers_arg is None:
+                found = find_layers(model, self._example_batch() if self.example is None else self.example)
+            elif callable(self.layers_arg):
+                found = self.layers_arg(model)
+            else:
+                found = self.layers_arg
+            as_layers(found)  # a ValueError naming the problem now, not inside the optimizer
+            self.layers, self._model = list(found), model
+            log.info("FreezeOut layers: %d", len(self.layers))
+        return self.layers
+
+    def _example_batch(self) -> Any:
+        # The first training batch, leaving the RNG as found: the run's shuffling must not depend on this look.
+        with torch.random.fork_rng(devices=[]):
+            return next(iter(self.trainer.get_train_dataloader()))
+
+    def _optimizer_cls_and_kwargs(self, model: nn.Module) -> tuple[Any, dict[str, Any]]:
+        t = self.trainer
+        given = getattr(t, "optimizer_cls_and_kwargs", None)
+        cls, kwargs = given if given is not None else t.get_optimizer_cls_and_kwargs(t.args, model)
+        own = [k for k in _OWN_GROUPS if k in kwargs]
+        if own or not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            what = getattr(cls, "__name__", type(cls).__name__) + (f", given {', '.join(own)}" if own else "")
+            raise ValueError(
+                f"optim={t.args.optim!r} ({what}) builds its own parameter groups: FreezeOut needs a "
+                "torch.optim.Optimizer over its per-layer groups (adamw_torch, sgd, adafactor, ...)"
+            )
+        return cls, dict(kwargs)
+
+    def _groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """``param_groups`` split by Trainer's decay rule, trainable parameters only (as Trainer), the rest first."""
+        layers = self._layers_for(model)
+        names = set(self.trainer.get_decay_parameter_names(model))
+        decay = {id(p) for n, p in model.named_parameters() if n in names}  # by identity: a tied weight has 2 names
+        groups = param_groups(
+            model, layers, weight_decay=self.trainer.args.weight_decay, no_decay=lambda n, p, m: id(p) not in decay
+        )
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+        owned = {id(p) for layer in as_layers(layers) for p in layer.parameters()}
+        groups = [g for g in groups if g["params"]]
+        rest = [g for g in groups if not any(id(p) in owned for p in g["params"])]
+        if not rest:
+            log.warning("FreezeOut: every trainable parameter is in a layer: nothing trains to the end")
+        return rest + [g for g in groups if any(id(p) in owned for p in g["params"])]
+
+
+def add_freezeout(
+    trainer: Any,
+    layers: LayersArg = None,
+    t0: float = 0.8,
+    schedule: str = "cubic",
+    scale_lr: bool = True,
+    *,
+    example: Any = None,
+    strict: bool = False,
+) -> TrainerFreezeOut:
+    """Make ``trainer`` (a ``transformers.Trainer`` or subclass) train with FreezeOut; see the module doc.
+
+    ``layers``: a list in forward order, a callable ``model -> layers``, or None for ``find_layers`` on
+    ``example`` (any input the model takes: a dict, a ``BatchEncoding``) or the first training batch.
+    ``t0``, ``schedule``, ``scale_lr``, ``strict``: as for ``freezeout.FreezeOut``; the learning rate, the
+    warmup and the number of steps come from ``trainer.args``. Returns the installed ``TrainerFreezeOut``.
+    """
+    if not isinstance(trainer, transformers.Trainer):
+        raise ValueError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
+    if isinstance(getattr(trainer, "_freezeout", None), TrainerFreezeOut):
+        raise ValueError("add_freezeout was already called on this trainer")
+    listed = isinstance(layers, Sequence) and not isinstance(layers, str)
+    if isinstance(layers, nn.Module) or not (layers is None or callable(layers) or listed):
+        raise ValueError(
+            "layers must be None (find_layers), a list of the model's modules in forward order or a callable "
+            f"model -> list, got {type(layers).__name__}"
+        )
+    if trainer.lr_scheduler is not None:
+        raise ValueError(
+            "trainer was given an LR scheduler (optimizers=(optimizer, scheduler)): FreezeOut is the LR schedule, "
+            "pass optimizers=(None, None) or (optimizer, None)"
+        )
+    for what in ("deepspeed", "fsdp"):
+        if getattr(trainer, f"is_{what}_enabled", False):
+            raise ValueError(f"add_freezeout does not support {what} (its optimizer holds flattened parameters)")
+    options = {"t0": validate_t0(t0), "schedule": validate_schedule(schedule), "scale_lr": bool(scale_lr)}
+    handle = TrainerFreezeOut(trainer, layers, example, {**options, "strict": bool(strict)})
+    trainer._freezeout = handle
+    trainer.create_optimizer = handle.create_optimizer
+    trainer.create_scheduler = handle.create_scheduler
+    trainer.log = handle.log
+    return handle
