@@ -175,3 +175,21 @@ def test_the_check_leaves_no_hook_behind_and_a_watched_model_still_copies():
         before = sched.num_frozen
         sched.step()
         assert (hooked() > 0) == (sched.num_frozen != before), s  # hooks only to check the pass after a freeze
+
+
+def test_a_trainable_parameter_upstream_is_never_cut_at_the_check_step():
+    torch.manual_seed(0)
+    model = VisionTransformer(depth=3)
+    layers = list(model.blocks)  # the root cls_token and pos_embed left in the rest: they feed frozen blocks
+    opt = torch.optim.SGD(param_groups(model, layers), lr=0.1)
+    sched = FreezeOut(opt, layers, 4, t0=0.3, schedule="linear")
+    x, y = torch.randn(2, 3, 8, 8), torch.tensor([0, 1])
+    with pytest.warns(FrozenInputWarning, match="cls_token"):
+        for _ in range(4):
+            F.cross_entropy(model(x), y).backward()
+            if sched.num_frozen:  # the gradient reaches it through the frozen blocks, as without FreezeOut
+                assert model.cls_token.grad is not None and model.cls_token.grad.abs().sum() > 0
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+    assert sched.num_frozen == len(layers)
