@@ -144,6 +144,7 @@ class Probe:
 
     def _reset_pass(self) -> None:
         self.root: nn.Module | None = None
+        self.opener: nn.Module | None = None  # the module the pass began with: entering it again is a new pass
         self.done = False  # one pass recorded: a second forward before step() is not looked at
         self.order: list[int] = []
         self.saved: dict[tuple[int, int], tuple[int, int]] = {}  # storage -> (layer, bytes): each counted once
@@ -187,9 +188,9 @@ class Probe:
                 return
             if self.root is None:
                 outer = _outermost_module()
-                self.root = module if outer is None else outer
-            elif index in self.order and index == self.order[0]:
-                self.done = True  # the first layer again: a second pass
+                self.root, self.opener = (module if outer is None else outer), module
+            elif module is self.opener:
+                self.done = True  # the first module again: a second pass (a group's other modules are not)
                 return
             if index not in self.order:
                 self.order.append(index)
