@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 
 from .measure import eval_mode
 
-__all__ = ["Call", "Trace", "first_tensor", "map_tensors", "run_model", "trace"]
+__all__ = ["Call", "Trace", "first_tensor", "map_tensors", "run_model", "tensors", "trace"]
 
 
 @dataclass(eq=False)
@@ -47,18 +47,18 @@ class Trace:
     last_use: dict[int, int]  # ... and at its last
 
 
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or mapping (a ``BatchEncoding``, a ``ModelOutput``), in order."""
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (Mapping, list, tuple)):
+        for v in value.values() if isinstance(value, Mapping) else value:
+            yield from tensors(v)
+
+
 def first_tensor(value: Any) -> torch.Tensor | None:
     """The first tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one)."""
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, Mapping):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            t = first_tensor(v)
-            if t is not None:
-                return t
-    return None
+    return next(tensors(value), None)
 
 
 def map_tensors(value: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

@@ -20,12 +20,12 @@ _TEXT = dict(
 )
 
 
-def tiny_bert(kind: str = "model", layers: int = 2, seed: int = 0) -> nn.Module:
+def tiny_bert(kind: str = "model", layers: int = 2, seed: int = 0, **config: object) -> nn.Module:
     """``BertModel`` (``kind="model"``), ``BertForSequenceClassification`` ("classify") or ``BertForMaskedLM``
-    ("mlm", its decoder tied to the word embeddings)."""
+    ("mlm", its decoder tied to the word embeddings); ``config`` adds to the ``BertConfig``."""
     cls = {"model": "BertModel", "classify": "BertForSequenceClassification", "mlm": "BertForMaskedLM"}[kind]
     torch.manual_seed(seed)
-    config = transformers.BertConfig(**_TEXT, num_hidden_layers=layers, num_labels=CLASSES)
+    config = transformers.BertConfig(**{**_TEXT, **config}, num_hidden_layers=layers, num_labels=CLASSES)
     return getattr(transformers, cls)(config)
 
 
