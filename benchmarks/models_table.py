@@ -14,6 +14,7 @@ Writes benchmarks/results/models_table.json and docs/MODELS.md (both atomically)
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -141,7 +142,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {t['none'] * 1e3:.0f} ms | {t['half'] / t['none']:.2f} / {t['all'] / t['none']:.2f} "
             f"| {r['paper_saving']:.1%} | {r['calibrated_saving']:.1%} |"
         )
-    return TEMPLATE.format(table=head + "\n".join(lines), **meta)
+    return TEMPLATE.format(table=head + "\n".join(lines), busy=busy(meta["load_average"], meta["cpus"]), **meta)
 
 
 TEMPLATE = """# Models: the layers `find_layers` finds, and what freezing them saves
@@ -182,36 +183,45 @@ Reproduce: `PYTHONPATH=. .venv/bin/python benchmarks/models_table.py` (about {mi
 """
 
 
+def busy(load: list[float], cpus: int) -> str:
+    if max(load) <= 0.5 * cpus:
+        return f"The machine was idle (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)."
+    return (
+        f"The machine was busy, shared with other work (1-minute load average {load[0]:.1f} at the start, "
+        f"{load[1]:.1f} at the end, on {cpus} cores): step times are noisy, and so are their ratios (runs minutes "
+        "apart here moved them by up to 0.2); saved bytes do not depend on the machine."
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=5, help="timed steps per k (median)")
+    ap.add_argument("--repeats", type=int, default=9, help="timed steps per k (median)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadiest on a shared machine)")
     ap.add_argument("--only", nargs="+", help="measure only these models (the table then holds just them)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the markdown from the JSON")
     ap.add_argument("--json", type=Path, default=Path("benchmarks/results/models_table.json"))
     ap.add_argument("--markdown", type=Path, default=Path("docs/MODELS.md"))
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(args.json.read_text())
+        atomic_bytes(args.markdown, markdown(saved["rows"], saved["meta"]).encode())
+        return
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
-    start, load = time.perf_counter(), os.getloadavg()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     rows = [measure(name, *spec, args.repeats) for name, spec in models().items() if not args.only or name in args.only]
-    load_after = os.getloadavg()
     hand = [r for r in rows if r["matches_hand_written"] is not None]
-    cpus = os.cpu_count()
     meta = {
         "repeats": args.repeats,
         "minutes": (time.perf_counter() - start) / 60,
-        "machine": f"{cpus} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}, "
+        "cpus": os.cpu_count() or 1,
+        "load_average": [load, os.getloadavg()[0]],
+        "machine": f"{os.cpu_count()} CPU cores, {args.threads} torch thread(s), torch {torch.__version__}, "
         f"transformers {transformers.__version__}",
-        "busy": (
-            f"The machine was busy (1-minute load average {load[0]:.1f} at the start, {load_after[0]:.1f} at the end, "
-            f"on {cpus} cores): absolute times are noisy, the ratios within one model less so."
-            if max(load[0], load_after[0]) > 0.5 * (cpus or 1)
-            else f"The machine was idle (load average {load[0]:.1f} / {load_after[0]:.1f})."
-        ),
         "hand_written": ", ".join(f"{r['model']}: {'yes' if r['matches_hand_written'] else 'NO'}" for r in hand),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    atomic_json(args.json, {"meta": {**meta, "load_average": [load, load_after]}, "rows": rows})
+    atomic_json(args.json, {"meta": meta, "rows": rows})
     atomic_bytes(args.markdown, markdown(rows, meta).encode())
     print(f"wrote {args.json} and {args.markdown} in {meta['minutes']:.1f} min", file=sys.stderr)
 
