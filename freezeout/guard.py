@@ -67,6 +67,7 @@ class Probe:
 
     def _reset_pass(self) -> None:
         self.root: nn.Module | None = None
+        self.opener: nn.Module | None = None  # the module the pass began with: entering it again is a new pass
         self.done = False  # one pass recorded: a second forward before step() is not looked at
         self.order: list[int] = []
         self.saved: dict[tuple[int, int], tuple[int, int]] = {}  # storage -> (layer, bytes): each counted once
@@ -91,6 +92,12 @@ class Probe:
                 self._handles.append(m.register_forward_pre_hook(Hook(self._enter(layer.index)), with_kwargs=True))
                 self._handles.append(m.register_forward_hook(Hook(self._exit(layer.index)), always_call=True))
 
+    def close(self) -> None:
+        """Take every hook off: the check's and the cut's (a model that outlives its FreezeOut, a measurement)."""
+        self._remove(self._handles)
+        self._remove(self._cut)
+        self.cutting = False
+
     @staticmethod
     def _remove(handles: list[RemovableHandle]) -> None:
         for h in handles:
@@ -112,9 +119,9 @@ class Probe:
                 return None
             if self.root is None:
                 outer = outermost_module()
-                self.root = module if outer is None else outer
-            elif index in self.order and index == self.order[0]:
-                self.done = True  # the first layer again: a second pass
+                self.root, self.opener = (module if outer is None else outer), module
+            elif module is self.opener:
+                self.done = True  # the first module again: a second pass (a group's other modules are not)
                 return None
             if index not in self.order:
                 self.order.append(index)

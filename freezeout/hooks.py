@@ -32,10 +32,10 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
         return type(value)(*(map_tensors(v, fn) for v in value))
     if isinstance(value, (list, tuple)):
         return type(value)(map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         out = {k: map_tensors(v, fn) for k, v in value.items()}
         try:
-            return type(value)(out)  # keeps a BatchEncoding or a ModelOutput a mapping of its own class
+            return type(value)(out)  # a BatchEncoding or a ModelOutput stays a mapping of its own class
         except TypeError:
             return out
     return value

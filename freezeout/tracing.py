@@ -3,7 +3,8 @@
 What ``find_layers`` reads a model's structure from. The pass runs in eval mode under ``torch.no_grad`` (no
 BatchNorm statistics move; every module's mode is restored after). Each module call gets a start and an end
 on one clock; a ``TorchFunctionMode`` stamps each parameter with the clock at its first use by any op, so a
-parameter held by the root (a ViT's ``cls_token``) is placed in the data's path between the calls around it.
+parameter held by the root (a ViT's ``cls_token``) is placed in the data's path between the calls around it, and
+with its last use, so a weight that a later module also uses (a token embedding tied to the head) shows as such.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .hooks import tensors
+from .hooks import map_tensors, tensors
 from .measure import eval_mode
 
-__all__ = ["Call", "Trace", "first_tensor", "run_model", "trace"]
+__all__ = ["Call", "Trace", "first_tensor", "map_tensors", "run_model", "tensors", "trace"]
 
 
 @dataclass(eq=False)
@@ -44,10 +45,11 @@ class Trace:
     root: Call
     counts: dict[int, int]  # how many times each module (by id) ran
     first_use: dict[int, int]  # parameter id -> the clock at its first use
+    last_use: dict[int, int]  # ... and at its last
 
 
 def first_tensor(value: Any) -> torch.Tensor | None:
-    """The first tensor in a (nested) tuple, list or mapping."""
+    """The first tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one)."""
     return next(tensors(value), None)
 
 
@@ -60,17 +62,30 @@ def run_model(model: nn.Module, example_input: Any) -> Any:
     return model(example_input)
 
 
+# Attribute reads reach the mode too; of those only these read a parameter's values (the rest, ``dtype``, ``shape``,
+# ``device``, ..., are metadata: Hugging Face reads ``next(model.parameters()).dtype`` before any layer runs).
+_VALUE_GETTERS = frozenset({"T", "mT", "H", "mH", "data", "real", "imag"})
+
+
+def _reads_values(func: Any) -> bool:
+    if getattr(func, "__name__", None) != "__get__":
+        return True
+    return getattr(getattr(func, "__self__", None), "__name__", None) in _VALUE_GETTERS
+
+
 class _Uses(TorchFunctionMode):
-    def __init__(self, clock: list[int], first_use: dict[int, int]) -> None:
+    def __init__(self, clock: list[int], first_use: dict[int, int], last_use: dict[int, int]) -> None:
         super().__init__()
-        self.clock, self.first_use = clock, first_use
+        self.clock, self.first_use, self.last_use = clock, first_use, last_use
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        for a in (*args, *(kwargs or {}).values()):
-            for t in a if isinstance(a, (list, tuple)) else (a,):  # torch.cat([model.cls_token, x])
-                if isinstance(t, nn.Parameter) and id(t) not in self.first_use:
-                    self.clock[0] += 1
-                    self.first_use[id(t)] = self.clock[0]
+        if _reads_values(func):
+            for a in (*args, *(kwargs or {}).values()):
+                for t in a if isinstance(a, (list, tuple)) else (a,):  # torch.cat([model.cls_token, x])
+                    if isinstance(t, nn.Parameter):
+                        self.clock[0] += 1  # every use has its own time: one right after a call is after its end
+                        self.first_use.setdefault(id(t), self.clock[0])
+                        self.last_use[id(t)] = self.clock[0]
         return func(*args, **(kwargs or {}))
 
 
@@ -83,6 +98,7 @@ def trace(model: nn.Module, example_input: Any) -> Trace:
     stack = [root]
     counts: dict[int, int] = {}
     first_use: dict[int, int] = {}
+    last_use: dict[int, int] = {}
 
     def pre(module: nn.Module, args: Any, kwargs: Any) -> None:
         clock[0] += 1
@@ -103,7 +119,7 @@ def trace(model: nn.Module, example_input: Any) -> Trace:
             if m is not model:
                 handles.append(m.register_forward_pre_hook(pre, with_kwargs=True))
                 handles.append(m.register_forward_hook(post))
-        with eval_mode(model), torch.no_grad(), _Uses(clock, first_use):
+        with eval_mode(model), torch.no_grad(), _Uses(clock, first_use, last_use):
             try:
                 run_model(model, example_input)
             except Exception as exc:
@@ -116,4 +132,4 @@ def trace(model: nn.Module, example_input: Any) -> Trace:
         for h in handles:
             h.remove()
     root.end = clock[0] + 1
-    return Trace(root, counts, first_use)
+    return Trace(root, counts, first_use, last_use)

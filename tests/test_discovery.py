@@ -27,17 +27,18 @@ def params(layer) -> list[nn.Parameter]:
 
 
 def test_resnet_stem_then_every_basic_block_head_excluded():
+    # the stem, what the data meets before the first block, is one layer (as this project's own ResNet lists it)
     m = ResNet()
     got = names(m, find_layers(m, IMG))
     blocks = [f"layer{i}.{j}" for i in range(1, 5) for j in range(2)]
-    assert got == ["conv1", "bn1", *blocks]
+    assert got == ["conv1+bn1", *blocks]
 
 
 def test_densenet_stem_dense_layers_and_transitions_final_norm_in_head():
     m = DenseNet(blocks=(2, 3, 2))
     got = names(m, find_layers(m, torch.randn(1, 3, 32, 32)))
     dense = lambda b, n: [f"features.denseblock{b}.denselayer{i}" for i in range(1, n + 1)]  # noqa: E731
-    want = ["features.conv0", "features.norm0", *dense(1, 2), "features.transition1"]
+    want = ["features.conv0+features.norm0", *dense(1, 2), "features.transition1"]
     want += [*dense(2, 3), "features.transition2", *dense(3, 2)]
     assert got == want  # features.norm5 and classifier are the head
 

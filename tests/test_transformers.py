@@ -9,6 +9,7 @@ import itertools
 import math
 import sys
 import weakref
+from functools import partial
 
 import pytest
 import torch
@@ -82,7 +83,7 @@ class Recorder(TrainerCallback):
     ids=["epochs", "max_steps", "accumulation"],
 )
 def test_steps_lrs_and_logs_follow_trainer(tmp_path, examples, options, steps, warmup):
-    model = tiny_bert()
+    model = tiny_bert("classify")
     recorder = Recorder(bert_layers)
     trainer = Trainer(model=model, args=arguments(tmp_path, **options), train_dataset=token_data(examples),
                       callbacks=[recorder])  # fmt: skip
@@ -103,7 +104,11 @@ def test_steps_lrs_and_logs_follow_trainer(tmp_path, examples, options, steps, w
     assert recorder.frozen[-1] > 0 and logged[-1]["learning_rate"] > 0  # Trainer alone logged a frozen layer's 0
 
 
-@pytest.mark.parametrize(("build", "layers_of"), [(tiny_bert, bert_layers), (tiny_gpt2, gpt2_layers)])
+@pytest.mark.parametrize(
+    ("build", "layers_of"),
+    [(partial(tiny_bert, "classify"), bert_layers), (tiny_gpt2, gpt2_layers)],
+    ids=["bert", "gpt2"],
+)
 @pytest.mark.parametrize("optim", ["adamw_torch", "sgd"])
 def test_optimizer_and_decay_rule_are_trainers(tmp_path, build, layers_of, optim):
     model = build()
@@ -181,7 +186,7 @@ class HeldForBackward(TrainerCallback):
 
 
 def test_memory_falls_as_layers_freeze_under_activation_checkpointing(tmp_path):
-    model, held = tiny_bert(layers=3), HeldForBackward()
+    model, held = tiny_bert("classify", layers=3), HeldForBackward()
     args = arguments(tmp_path, max_steps=12, **{CHECKPOINTING: True})
     trainer = Trainer(model=model, args=args, train_dataset=token_data(16), callbacks=[held])
     add_freezeout(trainer, layers=bert_layers, t0=0.3, schedule="linear")
@@ -195,7 +200,7 @@ def test_memory_falls_as_layers_freeze_under_activation_checkpointing(tmp_path):
 
 
 def test_default_layers_are_find_layers_and_the_rng_is_left_alone(tmp_path):
-    model, data = tiny_bert(), token_data(8)
+    model, data = tiny_bert("classify"), token_data(8)
     trainer = Trainer(model=model, args=arguments(tmp_path), train_dataset=data)
     handle = add_freezeout(trainer)
     before = torch.get_rng_state()
@@ -207,7 +212,7 @@ def test_default_layers_are_find_layers_and_the_rng_is_left_alone(tmp_path):
 
 
 def test_bad_arguments_are_named(tmp_path, monkeypatch):
-    model = tiny_bert()
+    model = tiny_bert("classify")
 
     def trainer(**kwargs):
         return Trainer(model=model, args=arguments(tmp_path), train_dataset=token_data(8), **kwargs)

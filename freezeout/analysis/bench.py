@@ -14,24 +14,25 @@ import logging
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
 from ..controller import FreezeOut
 from ..groups import check_layers
+from ..layers import LayerLike
 from ..measure import sync
 from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
+from ..tracing import map_tensors
 from .cost import integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops
 from .timing import default_ks, step_time_curve
-from .workload import copy_model, make_optimizer, random_targets, train_step
+from .workload import copy_model, make_optimizer, model_loss, random_targets, train_step
 
 __all__ = ["BenchConfig", "run_bench", "total_work"]
 
@@ -121,8 +122,8 @@ def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def run_bench(
     model: nn.Module,
-    layers: Sequence[nn.Module],
-    example_input: torch.Tensor,
+    layers: Sequence[LayerLike],
+    example_input: Any,
     config: BenchConfig | None = None,
     *,
     target: torch.Tensor | None = None,
@@ -132,6 +133,10 @@ def run_bench(
 ) -> dict[str, Any]:
     """Benchmark FreezeOut on ``model``: paper, calibrated, ideal and realized saving for every strategy
     and t0 of ``config``, plus memory and the cost of ``sched.step()``. The model is not changed.
+
+    ``example_input`` is a tensor, tuple or mapping (``run_model``); the runs see random batches like it (its
+    floating tensors redrawn, the others, token ids and masks, kept). ``loss_fn(output, target)`` defaults to
+    ``model_loss``: the model's own loss if it computes one, else cross-entropy on random labels.
 
     ``progress(k)`` reports ``k`` more steps done (for a progress bar); ``total_work(config, n)``
     says how many there will be. ``flops``: ``layer_flops``' result, if already counted (``layer_flops_meta``
@@ -143,14 +148,20 @@ def run_bench(
     batch = batch_size_of(example_input)
     flops, rest = layer_flops(model, layers, example_input) if flops is None else (list(flops[0]), int(flops[1]))
     device = torch.device(config.device)
-    loss_fn = loss_fn or F.cross_entropy
+    loss_fn = loss_fn or model_loss
     template = copy_model(model, layers, device)
     g = torch.Generator().manual_seed(config.seed)
+
+    def redraw(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t.to(device)  # token ids, masks: their content does not change the cost
+        x = torch.randn(t.shape, generator=g, dtype=t.dtype)
+        # in the example's memory layout (channels_last or not), which is what the step-time curve times
+        return torch.empty_like(t, device=device).copy_(x)
+
     data = []
     for i in range(min(config.steps, 4)):  # a few distinct batches: content does not change the cost
-        x = torch.randn(example_input.shape, generator=g, dtype=example_input.dtype)
-        # in the example's memory layout (channels_last or not), which is what the step-time curve times
-        x = torch.empty_like(example_input, device=device).copy_(x)
+        x = map_tensors(example_input, redraw)
         y = random_targets(template[0], x, seed=config.seed + i) if target is None else target.to(device)
         data.append((x, y))
     runs = [("baseline", 1.0, "cubic", True)] + [
@@ -209,7 +220,7 @@ def run_bench(
         "config": asdict(config),
         "num_layers": n,
         "batch_size": batch,
-        "input_shape": list(example_input.shape),
+        "input_shape": shapes_of(example_input),
         "threads": torch.get_num_threads(),
         "device": str(device),
         "layer_flops": flops,
@@ -222,6 +233,17 @@ def run_bench(
         "memory": memory,
         "rows": rows,
     }
+
+
+def shapes_of(example_input: Any) -> Any:
+    """The shape of each tensor in an example input, as JSON: a list, or a list or dict of them."""
+    if isinstance(example_input, torch.Tensor):
+        return list(example_input.shape)
+    if isinstance(example_input, Mapping):
+        return {str(k): shapes_of(v) for k, v in example_input.items()}
+    if isinstance(example_input, (list, tuple)):
+        return [shapes_of(v) for v in example_input]
+    return None
 
 
 def _curve_slice(config: BenchConfig) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
+from ..layers import LayerLike
 from ..schedule import freeze_times, validate_schedule, validate_t0
 from .cost import LINEAR_CORRECTION, integrate_step_times, paper_saving
 from .flops import batch_size_of, layer_flops
@@ -58,8 +58,8 @@ def predict(
 
 def estimate_saving(
     model: nn.Module,
-    layers: Sequence[nn.Module],
-    example_input: torch.Tensor,
+    layers: Sequence[LayerLike],
+    example_input: Any,
     t0: float = 0.8,
     schedule: str = "cubic",
     scale_lr: bool = True,
@@ -74,8 +74,15 @@ def estimate_saving(
     Always the paper's FLOP estimate (``paper_saving``; ``paper_saving_corrected`` applies the authors'
     x1.3 for the linear schedule when ``linear_correction``); with ``calibrate=True`` also
     ``calibrated_saving`` from the step-time curve measured on this hardware (``timing_options`` go to
-    ``freezeout.analysis.timing.step_time_curve``: ``target``, ``loss_fn``, ``repeats``, ``ks``, ``device``, ...).
-    The model itself is not changed: the curve is measured on a copy.
+    ``freezeout.analysis.timing.step_time_curve``: ``target``, ``loss_fn``, ``repeats``, ``ks``, ``device``, ...)
+    and the saved-for-backward bytes it measured (``saved_bytes``, ``saved_bytes_by_k``). The model itself is not
+    changed: the curve is measured on a copy.
+
+    ``example_input`` is a tensor (``model(x)``), a tuple (``model(*x)``) or a mapping, such as a tokenizer's
+    ``BatchEncoding`` (``model(**x)``); its first tensor's first dimension is the batch. For a model whose output
+    is not plain logits the default loss is ``model_loss``: the model's own ``loss`` if it computes one (put
+    ``labels`` in the example), else cross-entropy of its ``logits`` (or first tensor) on random labels; or pass
+    ``loss_fn(output, target)``.
     """
     validate_t0(t0)
     validate_schedule(schedule)
@@ -85,7 +92,7 @@ def estimate_saving(
     if calibrate:
         curve = step_time_curve(model, layers, example_input, **timing_options)
         step_times = curve["step_times"]
-        out["step_times"] = step_times
+        out.update(step_times=step_times, saved_bytes=curve["saved_bytes"], saved_bytes_by_k=curve["saved_bytes_by_k"])
     out.update(layer_flops=flops, rest_flops=rest)
     out.update(
         predict(

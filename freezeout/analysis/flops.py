@@ -13,20 +13,41 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from ..layers import Layer, LayerLike, as_layers
 from ..measure import eval_mode
+from ..tracing import first_tensor, map_tensors, run_model, tensors
+from .workload import copy_model
 
 __all__ = ["batch_size_of", "check_forward_path", "layer_flops", "layer_flops_meta"]
 
 
+def _sdpa(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+# PyTorch counts scaled_dot_product_attention on GPU kernels only; on CPU (Hugging Face's default "sdpa"
+# attention) the two attention matmuls would go uncounted. The same formula as on GPU: 2 b h s_q s_k (d_q + d_v).
+_CPU_ATTENTION = {
+    getattr(torch.ops.aten, name): _sdpa
+    for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+    if hasattr(torch.ops.aten, name)
+}
+
+
 def batch_size_of(example_input: Any) -> int:
-    if not isinstance(example_input, torch.Tensor) or example_input.dim() < 1:
-        raise ValueError("example_input must be a tensor whose first dimension is the batch")
-    if example_input.shape[0] < 1:
-        raise ValueError(f"batch size must be >= 1, got {example_input.shape[0]}")
-    return int(example_input.shape[0])
+    """The batch size of an example input: the first dimension of its (first) tensor. A tensor is passed to the
+    model as ``model(x)``, a tuple as ``model(*x)``, a mapping (a dict, a ``BatchEncoding``) as ``model(**x)``."""
+    first = first_tensor(example_input)
+    if first is None or first.dim() < 1:
+        raise ValueError(
+            "example_input must be a tensor whose first dimension is the batch, or a tuple or mapping (a dict, a "
+            f"tokenizer's BatchEncoding) of such tensors; got {type(example_input).__name__}"
+        )
+    if first.shape[0] < 1:
+        raise ValueError(f"batch size must be >= 1, got {first.shape[0]}")
+    return int(first.shape[0])
 
 
 def _name(layers: Sequence[Layer], i: int) -> str:
@@ -125,40 +146,48 @@ def _check_events(layers: Sequence[Layer], events: list[tuple[str, Any]]) -> Non
 
 
 def _check_reaches_output(layers: Sequence[Layer], outputs: list[Any], result: Any) -> None:
-    """Each layer's output must feed the model's output, or freezing it saves nothing (a side branch)."""
-    if not isinstance(result, torch.Tensor) or not result.requires_grad:
+    """Each layer's output must feed the model's output (any of its tensors: a ``ModelOutput``'s logits, hidden
+    states, ...), or freezing it saves nothing (a side branch)."""
+    results = [t for t in tensors(result) if t.requires_grad]
+    if not results:
         return
-    tensors = [o if isinstance(o, torch.Tensor) and o.requires_grad else None for o in outputs]
-    present = [t for t in tensors if t is not None]
+    firsts = [first_tensor(o) for o in outputs]
+    found = [t if t is not None and t.requires_grad else None for t in firsts]
+    present = [t for t in found if t is not None]
     if not present:
         return
-    grads = iter(torch.autograd.grad(result.float().sum(), present, allow_unused=True))
-    for i, t in enumerate(tensors):
+    total = sum(t.float().sum() for t in results)
+    grads = iter(torch.autograd.grad(total, present, allow_unused=True))
+    for i, t in enumerate(found):
         if t is not None and next(grads) is None:
             raise ValueError(f"the output of {_name(layers, i)} does not reach the model's output")
 
 
-def _forward(model: nn.Module, layers: Sequence[Layer], example_input: torch.Tensor, on_enter=None, on_exit=None):
+def _leaf(t: torch.Tensor) -> torch.Tensor:
+    # a floating input requires grad, so every layer on the path yields a tensor that reaches the output
+    return t.detach().clone().requires_grad_(t.is_floating_point())
+
+
+def _forward(model: nn.Module, layers: Sequence[Layer], example_input: Any, on_enter=None, on_exit=None):
     """One checked forward in eval mode (no BatchNorm statistics change); modes are restored after."""
     batch_size_of(example_input)
-    x = example_input.detach().clone()
-    if x.is_floating_point():
-        x.requires_grad_(True)  # so every layer on the path yields a tensor that reaches the output
+    x = map_tensors(example_input, _leaf)
     with eval_mode(model):
-        result, events, outputs = _trace(model, layers, lambda: model(x), on_enter, on_exit)
+        result, events, outputs = _trace(model, layers, lambda: run_model(model, x), on_enter, on_exit)
     _check_events(layers, events)
     return result, outputs
 
 
-def check_forward_path(model: nn.Module, layers: Sequence[LayerLike], example_input: torch.Tensor) -> None:
+def check_forward_path(model: nn.Module, layers: Sequence[LayerLike], example_input: Any) -> None:
     """Raise ``ValueError`` unless each of ``layers`` runs exactly once, in list order, one after another,
-    and feeds the model's output, when ``model(example_input)`` runs."""
+    and feeds the model's output, when the model runs on ``example_input`` (a tensor, tuple or mapping: see
+    ``batch_size_of``)."""
     layers = as_layers(layers)
     result, outputs = _forward(model, layers, example_input)
     _check_reaches_output(layers, outputs, result)
 
 
-def layer_flops(model: nn.Module, layers: Sequence[LayerLike], example_input: torch.Tensor) -> tuple[list[int], int]:
+def layer_flops(model: nn.Module, layers: Sequence[LayerLike], example_input: Any) -> tuple[list[int], int]:
     """Forward FLOPs of each layer on ``example_input`` (PyTorch's FlopCounterMode), and of the rest.
 
     One forward runs under the counter; hooks read the running total as each layer starts and ends.
@@ -166,7 +195,7 @@ def layer_flops(model: nn.Module, layers: Sequence[LayerLike], example_input: to
     paper's ``c_i`` does. Also checks the forward path like ``check_forward_path``.
     """
     layers = as_layers(layers)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION)
     marks: dict[tuple[str, int], int] = {}
     with counter:
         result, outputs = _forward(
@@ -188,7 +217,5 @@ def layer_flops_meta(
     """``layer_flops`` on a copy of the model on the meta device, where ops compute shapes only: no memory for
     activations (a batch of any size counts at once; the input itself may be a meta tensor). For models whose
     forward does not depend on the values in its tensors, like the command line's."""
-    from .timing import copy_model  # timing imports nothing of this module, but keep the import graph one way
-
     clone, clone_layers = copy_model(model, layers, "meta")
     return layer_flops(clone, clone_layers, example_input.to("meta"))

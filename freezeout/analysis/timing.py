@@ -14,14 +14,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_int
+from ..guard import Probe
 from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
+from ..tracing import first_tensor, map_tensors, run_model
 from .cost import interpolate_step_times
-from .workload import LossFn, copy_model, make_optimizer, random_targets, train_step
+from .flops import batch_size_of
+from .workload import LossFn, copy_model, make_optimizer, model_loss, random_targets, train_step
 
 __all__ = ["default_ks", "set_frozen_prefix", "step_time_curve"]
 
@@ -47,8 +49,8 @@ def default_ks(n: int, max_points: int = 41) -> list[int]:
 
 def step_time_curve(
     model: nn.Module,
-    layers: Sequence[nn.Module],
-    example_input: torch.Tensor,
+    layers: Sequence[LayerLike],
+    example_input: Any,
     *,
     target: torch.Tensor | None = None,
     loss_fn: LossFn | None = None,
@@ -65,11 +67,15 @@ def step_time_curve(
 
     ``ks`` picks the k's to measure (default ``default_ks``: all of them up to 40 layers); the rest are
     interpolated linearly. One step is zero_grad, forward, loss, backward and ``optimizer.step()`` of
-    the paper's SGD. ``loss_fn`` defaults to cross-entropy on random labels. ``warmup`` untimed steps run at
+    the paper's SGD. ``example_input`` is a tensor, tuple or mapping (``run_model``); ``loss_fn(output, target)``
+    defaults to ``model_loss`` (the model's own loss if it computes one, else cross-entropy on random labels).
+    Each ``k`` is set up as ``FreezeOut`` leaves it, its one-pass check included (``freezeout.guard``: a tied
+    embedding's flow into frozen layers is cut). ``warmup`` untimed steps run at
     ``k = n`` and ``k = 0`` first, then ``warm_rounds`` untimed passes over every k, and ``settle`` untimed
     steps after every change of ``k``: a training run changes ``k`` a few dozen times in thousands of steps,
     so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
-    Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes.
+    Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes of the
+    forward pass (``saved_bytes``: none and all frozen; ``saved_bytes_by_k``: also half, ``n // 2``, if measured).
     """
     layers = check_layers(layers)
     n = len(layers)
@@ -80,25 +86,37 @@ def step_time_curve(
     ks = default_ks(n) if ks is None else sorted(set(ks) | {0, n})
     if any(not 0 <= k <= n for k in ks):
         raise ValueError(f"ks must lie in 0 .. {n} (number of layers), got {ks}")
-    device = torch.device(device) if device is not None else example_input.device
+    batch_size_of(example_input)
+    device = torch.device(device) if device is not None else first_tensor(example_input).device
     clone, clone_layers = copy_model(model, layers, device)
-    x = example_input.to(device)
-    y = (random_targets(clone, x) if target is None else target).to(device)
-    loss_fn = loss_fn or F.cross_entropy
+    x = map_tensors(example_input, lambda t: t.to(device))
+    y = random_targets(clone, x) if target is None else target.to(device)
+    loss_fn = loss_fn or model_loss
     optimizer = make_optimizer(clone, clone_layers, lr)
-    for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
+    probe = Probe(as_layers(clone_layers))
+
+    def set_k(k: int, steps: int) -> None:
+        """The first ``k`` layers frozen, then ``steps`` untimed steps; the first (or one more forward) is the
+        guard's pass, as after a freeze in ``FreezeOut``."""
         set_frozen_prefix(clone, clone_layers, k)
-        for _ in range(warmup):
+        probe.arm(k)
+        if steps:
             train_step(clone, optimizer, x, y, loss_fn)
+        else:
+            run_model(clone, x)
+        probe.finish()
+        for _ in range(steps - 1):
+            train_step(clone, optimizer, x, y, loss_fn)
+
+    for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
+        set_k(k, warmup)
     samples: dict[int, list[float]] = {k: [] for k in ks}
     # A fresh process runs its first ~50 CPU steps of a big model ~10 % slow at small k (the heap still
     # growing: DenseNet-BC-76 measured T(0) = 1.135 s at first, 1.021 s after 60 steps, 1.005 s in a
     # training loop), which skewed T(0), the normaliser of every saving. Untimed rounds absorb it.
     for r in range(-warm_rounds, repeats):
         for k in ks if r % 2 == 0 else reversed(ks):  # alternate direction: drift hits every k alike
-            set_frozen_prefix(clone, clone_layers, k)
-            for _ in range(settle):
-                train_step(clone, optimizer, x, y, loss_fn)
+            set_k(k, settle)
             sync(device)
             start = time.perf_counter()
             train_step(clone, optimizer, x, y, loss_fn)
@@ -109,13 +127,15 @@ def step_time_curve(
                 progress(1)
     measured = {k: statistics.median(v) for k, v in samples.items()}
     saved = {}
-    for k in (0, n):
-        set_frozen_prefix(clone, clone_layers, k)
-        saved[k] = saved_tensor_bytes(lambda: clone(x))[1]
+    for k in sorted({0, n // 2, n} & set(ks)):
+        set_k(k, 0)
+        saved[k] = saved_tensor_bytes(lambda: run_model(clone, x))[1]
+    probe.close()
     return {
         "ks": list(ks),
         "step_times": interpolate_step_times(measured, n),
         "samples": {str(k): v for k, v in samples.items()},
         "saved_bytes": {"none_frozen": saved[0], "all_frozen": saved[n]},
+        "saved_bytes_by_k": {str(k): v for k, v in saved.items()},
         "device": str(device),
     }
