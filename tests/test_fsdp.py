@@ -99,14 +99,20 @@ def kept_whole(model, sched) -> list[tuple[bool, bool]]:
     return out
 
 
-def tinynet_buffers(rank) -> dict:
+def sharded_tinynet():
     torch.manual_seed(0)
     model = TinyNet()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0  # a resumed run would draw other masks
     layers = fully_shard_layers(model, model.layers)
     opt = torch.optim.SGD(param_groups(model, layers), lr=0.1, momentum=0.9)
-    sched = FreezeOut(opt, layers, TOTAL, t0=T0, schedule="linear")
+    return model, opt, FreezeOut(opt, layers, TOTAL, t0=T0, schedule="linear")
+
+
+def train_tinynet(rank, model, opt, sched, steps) -> dict:
     frozen_at = {}
-    for step in range(TOTAL):
+    for step in steps:
         model.train()
         x, y = batch(step * WORLD + rank)  # each rank its own data: BatchNorm statistics differ
         F.cross_entropy(model(x), y).backward()
@@ -115,8 +121,19 @@ def tinynet_buffers(rank) -> dict:
         gather_frozen(sched)
         opt.zero_grad()
         for i in range(len(frozen_at), sched.num_frozen):
-            frozen_at[i] = {k: v.clone() for k, v in layers[i].named_buffers()}
-    return {"frozen_at": frozen_at, "buffers": {k: v.clone() for k, v in model.named_buffers()}}
+            frozen_at[i] = {k: v.clone() for k, v in sched.layers[i].named_buffers()}
+    state = {k: full(v) for k, v in model.state_dict().items()}
+    return {"frozen_at": frozen_at, "buffers": {k: v.clone() for k, v in model.named_buffers()}, "state": state}
+
+
+def tinynet_runs(rank, out_dir) -> dict:
+    whole = train_tinynet(rank, *sharded_tinynet(), range(TOTAL))
+    model, opt, sched = sharded_tinynet()
+    train_tinynet(rank, model, opt, sched, range(RESUME_AT))
+    save_checkpoint(os.path.join(out_dir, "tinynet"), model, opt, sched)
+    model, opt, sched = sharded_tinynet()
+    load_checkpoint(os.path.join(out_dir, "tinynet"), model, opt, sched)
+    return whole | {"resumed": train_tinynet(rank, model, opt, sched, range(RESUME_AT, TOTAL))["state"]}
 
 
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -138,7 +155,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     rest = train(rank, model, opt, sched, counter, range(RESUME_AT, TOTAL), keep=True)
     out["resumed"] = {"losses": first["losses"] + rest["losses"], "frozen": sched.num_frozen,
                       "state": {k: full(v) for k, v in model.state_dict().items()}}  # fmt: skip
-    out["tinynet"] = tinynet_buffers(rank)
+    out["tinynet"] = tinynet_runs(rank, out_dir)
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     del model, opt, sched
     leave_process_group()
@@ -251,6 +268,15 @@ def test_dcp_resume_is_bit_identical(ranks):
         assert r["resumed"]["losses"] == r["kept"]["losses"]
         for k, v in r["kept"]["state"].items():
             assert torch.equal(v, r["resumed"]["state"][k]), k
+
+
+def test_dcp_resume_with_batchnorm_freezes_the_same_statistics(ranks):
+    # A checkpoint holds one copy of each buffer, rank 0's: rank 0 resumes exactly; on rank 1 the statistics of
+    # BatchNorms still training (the head's, here) restart from rank 0's, and nothing else may differ.
+    for rank, r in enumerate(ranks):
+        whole, resumed = r["tinynet"]["state"], r["tinynet"]["resumed"]
+        differ = sorted(k for k in whole if not torch.equal(whole[k], resumed[k]))
+        assert differ == ([] if rank == 0 else ["head.0.running_mean", "head.0.running_var"]), rank
 
 
 def test_errors():

@@ -42,7 +42,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
@@ -160,10 +160,14 @@ def save_checkpoint(
 
     The model's and the optimizer's state dicts are the sharded ones (``get_state_dict``); frozen layers kept whole
     are saved sharded too (FSDP's ``state_dict`` hook reshards them; their next forward gathers them again).
-    ``dcp_kwargs`` (``storage_writer``, ...) go to ``dcp.save``.
+    Buffers, which FSDP does not shard, are saved once, rank 0's copy: rank 0's are the statistics ``gather_frozen``
+    hands every rank when their layer freezes, so a resumed run freezes the same values. ``dcp_kwargs``
+    (``storage_writer``, ``planner``, ...) go to ``dcp.save``.
     """
     model_state, optim_state = get_state_dict(model, optimizer)
     state = {"model": model_state, "optim": optim_state, **_schedule_of(sched)}
+    # DCP's default keeps each replicated tensor from whichever rank has planned the fewest bytes so far
+    dcp_kwargs.setdefault("planner", DefaultSavePlanner(dedup_save_to_lowest_rank=True))
     dcp.save(state, checkpoint_id=checkpoint_id, process_group=process_group, **dcp_kwargs)
 
 
