@@ -150,6 +150,9 @@ class Probe:
         self.leaks: list[tuple[int, list[torch.Tensor]]] = []
         self.reentrant = False
         self._contexts: list[tuple[nn.Module, Any]] = []
+        # The model's parameters as the recorded forward used them: FSDP2 registers gathered copies during its
+        # forward and the sharded ones again after backward, and autograd's leaves are the gathered copies.
+        self._names: _Names | None = None
 
     def arm(self, num_frozen: int) -> None:
         """Record the next forward pass with grad enabled, with ``num_frozen`` layers frozen (and no cut)."""
@@ -198,6 +201,8 @@ class Probe:
             leaking = [t for t in _tensors((args, kwargs)) if t.requires_grad]
             if leaking and not any(i == index for i, _ in self.leaks):
                 self.leaks.append((index, _leaves(leaking)))
+                if self._names is None:
+                    self._names = _Names(unwrap(self.root))
                 # a frozen layer fed by a tensor that requires grad, run under no_grad: reentrant checkpointing
                 self.reentrant = self.reentrant or not torch.is_grad_enabled()
             saved = self.saved
@@ -242,7 +247,7 @@ class Probe:
                 if all(id(m) in names.modules for layer in self.layers for m in layer.modules):
                     check_ties(root, self.layers)
             if self.leaks:
-                self._judge(names)
+                self._judge(self._names or names)
         finally:
             self._reset_pass()
 
@@ -261,7 +266,11 @@ class Probe:
     def _judge(self, names: _Names) -> None:
         first, _ = self.leaks[0]
         sources = {id(t): t for _, leaves in self.leaks for t in leaves}
-        plain = [t for t in sources.values() if id(t) in names.params and not names.tied(t)]
+        # a parameter not named even as the forward saw the model (a sharded module's gathered copy) is no tie and no
+        # activation: warned about, never cut
+        plain = [
+            t for t in sources.values() if (not names.tied(t) if id(t) in names.params else isinstance(t, nn.Parameter))
+        ]
         if not plain:
             log.info("tied weights or hooked activations flow into frozen layers: cutting the graph at their input")
             self._install_cut()
@@ -280,7 +289,7 @@ class Probe:
             return
         self.warned.update(id(t) for t in plain)
         cost = sum(b for i, b in self.saved.values() if i >= first)
-        label = ", ".join(repr(names.params[id(t)]) for t in plain)
+        label = ", ".join(repr(names.params.get(id(t), f"a parameter of shape {tuple(t.shape)}")) for t in plain)
         message = (
             f"trainable parameter(s) {label} flow into frozen layers[{first}], so autograd still records the frozen "
             f"layers from there on ({cost / 2**20:.2f} MiB saved for backward per step) and they stay in the "
