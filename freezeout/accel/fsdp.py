@@ -22,7 +22,7 @@ again, so the gathered copy cannot go stale; its registered parameters are then 
 full weights, which a frozen-layer pass (BatchNorm folding) can read. When a layer freezes its buffers (BatchNorm
 statistics, which FSDP leaves per rank) are broadcast from rank 0 once, so every rank runs the same frozen function
 and a checkpoint, which stores one copy of them, resumes exactly. The cost: each rank holds the frozen layers'
-full weights (the early layers FreezeOut freezes first are usually the small ones), and ``state_dict()`` reshards
+full weights (in a CNN the early layers, frozen first, are the small ones), and ``state_dict()`` reshards
 them (FSDP's hook), so the forward after a checkpoint gathers them once more.
 
 ``save_checkpoint`` / ``load_checkpoint``: ``torch.distributed.checkpoint`` (DCP) of model, optimizer and FreezeOut;
