@@ -41,11 +41,13 @@ def freeze_layer(layer: LayerLike | Layer, groups: dict[str, Any] | Sequence[dic
     - eval mode, locked: BatchNorm uses and keeps its running statistics, dropout is off.
     """
     item = layer if isinstance(layer, Layer) else as_layers([layer])[0]
-    for p in item.parameters():
+    groups = [groups] if isinstance(groups, dict) else list(groups)
+    # The groups' parameters too: under FSDP2 the module may hold gathered copies of them at this moment.
+    for p in (*item.parameters(), *(p for group in groups for p in group["params"])):
         p.requires_grad_(False)
         p.grad = None
         optimizer.state.pop(p, None)
-    for group in [groups] if isinstance(groups, dict) else groups:
+    for group in groups:
         group["lr"] = 0.0
     for m in item.modules:
         m.train(False)

@@ -45,6 +45,12 @@ class FrozenInputWarning(UserWarning):
     """A trainable tensor flows into a frozen layer, so autograd still records the frozen layers."""
 
 
+def _plain(t: torch.Tensor, names: Names) -> bool:
+    """A trainable parameter that is not tied: it must keep its gradient through frozen layers, so it is warned
+    about, never cut. One the model does not name (a sharded module's gathered copy) counts as one too."""
+    return not names.tied(t) if id(t) in names.params else isinstance(t, nn.Parameter)
+
+
 def _regrad(t: torch.Tensor) -> torch.Tensor:
     return t.detach().requires_grad_() if t.is_floating_point() or t.is_complex() else t
 
@@ -74,6 +80,8 @@ class Probe:
         self.leaks: list[tuple[int, list[torch.Tensor]]] = []
         self.reentrant = False
         self._contexts: list[tuple[nn.Module, Any]] = []
+        # The model's parameters as the recorded forward uses them: FSDP2 registers gathered copies during its
+        # forward and the sharded ones again after backward, and autograd's leaves are the gathered copies.
         self._names: Names | None = None
 
     def arm(self, num_frozen: int) -> None:
@@ -131,6 +139,8 @@ class Probe:
             sources = leaves(leaking) if leaking else []
             if leaking and not any(i == index for i, _ in self.leaks):
                 self.leaks.append((index, sources))
+                if self._names is None:
+                    self._names = Names(unwrap(self.root))
                 # a frozen layer fed by a tensor that requires grad, run under no_grad: reentrant checkpointing
                 self.reentrant = self.reentrant or not torch.is_grad_enabled()
             saved = self.saved
@@ -161,7 +171,7 @@ class Probe:
             return None
         if self._names is None:
             self._names = Names(unwrap(self.root))
-        if any(id(t) in self._names.params and not self._names.tied(t) for t in sources):
+        if any(_plain(t, self._names) for t in sources):
             return None
         return self._detach(-1, args), self._detach(-1, kwargs)
 
@@ -192,7 +202,7 @@ class Probe:
                 if all(id(m) in names.modules for layer in self.layers for m in layer.modules):
                     check_ties(root, self.layers)
             if self.leaks:
-                self._judge(names)
+                self._judge(self._names or names)
         finally:
             self._reset_pass()
 
@@ -211,7 +221,7 @@ class Probe:
     def _judge(self, names: Names) -> None:
         first, _ = self.leaks[0]
         sources = {id(t): t for _, leaves in self.leaks for t in leaves}
-        plain = [t for t in sources.values() if id(t) in names.params and not names.tied(t)]
+        plain = [t for t in sources.values() if _plain(t, names)]
         if not plain:
             if not self.cutting:
                 log.info("tied weights or hooked activations flow into frozen layers: the graph is cut at their input")
@@ -235,7 +245,7 @@ class Probe:
             return
         self.warned.update(id(t) for t in plain)
         cost = sum(b for i, b in self.saved.values() if i >= first)
-        label = ", ".join(repr(names.params[id(t)]) for t in plain)
+        label = ", ".join(repr(names.params.get(id(t), f"a parameter of shape {tuple(t.shape)}")) for t in plain)
         message = (
             f"trainable parameter(s) {label} flow into frozen layers[{first}], so autograd still records the frozen "
             f"layers from there on ({cost / 2**20:.2f} MiB saved for backward per step) and they stay in the "
@@ -262,6 +272,10 @@ class Probe:
         self._cut_any = True
         if index >= 0 and self._handles and not self.done and not any(i == index for i, _ in self.leaks):
             self.leaks.append((index, leaves(cut)))  # a check is armed: judge what the cut stops as a leak
+            if self._names is None:
+                outer = outermost_module()
+                if outer is not None:
+                    self._names = Names(unwrap(outer))
         return map_tensors(value, lambda t: t.detach() if t.requires_grad else t)
 
     def _cut_in(self, index: int) -> Callable[..., Any]:

@@ -2,7 +2,8 @@
 
 ``compile``: ``torch.compile`` per freezable layer, so that freezing recompiles each layer a bounded number of
 times instead of the whole model on every freeze. ``ddp``: ``DistributedDataParallel`` rebuilt over what still
-trains, so that frozen layers' gradients stop being all-reduced.
+trains, so that frozen layers' gradients stop being all-reduced. ``fsdp``: FSDP2 modules of frozen layers
+gathered once and kept whole, so that they stop being all-gathered; DCP checkpoints; byte counts.
 """
 
 from .compile import compile_blocks, uncompile_blocks
