@@ -124,8 +124,12 @@ def test_resume_with_another_world_size_is_one_line(two_ranks, tmp_path):
 def test_bad_launch_is_one_line_per_process(tmp_path):
     proc, outputs = torchrun(tmp_path / "logs", *ARGS, "--batch-size", "51", "--out", tmp_path / "run")
     assert proc.returncode != 0 and not (tmp_path / "run").exists()
-    for _, err in outputs.values():
-        assert err.count("\n") == 1 and "divisible by the torchrun world size 2" in err, err
+    errors = [err for _, err in outputs.values()]
+    # Each rank finds the bad batch on its own; once one exits, torchrun stops the others, so a slower rank may be
+    # ended before it gets to say so (its stderr then empty): never a traceback, never more than the one line.
+    assert any(errors), errors
+    for err in errors:
+        assert err == "" or (err.count("\n") == 1 and "divisible by the torchrun world size 2" in err), err
 
 
 def test_launch_from_env():
