@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .accel.fuse import fuse_layer
 from .checks import check_int
 from .freezing import freeze_layer
 from .groups import check_layers, check_optimizer_layout
@@ -32,6 +33,8 @@ class FreezeOut:
     after ``optimizer.step()``. Right after construction the optimizer holds the LRs for ``t = 0``; after
     the ``s``-th ``step()`` those for ``t = s / total_steps``, and every layer with ``t_i <= t`` is frozen.
     Each group's LR at construction is its base LR (``lr / t_i`` when scaled), so per-group LRs work.
+    ``fuse`` (on by default) folds each frozen layer's BatchNorms into its convolutions for its training
+    forwards (``freezeout.accel.fuse``); the model's parameters, buffers and state_dict are untouched.
     """
 
     def __init__(
@@ -42,6 +45,7 @@ class FreezeOut:
         t0: float = 0.8,
         schedule: str = "cubic",
         scale_lr: bool = True,
+        fuse: bool = True,
     ) -> None:
         self.optimizer = optimizer
         self.layers = check_layers(layers)
@@ -49,6 +53,9 @@ class FreezeOut:
         self.t0 = validate_t0(t0)
         self.schedule = validate_schedule(schedule)
         self.scale_lr = bool(scale_lr)
+        if not isinstance(fuse, bool):
+            raise ValueError(f"fuse must be True or False, got {fuse!r}")
+        self.fuse = fuse
         check_optimizer_layout(optimizer, self.layers)
         self.times = freeze_times(len(self.layers), self.t0, self.schedule)
         # Like torch's LR schedulers: the LR found at first construction is the base, kept in the group
@@ -81,6 +88,8 @@ class FreezeOut:
         while self.num_frozen < due:
             i = self.num_frozen
             freeze_layer(self.layers[i], self.optimizer.param_groups[i], self.optimizer)
+            if self.fuse:
+                fuse_layer(self.layers[i])
             self.num_frozen += 1
             log.debug("froze layer %d at step %d (t=%.4f, t_i=%.4f)", i, self.step_count, self.progress, self.times[i])
 
