@@ -113,8 +113,9 @@ def main() -> None:
 
     for r in range(-1, args.repeats):  # round -1 warms up every k untimed
         for k in ks if r % 2 == 0 else reversed(ks):
-            set_frozen_prefix(plain, plain.layers, k)
-            set_frozen_prefix(split, split.layers, k)
+            # fuse=False: these curves (BENCHMARKS.md, "The ceiling") were measured before BatchNorm folding
+            set_frozen_prefix(plain, plain.layers, k, fuse=False)
+            set_frozen_prefix(split, split.layers, k, fuse=False)
             with torch.no_grad():  # the bound's prefix output, computed once (frozen: eval mode, no grad)
                 cached = x
                 for layer in plain.layers[:k]:
@@ -159,7 +160,7 @@ def _same_maths(plain: nn.Module, split: nn.Module, x: torch.Tensor, k: int) -> 
     """``Split`` must compute what the plain model does, outputs and gradients, up to float rounding."""
     got = {}
     for name, m in (("plain", plain), ("split", split)):
-        set_frozen_prefix(m, m.layers, k)
+        set_frozen_prefix(m, m.layers, k, fuse=False)
         m.zero_grad(set_to_none=True)
         out = m(x)
         out.square().mean().backward()

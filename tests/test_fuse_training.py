@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import io
+from dataclasses import replace
 from unittest import mock
 
 import pytest
@@ -165,3 +166,21 @@ def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
         step += 1
     (a, _), (b, _) = step_grads(True), step_grads(False)
     assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_the_fuse_setting_reaches_freezeout_from_the_command_line():
+    from freezeout.cli import build_parser
+    from freezeout.cli.common import config_from_args
+    from freezeout.experiment.config import TrainConfig
+    from freezeout.experiment.data import load_dataset
+    from freezeout.experiment.engine import Run
+
+    parse = build_parser().parse_args
+    config = config_from_args(parse(["train", "--out", "x", "--no-fuse", "--depth", "10", "--growth", "1"]))
+    assert config.fuse is False and config_from_args(parse(["train", "--out", "x"])).fuse is True
+    assert TrainConfig().differences(TrainConfig(fuse=False)) == ["fuse: True -> False"]  # resume refuses a mix
+    data = load_dataset("digits", None, 0)
+    assert Run(config, data, torch.device("cpu")).sched.fuse is False
+    assert Run(replace(config, fuse=True), data, torch.device("cpu")).sched.fuse is True
+    with pytest.raises(ValueError, match="fuse must be True or False"):
+        TrainConfig(fuse="yes").validate()

@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..accel.fuse import fuse_layer, unfuse_layer
 from ..checks import check_int
+from ..freezing import lock_eval, unlock_eval
 from ..groups import check_layers, param_groups, unwrap
 from ..measure import eval_mode, saved_tensor_bytes, sync
 from .cost import interpolate_step_times
@@ -64,15 +66,25 @@ def random_targets(model: nn.Module, example_input: torch.Tensor, seed: int = 0)
     return torch.randint(0, out.shape[1], (out.shape[0],), generator=g).to(out.device)
 
 
-def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int) -> None:
-    """Make the first ``k`` layers frozen and the others trainable, as ``freeze_layer`` would."""
+def set_frozen_prefix(model: nn.Module, layers: Sequence[nn.Module], k: int, fuse: bool = True) -> None:
+    """Make the first ``k`` layers frozen (eval mode locked, and fused if ``fuse``, as ``FreezeOut(fuse=...)``
+    leaves them) and the others trainable, as ``freeze_layer`` would."""
     model.train()
     for i, layer in enumerate(layers):
         for p in layer.parameters():
             p.requires_grad_(i >= k)
             if i < k:
                 p.grad = None
-        layer.train(i >= k)
+        if i < k:
+            lock_eval(layer)
+            if fuse:
+                fuse_layer(layer)
+            else:
+                unfuse_layer(layer)
+        else:
+            unfuse_layer(layer)
+            unlock_eval(layer)
+            layer.train()
 
 
 def train_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
@@ -103,6 +115,7 @@ def step_time_curve(
     device: str | torch.device | None = None,
     lr: float = 0.1,
     progress: Callable[[int], None] | None = None,
+    fuse: bool = True,
 ) -> dict[str, Any]:
     """Median training-step time ``T(k)`` with the first ``k`` layers frozen, on a copy of ``model``.
 
@@ -112,6 +125,7 @@ def step_time_curve(
     ``k = n`` and ``k = 0`` first, then ``warm_rounds`` untimed passes over every k, and ``settle`` untimed
     steps after every change of ``k``: a training run changes ``k`` a few dozen times in thousands of steps,
     so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
+    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``accel.fuse``), or plain.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes.
     """
     layers = check_layers(layers)
@@ -130,7 +144,7 @@ def step_time_curve(
     loss_fn = loss_fn or F.cross_entropy
     optimizer = make_optimizer(clone, clone_layers, lr)
     for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
-        set_frozen_prefix(clone, clone_layers, k)
+        set_frozen_prefix(clone, clone_layers, k, fuse)
         for _ in range(warmup):
             train_step(clone, optimizer, x, y, loss_fn)
     samples: dict[int, list[float]] = {k: [] for k in ks}
@@ -139,7 +153,7 @@ def step_time_curve(
     # training loop), which skewed T(0), the normaliser of every saving. Untimed rounds absorb it.
     for r in range(-warm_rounds, repeats):
         for k in ks if r % 2 == 0 else reversed(ks):  # alternate direction: drift hits every k alike
-            set_frozen_prefix(clone, clone_layers, k)
+            set_frozen_prefix(clone, clone_layers, k, fuse)
             for _ in range(settle):
                 train_step(clone, optimizer, x, y, loss_fn)
             sync(device)
@@ -153,7 +167,7 @@ def step_time_curve(
     measured = {k: statistics.median(v) for k, v in samples.items()}
     saved = {}
     for k in (0, n):
-        set_frozen_prefix(clone, clone_layers, k)
+        set_frozen_prefix(clone, clone_layers, k, fuse)
         saved[k] = saved_tensor_bytes(lambda: clone(x))[1]
     return {
         "ks": list(ks),

@@ -79,7 +79,7 @@ class Run:
         self.steps_per_epoch = len(self.train_batches)  # the last partial batch is a step too
         self.total_steps = c.epochs * self.steps_per_epoch
         self.sched = FreezeOut(
-            self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr
+            self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr, fuse=c.fuse
         )
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here

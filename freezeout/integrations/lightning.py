@@ -41,11 +41,19 @@ class FreezeOutCallback(pl.Callback):
 
     ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to
     call ``pl_module.freezable_layers()``. The optimizer must be built from
-    ``freezeout.param_groups(pl_module, layers)`` with the same layers. Logs ``freezeout/num_frozen``,
+    ``freezeout.param_groups(pl_module, layers)`` with the same layers. ``fuse``: as ``FreezeOut``'s (validation
+    runs in eval mode, so it always sees the real modules). Logs ``freezeout/num_frozen``,
     ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
     """
 
-    def __init__(self, layers: LayersArg = None, t0: float = 0.8, schedule: str = "cubic", scale_lr: bool = True):
+    def __init__(
+        self,
+        layers: LayersArg = None,
+        t0: float = 0.8,
+        schedule: str = "cubic",
+        scale_lr: bool = True,
+        fuse: bool = True,
+    ):
         super().__init__()
         if not (layers is None or callable(layers) or isinstance(layers, Sequence)):
             raise ValueError(
@@ -53,7 +61,7 @@ class FreezeOutCallback(pl.Callback):
                 f"pl_module -> list, got {type(layers).__name__}"
             )
         self.layers_arg = layers
-        self.t0, self.schedule, self.scale_lr = t0, schedule, scale_lr
+        self.t0, self.schedule, self.scale_lr, self.fuse = t0, schedule, scale_lr, fuse
         self.controller: FreezeOut | None = None
         self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
 
@@ -99,6 +107,7 @@ class FreezeOutCallback(pl.Callback):
                 t0=self.t0,
                 schedule=self.schedule,
                 scale_lr=self.scale_lr,
+                fuse=self.fuse,
             )
         except ValueError as exc:
             raise ValueError(
