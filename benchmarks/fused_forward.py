@@ -39,6 +39,7 @@ from freezeout import compile_blocks, freeze_layer, param_groups
 from freezeout.accel.fuse import fuse_layer
 from freezeout.experiment.models import build_example, densenet
 from freezeout.experiment.runfiles import atomic_json
+from freezeout.measure import sync
 
 
 def frozen_copy(model: nn.Module, fuse: bool) -> tuple[nn.Module, list[nn.Module], torch.optim.Optimizer]:
@@ -71,11 +72,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--compile", action="store_true", help="also time compile_blocks (inductor) on the fused copy")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/fused_forward_MODEL.json")
     args = ap.parse_args()
     model, x = build_example(args.model, args.depth, args.width, 10, (3, 32, 32), args.batch, args.channels_last)
     randomise_bn(model)
-    y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(1))
+    model, x = model.to(args.device), x.to(args.device)
+    y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(1)).to(args.device)
     dense = args.model == "densenet-bc"
     no_fast = mock.patch.object(densenet, "_fast", lambda layer: False)
     variants: dict[str, tuple] = {"plain": (*frozen_copy(model, False), contextlib.nullcontext)}
@@ -120,8 +123,10 @@ def main() -> None:
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             for kind, fn in (("forward", prefix), ("step", step)):
                 for name in order:
+                    sync(args.device)
                     start = time.perf_counter()
                     fn(name)
+                    sync(args.device)
                     if r >= 0:
                         samples[(t, kind, name)].append(time.perf_counter() - start)
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
@@ -132,6 +137,7 @@ def main() -> None:
         "channels_last": args.channels_last,
         "rounds": args.rounds,
         "torch": torch.__version__,
+        "device": args.device,
         "diffs": diffs,
         "timings": [],
     }

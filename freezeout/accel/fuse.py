@@ -117,8 +117,8 @@ class _FoldedForward:
         self.shadow, self.fold, self.module = shadow, fold, module
         self.previous = module.__dict__.get("forward")  # an instance forward to restore and call, or None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        fold = self.fold
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: module(input=x) works too
+        x, fold = input, self.fold
         if self.shadow.on and x.dim() == fold.pair.rank:
             if self.module is fold.pair.bn:
                 return x
