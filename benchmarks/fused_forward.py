@@ -120,6 +120,7 @@ def main() -> None:
     for r in range(-2, args.rounds):  # two untimed rounds: allocator, kernels, compiled graphs
         for t in args.threads:
             torch.set_num_threads(t)
+            prefix("plain")  # untimed: the first op after a change of thread count pays for the new thread pool
             order = list(variants) if r % 2 == 0 else list(reversed(variants))
             for kind, fn in (("forward", prefix), ("step", step)):
                 for name in order:
