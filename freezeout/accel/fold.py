@@ -148,32 +148,34 @@ def fold_pairs(layer: nn.Module, traceable: bool = True) -> list[FoldPair]:
     return _sequential_pairs(layer)
 
 
+def _double(t: torch.Tensor | None) -> torch.Tensor | None:
+    # float64 where the device has it (MPS has not): the fold is rounded once, to the weight's dtype
+    return None if t is None else t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
 def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """The BatchNorm's fixed map ``y = s * x + t`` per channel, in float64."""
-    s = torch.rsqrt(bn.running_var.double() + bn.eps)
+    s = torch.rsqrt(_double(bn.running_var) + bn.eps)
     if bn.weight is not None:
-        s = s * bn.weight.double()
-    t = -bn.running_mean.double() * s
+        s = s * _double(bn.weight)
+    t = -_double(bn.running_mean) * s
     if bn.bias is not None:
-        t = t + bn.bias.double()
+        t = t + _double(bn.bias)
     return s, t
 
 
-def _double(t: torch.Tensor | None) -> torch.Tensor | None:
-    return None if t is None else t.double()
-
-
 def folded_weights(pair: FoldPair) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight and bias (float64, no autograd history) of ``pair.target`` with the BatchNorm folded in."""
+    """Weight and bias (float64, no autograd history) of ``pair.target`` with the BatchNorm folded in; the caller
+    rounds them to the weight's dtype."""
     bn, target = pair.bn, pair.target
     with torch.no_grad():
-        w, b = target.weight.double(), _double(target.bias)
-        stats = (bn.running_mean.double(), bn.running_var.double(), bn.eps)
+        w, b = _double(target.weight), _double(target.bias)
+        stats = (_double(bn.running_mean), _double(bn.running_var), bn.eps)
         if pair.kind == "conv-bn":
             return tuple(t.detach() for t in fuse_conv_bn_weights(w, b, *stats, _double(bn.weight), _double(bn.bias)))
         if pair.kind == "linear-bn":
-            gamma = torch.ones_like(stats[0]) if bn.weight is None else bn.weight.double()
-            beta = torch.zeros_like(stats[0]) if bn.bias is None else bn.bias.double()
+            gamma = torch.ones_like(stats[0]) if bn.weight is None else _double(bn.weight)
+            beta = torch.zeros_like(stats[0]) if bn.bias is None else _double(bn.bias)
             return tuple(t.detach() for t in fuse_linear_bn_weights(w, b, *stats, gamma, beta))
         # BN -> conv: input channel j of output o is channel (o's group) * in_per_group + j of the BatchNorm
         s, t = _affine(bn)

@@ -75,14 +75,13 @@ class _Fold:
         return {"pair": self.pair, "weight": None, "bias": None, "_sources": [], "_stamp": ()}
 
 
+def _layout(t: torch.Tensor) -> tuple:
+    return t.shape, t.dtype, t.device, t.stride()
+
+
 def _store(old: torch.Tensor | None, value: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    same = old is not None and (old.shape, old.dtype, old.device, old.stride()) == (
-        fresh.shape,
-        fresh.dtype,
-        fresh.device,
-        fresh.stride(),
-    )
-    out = old if same else fresh  # empty_like keeps the source weight's memory format (channels_last)
+    # ``fresh`` comes from empty_like(source weight): its dtype, device and memory format (channels_last)
+    out = old if old is not None and _layout(old) == _layout(fresh) else fresh
     return out.copy_(value)
 
 
