@@ -1,6 +1,9 @@
 """How far can FreezeOut's saving go on this hardware? Three step-time curves of DenseNet-BC, side by side.
 
-- **freezeout**: the first ``k`` layers frozen as ``FreezeOut`` freezes them (no backward, eval-mode forward);
+- **freezeout**: the first ``k`` layers frozen as ``FreezeOut(fuse=False)`` freezes them (no backward, eval-mode
+  forward);
+- **fused**: the same as ``FreezeOut`` does by default: frozen layers' BatchNorms folded into their convs, and
+  DenseNet-BC's frozen fast path (``accel.fuse``, ``experiment/models/densenet.py``);
 - **split**: the same, plus no input gradient for frozen channels inside a dense block (``Split``, a lever
   beyond the paper: in a partly frozen block every trainable layer reads the concatenation of frozen and
   trainable features, and autograd forms the ReLU and BatchNorm input gradient of all of it, then drops
@@ -9,10 +12,11 @@
   No implementation that still runs the frozen layers on each new batch (which augmentation requires)
   can beat it, so its saving bounds every way of making frozen layers cheaper.
 
-The three models share weights; their steps alternate round-robin per ``k`` (medians), and each curve is
-integrated over the four strategies' schedules like the calibrated estimate.
+The models share weights; their steps alternate round-robin per ``k`` (medians), and each curve is integrated
+over the four strategies' schedules like the calibrated estimate.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/saving_bound.py          # ~10 min on this CPU
+    PYTHONPATH=. .venv/bin/python benchmarks/saving_bound.py                           # ~13 min on this CPU
+    PYTHONPATH=. .venv/bin/python benchmarks/saving_bound.py --curves freezeout fused  # folding alone, ~6 min
 """
 
 from __future__ import annotations
@@ -88,23 +92,30 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/saving_bound.json"))
+    curves = ("freezeout", "fused", "split", "bound")
+    ap.add_argument("--curves", nargs="+", choices=curves, default=list(curves), help="(freezeout is always in)")
     args = ap.parse_args()
+    names = ["freezeout", *(c for c in curves if c in args.curves and c != "freezeout")]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = DenseNetBC(args.depth, 12)
     split = Split(args.depth, 12)
     split.load_state_dict(plain.state_dict())
+    fused = DenseNetBC(args.depth, 12)
+    fused.load_state_dict(plain.state_dict())
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
     if args.channels_last:
         plain.to(memory_format=torch.channels_last)
         split.to(memory_format=torch.channels_last)
+        fused.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     n = len(plain.layers)
     ks = default_ks(n, args.points)
     check = _same_maths(plain, split, x, k=min(5, n - 1))
     opts = {"freezeout": make_optimizer(plain, plain.layers), "split": make_optimizer(split, split.layers)}
-    samples: dict[str, dict[int, list[float]]] = {name: {k: [] for k in ks} for name in ("freezeout", "split", "bound")}
+    opts["fused"] = make_optimizer(fused, fused.layers)
+    samples: dict[str, dict[int, list[float]]] = {name: {k: [] for k in ks} for name in names}
 
     def timed(step) -> float:
         step()  # settle: the first step after a change of k pays one-off costs
@@ -114,22 +125,25 @@ def main() -> None:
 
     for r in range(-1, args.repeats):  # round -1 warms up every k untimed
         for k in ks if r % 2 == 0 else reversed(ks):
-            set_frozen_prefix(plain, plain.layers, k)
-            set_frozen_prefix(split, split.layers, k)
+            # fuse=False but for "fused": the other curves are those of BENCHMARKS.md's "The ceiling", before folding
+            set_frozen_prefix(plain, plain.layers, k, fuse=False)
+            set_frozen_prefix(split, split.layers, k, fuse=False)
+            set_frozen_prefix(fused, fused.layers, k, fuse=True)
+            cached = x
             with torch.no_grad():  # the bound's prefix output, computed once (frozen: eval mode, no grad)
-                cached = x
-                for layer in plain.layers[:k]:
+                for layer in plain.layers[:k] if "bound" in names else ():
                     cached = layer(cached)
             rest = nn.Sequential(*plain.layers[k:], plain.head, plain.fc)  # the forward of layers k.. and head
             steps = {
                 "freezeout": lambda: train_step(plain, opts["freezeout"], x, y, F.cross_entropy),
+                "fused": lambda: train_step(fused, opts["fused"], x, y, F.cross_entropy),
                 "split": lambda: train_step(split, opts["split"], x, y, F.cross_entropy),
                 "bound": lambda rest=rest, cached=cached: train_step(
                     rest, opts["freezeout"], cached, y, F.cross_entropy
                 ),
             }
-            for name, step in steps.items():
-                t = timed(step)
+            for name in names if (r + k) % 2 == 0 else reversed(names):  # alternate which comes first
+                t = timed(steps[name])
                 if r >= 0:
                     samples[name][k].append(t)
         print(f"round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
@@ -160,7 +174,7 @@ def _same_maths(plain: nn.Module, split: nn.Module, x: torch.Tensor, k: int) -> 
     """``Split`` must compute what the plain model does, outputs and gradients, up to float rounding."""
     got = {}
     for name, m in (("plain", plain), ("split", split)):
-        set_frozen_prefix(m, m.layers, k)
+        set_frozen_prefix(m, m.layers, k, fuse=False)
         m.zero_grad(set_to_none=True)
         out = m(x)
         out.square().mean().backward()

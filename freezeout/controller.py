@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from .accel.fuse import fuse_layer
 from .checks import check_int
 from .freezing import freeze_layer
 from .groups import group_owners
@@ -38,6 +39,8 @@ class FreezeOut:
     not change. The first training forward after construction and after each freeze is checked (see
     ``freezeout.guard``): layers out of forward order or tied to the rest raise ``ValueError``; a trainable
     tensor flowing into frozen layers is a ``FrozenInputWarning`` (``strict=True``: ``ValueError``).
+    ``fuse`` (on by default) folds each frozen layer's BatchNorms into its convolutions for its training
+    forwards (``freezeout.accel.fuse``); the model's parameters, buffers and state_dict are untouched.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class FreezeOut:
         *,
         warmup_steps: int = 0,
         strict: bool = False,
+        fuse: bool = True,
     ) -> None:
         self.optimizer = optimizer
         self.layers = check_layers(layers)
@@ -61,6 +65,9 @@ class FreezeOut:
         self.scale_lr = bool(scale_lr)
         self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
         self.strict = bool(strict)
+        if not isinstance(fuse, bool):
+            raise ValueError(f"fuse must be True or False, got {fuse!r}")
+        self.fuse = fuse
         self._owners = group_owners(optimizer, self._layers)
         self.times = freeze_times(len(self._layers), self.t0, self.schedule)
         # Like torch's LR schedulers: the LR found at first construction is the base, kept in the group
@@ -124,6 +131,9 @@ class FreezeOut:
             i = self.num_frozen
             groups = [g for g, owner in zip(self.optimizer.param_groups, self._owners) if owner == i]
             freeze_layer(self._layers[i], groups, self.optimizer)
+            if self.fuse:
+                for m in self._layers[i].modules:
+                    fuse_layer(m)
             self.num_frozen += 1
             log.debug("froze layer %d at step %d (t=%.4f, t_i=%.4f)", i, self.step_count, self.progress, self.times[i])
         if froze:

@@ -9,24 +9,49 @@ from torch import nn
 
 from .layers import Layer, LayerLike, as_layers
 
-__all__ = ["freeze_layer", "is_frozen"]
+__all__ = ["freeze_layer", "is_frozen", "lock_eval", "training_requested", "unlock_eval"]
 
 
 class _EvalLock:
     """Replaces a frozen module's ``train`` so ``model.train()`` cannot put it back in training mode.
 
-    A class, not a closure, so a model holding one still pickles (``torch.save(model)``, deepcopy).
+    It remembers the mode asked for (``requested``): a frozen layer runs in eval mode either way, but
+    ``accel.fuse`` runs its folded forward only while the model around it is training, never after
+    ``model.eval()``. A class, not a closure, so a model holding one still pickles (``torch.save``, deepcopy).
     """
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, requested: bool = True) -> None:
         self.module = module
+        self.requested = requested
 
     def __call__(self, mode: bool = True) -> nn.Module:
+        self.requested = bool(mode)
         return nn.Module.train(self.module, False)
 
 
 def is_frozen(module: nn.Module) -> bool:
     return isinstance(module.__dict__.get("train"), _EvalLock)
+
+
+def lock_eval(module: nn.Module) -> None:
+    """Put ``module`` in eval mode and keep it there through ``model.train()`` (a no-op if locked already)."""
+    if not is_frozen(module):
+        requested = module.training  # the mode the model is in now, until its next train()/eval()
+        module.train(False)
+        module.train = _EvalLock(module, requested)
+
+
+def unlock_eval(module: nn.Module) -> None:
+    """Undo ``lock_eval``: ``train()`` works again and the module takes the mode last asked for."""
+    if is_frozen(module):
+        lock = module.__dict__.pop("train")
+        module.train(lock.requested)
+
+
+def training_requested(module: nn.Module) -> bool:
+    """Whether the model asked ``module`` to train: its own mode, or for a locked one the mode its lock refused."""
+    lock = module.__dict__.get("train")
+    return lock.requested if isinstance(lock, _EvalLock) else module.training
 
 
 def freeze_layer(layer: LayerLike | Layer, groups: dict[str, Any] | Sequence[dict[str, Any]], optimizer: Any) -> None:
@@ -50,5 +75,4 @@ def freeze_layer(layer: LayerLike | Layer, groups: dict[str, Any] | Sequence[dic
     for group in groups:
         group["lr"] = 0.0
     for m in item.modules:
-        m.train(False)
-        m.train = _EvalLock(m)
+        lock_eval(m)

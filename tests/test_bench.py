@@ -96,3 +96,27 @@ def test_warm_rounds_are_run_but_not_recorded(tiny):
     assert all(len(v) == 2 for v in curve["samples"].values())
     with pytest.raises(ValueError, match="warm_rounds must be an integer >= 0"):
         step_time_curve(tiny, tiny.layers, torch.randn(2, 3, 8, 8), warm_rounds=-1)
+
+
+def test_compare_fuse_runs_every_row_both_ways_each_against_its_own_curve(tiny, monkeypatch):
+    import freezeout.analysis.bench as bench
+
+    fused_runs = []
+    real_loop = bench._loop
+    monkeypatch.setattr(bench, "_loop", lambda *a: fused_runs.append(a[-1]) or real_loop(*a))
+    config = BenchConfig(steps=4, repeats=1, curve_repeats=1, t0s=[0.5], overhead_calls=1, compare_fuse=True)
+    done = []
+    result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
+    assert sum(done) == total_work(config, 4)
+    assert [(r["name"], r["fuse"]) for r in result["rows"]] == [
+        ("cubic-scaled-0.5-fused", True),
+        ("cubic-scaled-0.5-plain", False),
+    ]
+    assert sorted(fused_runs[1:]) == [False, True, True]  # after the warm-up: baseline, one run per setting
+    # by hand: cubic t_i = 0.125, 0.244, 0.422, 0.670 over 4 steps: step 0 runs with none frozen, step 1 with
+    # 2 (t = 0.25), step 2 with 3, step 3 with all 4
+    for row, curve in zip(result["rows"], ("fused", "plain")):
+        t = result["curves"][curve]["step_times"]
+        assert row["ideal_saving"] == pytest.approx(1 - (t[0] + t[2] + t[3] + t[4]) / (4 * t[0]))
+    with pytest.raises(ValueError, match="compare_fuse must be True or False"):
+        BenchConfig(compare_fuse=1).validate()

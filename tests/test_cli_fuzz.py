@@ -51,6 +51,7 @@ SWITCHES = [
     "--channels-last",
     "--no-channels-last",
     "--bf16",
+    "--no-fuse",
     "--resume",
     "--no-progress",
 ]
@@ -91,7 +92,7 @@ COMMANDS = {
     "estimate": (
         TINY_MODEL,
         {**MODEL_FLAGS, "--repeats": ["1", "2"], "--curve-points": ["0", "2", "3", "1000"]},
-        ["--calibrate", "--linear-correction", "--json", "--scale-lr", "--no-scale-lr"],
+        ["--calibrate", "--linear-correction", "--json", "--scale-lr", "--no-scale-lr", "--no-fuse"],
     ),
     "bench": (
         [*TINY_MODEL, "--steps", "2", "--repeats", "1", "--curve-repeats", "1", "--curve-points", "2", "--quiet"],
@@ -104,7 +105,7 @@ COMMANDS = {
             "--seed": SEEDS,
             "--out": ["{tmp}/b.json", "{tmp}", "{tmp}/file.txt/b.json", ""],
         },
-        ["--quiet", "--scale-lr", "--no-scale-lr"],
+        ["--quiet", "--scale-lr", "--no-scale-lr", "--no-fuse", "--compare-fuse"],
     ),
     "plot": (
         ["--out", "{tmp}/fig", "--figure", "2"],

@@ -25,10 +25,10 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def run(model, layers, steps=STEPS, t0=0.2):
+def run(model, layers, steps=STEPS, t0=0.2, fuse=True):
     """FreezeOut (linear, t0=0.2) to the end: layers freeze one by one, on distinct steps."""
     opt = torch.optim.SGD(param_groups(model, layers), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    sched = FreezeOut(opt, layers, total_steps=steps, t0=t0, schedule="linear")
+    sched = FreezeOut(opt, layers, total_steps=steps, t0=t0, schedule="linear", fuse=fuse)
     frozen_per_step = []
     for step in range(steps):
         g = torch.Generator().manual_seed(step)
@@ -52,11 +52,12 @@ def recompile_limit_hit() -> bool:
 
 
 def test_whole_model_compile_runs_out_of_recompiles_when_layers_freeze():
-    # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8.
+    # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8. Without fusion, whose
+    # per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces: worse still.
     model = densenet()
     cnt = CompileCounter()
     compiled = torch.compile(model, backend=cnt)
-    run_whole = run(compiled, model.layers)
+    run_whole = run(compiled, model.layers, fuse=False)
     assert run_whole[-1] == 9
     assert cnt.frame_count == 8 and recompile_limit_hit()
 

@@ -14,17 +14,21 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from freezeout import FreezeOut, param_groups
 from freezeout.accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
+from freezeout.accel.fuse import is_fused
 
 TOTAL = 10
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool) -> None:
+def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool, resnet: bool) -> None:
+    from freezeout.experiment.models import ResNet
     from tests.helpers.models import TinyNet, batch, leave_process_group
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = TinyNet()
+    # ResNet-8 for the rewrap: every frozen layer folds its BatchNorms (TinyNet's BN -> zero-padded conv does
+    # not), and each rewrap's broadcast rewrites the frozen tensors in place, so the folds are rebuilt from them
+    model = ResNet(8, 4) if resnet else TinyNet()
     counter = AllReduceCounter()
     ddp = DDP(model, find_unused_parameters=not rewrap)
     ddp.register_comm_hook(counter, counting_allreduce_hook)
@@ -49,14 +53,16 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool) -
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     params = [name for name, _ in model.named_parameters()]
     out = {"state": state, "params": params, "rows": rows, "frozen_at": frozen_at, "total": total}
+    out["fused"] = [is_fused(layer) for layer in model.layers]
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     del ddp
     leave_process_group()
 
 
-def spawn(tmp_path, rewrap: bool):
+def spawn(tmp_path, rewrap: bool, resnet: bool = False):
     world = 2
-    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path), rewrap), nprocs=world, join=True)
+    args = (world, str(tmp_path / "init"), str(tmp_path), rewrap, resnet)
+    mp.spawn(_worker, args=args, nprocs=world, join=True)
     return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
@@ -73,8 +79,9 @@ def check_sync_and_frozen(r0, r1):
 
 
 def test_rewrapped_ddp_all_reduces_only_trainable_parameters(tmp_path):
-    r0, r1 = spawn(tmp_path, rewrap=True)
+    r0, r1 = spawn(tmp_path, rewrap=True, resnet=True)
     check_sync_and_frozen(r0, r1)
+    assert r0["fused"] == r1["fused"] == [True] * 4  # the frozen blocks ran folded
     rows = r0["rows"]
     assert rows == r1["rows"]
     for row in rows:

@@ -10,6 +10,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch")
 
 import freezeout  # noqa: E402
+from freezeout.accel.fuse import is_fused  # noqa: E402
 from freezeout.integrations.lightning import FreezeOutCallback  # noqa: E402
 
 # Lightning's advice for tiny CPU runs, not problems of the code under test.
@@ -107,6 +108,8 @@ def test_lrs_follow_the_schedule_and_frozen_layers_stay_bit_identical():
         now = model.freezable_layers()[i].state_dict()
         assert all(torch.equal(v, now[k]) for k, v in snap.items()), f"layer {i} moved after freezing"
         assert freezeout.is_frozen(model.freezable_layers()[i])
+    # every block's Conv -> BN ran folded (the stem has no BatchNorm): the checks above held with folding on
+    assert [is_fused(layer) for layer in model.freezable_layers()] == [False, True, True, True]
 
 
 def test_gradient_accumulation_counts_optimizer_steps():

@@ -56,6 +56,12 @@ class BenchConfig:
     seed: int = 0
     device: str = "cpu"
     overhead_calls: int = 2000  # sched.step() calls timed on their own (microseconds each)
+    fuse: bool = True  # FreezeOut's default: frozen layers' BatchNorms folded (accel.fuse)
+    compare_fuse: bool = False  # also every row with the other fuse setting, in the same alternating rounds
+
+    @property
+    def fuse_modes(self) -> list[bool]:
+        return [self.fuse, not self.fuse] if self.compare_fuse else [self.fuse]
 
     def validate(self) -> BenchConfig:
         for name in ("steps", "repeats", "curve_repeats", "overhead_calls"):
@@ -66,6 +72,9 @@ class BenchConfig:
         for schedule, _ in self.strategies:
             validate_schedule(schedule)
         self.t0s = [validate_t0(t) for t in self.t0s]
+        for name in ("fuse", "compare_fuse"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         return self
 
 
@@ -77,11 +86,12 @@ def _loop(
     t0: float,
     schedule: str,
     scale_lr: bool,
+    fuse: bool = True,
 ) -> dict[str, float]:
     """One timed training run from a fresh copy of the template; returns its seconds."""
     model, layers = copy_model(*template)
     optimizer = make_optimizer(model, layers, config.lr)
-    sched = FreezeOut(optimizer, layers, config.steps, t0=t0, schedule=schedule, scale_lr=scale_lr)
+    sched = FreezeOut(optimizer, layers, config.steps, t0=t0, schedule=schedule, scale_lr=scale_lr, fuse=fuse)
     cuda = torch.device(config.device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(config.device)
@@ -164,42 +174,51 @@ def run_bench(
         x = map_tensors(example_input, redraw)
         y = random_targets(template[0], x, seed=config.seed + i) if target is None else target.to(device)
         data.append((x, y))
-    runs = [("baseline", 1.0, "cubic", True)] + [
-        (f"{strategy_name(s, sc)}-{t0:g}", t0, s, sc) for s, sc in config.strategies for t0 in config.t0s
-    ]
+    modes = config.fuse_modes
+    suffix = {True: "-fused", False: "-plain"} if len(modes) > 1 else {modes[0]: ""}
+    runs = [("baseline", 1.0, "cubic", True, modes[0])] + [
+        (f"{strategy_name(s, sc)}-{t0:g}{suffix[f]}", t0, s, sc, f)
+        for f in modes
+        for s, sc in config.strategies
+        for t0 in config.t0s
+    ]  # the baseline freezes nothing: fusion cannot change it
     warm = BenchConfig(**{**asdict(config), "steps": 2})
     _loop(template, data, loss_fn, warm, 1.0, "cubic", True)  # first-run costs land outside the timings
     results: dict[str, list] = {name: [] for name, *_ in runs}
-    slices = []
+    slices: dict[bool, list] = {f: [] for f in modes}
     for r in range(config.repeats):
         # A slice of the step-time curve before each repeat of the runs, not the whole curve first: this
         # machine's speed drifted ~10 % over a 20-minute table, and a curve taken in one phase and runs in
         # another made ideal and realized disagree (realized/ideal 0.73-0.92 in one such run).
         first = r == 0
-        slices.append(
-            step_time_curve(
-                model, layers, example_input, target=target, loss_fn=loss_fn, ks=default_ks(n, config.curve_points),
-                repeats=_curve_slice(config), warmup=2 if first else 0, warm_rounds=1 if first else 0, device=device,
-                lr=config.lr, progress=progress,
-            )
-        )  # fmt: skip
+        for f in modes if r % 2 == 0 else reversed(modes):
+            slices[f].append(
+                step_time_curve(
+                    model, layers, example_input, target=target, loss_fn=loss_fn,
+                    ks=default_ks(n, config.curve_points), repeats=_curve_slice(config), warmup=2 if first else 0,
+                    warm_rounds=1 if first else 0, device=device, lr=config.lr, progress=progress, fuse=f,
+                )
+            )  # fmt: skip
         shift = r % len(runs)  # rotate the order so no run always follows the same neighbour
-        for name, t0, schedule, scale in runs[shift:] + runs[:shift]:
-            results[name].append(_loop(template, data, loss_fn, config, t0, schedule, scale))
+        for name, t0, schedule, scale, f in runs[shift:] + runs[:shift]:
+            results[name].append(_loop(template, data, loss_fn, config, t0, schedule, scale, f))
             if progress:
                 progress(config.steps)
-    curve = _merge_curves(slices, n)
+    curves = {f: _merge_curves(slices[f], n) for f in modes}
+    curve = curves[modes[0]]
     base = _median_runs(results["baseline"])
     step_time = base["seconds"] / config.steps
     per_call = _sched_step_seconds(template, config)
     rows = []
-    for name, t0, schedule, scale in runs[1:]:
+    for name, t0, schedule, scale, f in runs[1:]:
         times = freeze_times(n, t0, schedule)
-        row = predict(flops, rest, t0, schedule, scale, linear_correction=True, step_times=curve["step_times"])
+        steps_f = curves[f]["step_times"]
+        row = predict(flops, rest, t0, schedule, scale, linear_correction=True, step_times=steps_f)
         med = _median_runs(results[name])
         row.update(
             name=name,
-            ideal_saving=integrate_step_times(curve["step_times"], times, config.steps)["saving"],
+            fuse=f,
+            ideal_saving=integrate_step_times(steps_f, times, config.steps)["saving"],
             realized_saving=1.0 - med["seconds"] / base["seconds"],
             seconds=med["seconds"],
             runs_seconds=med["runs_seconds"],
@@ -228,6 +247,10 @@ def run_bench(
         "step_times": curve["step_times"],
         "curve_ks": curve["ks"],
         "curve_samples": curve["samples"],
+        "curves": {
+            ("fused" if f else "plain"): {"step_times": c["step_times"], "samples": c["samples"]}
+            for f, c in curves.items()
+        },
         "baseline": {**base, "step_seconds": step_time},
         "sched_step": {"seconds_per_call": per_call, "fraction_of_step": per_call / step_time},
         "memory": memory,
@@ -261,5 +284,6 @@ def _merge_curves(slices: list[dict[str, Any]], n: int) -> dict[str, Any]:
 def total_work(config: BenchConfig, num_layers: int) -> int:
     """Steps ``run_bench`` reports through ``progress``."""
     timed = config.repeats * _curve_slice(config)
-    curve = len(default_ks(num_layers, config.curve_points)) * (timed + 1)  # + the warm round
-    return curve + config.repeats * config.steps * (1 + len(config.strategies) * len(config.t0s))
+    modes = len(config.fuse_modes)
+    curve = modes * len(default_ks(num_layers, config.curve_points)) * (timed + 1)  # + the warm round
+    return curve + config.repeats * config.steps * (1 + modes * len(config.strategies) * len(config.t0s))

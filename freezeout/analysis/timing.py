@@ -16,7 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..accel.fuse import fuse_layer, unfuse_layer
 from ..checks import check_int
+from ..freezing import lock_eval, unlock_eval
 from ..guard import Probe
 from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
@@ -28,16 +30,24 @@ from .workload import LossFn, copy_model, make_optimizer, model_loss, random_tar
 __all__ = ["default_ks", "set_frozen_prefix", "step_time_curve"]
 
 
-def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int) -> None:
-    """Make the first ``k`` layers frozen and the others trainable, as ``freeze_layer`` would."""
+def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int, fuse: bool = True) -> None:
+    """Make the first ``k`` layers frozen (eval mode locked, and fused if ``fuse``, as ``FreezeOut(fuse=...)``
+    leaves them) and the others trainable, as ``freeze_layer`` would."""
     model.train()
     for layer in as_layers(layers):
+        frozen = layer.index < k
         for p in layer.parameters():
-            p.requires_grad_(layer.index >= k)
-            if layer.index < k:
+            p.requires_grad_(not frozen)
+            if frozen:
                 p.grad = None
         for m in layer.modules:
-            m.train(layer.index >= k)
+            if frozen:
+                lock_eval(m)
+                fuse_layer(m) if fuse else unfuse_layer(m)
+            else:
+                unfuse_layer(m)
+                unlock_eval(m)
+                m.train()
 
 
 def default_ks(n: int, max_points: int = 41) -> list[int]:
@@ -62,6 +72,7 @@ def step_time_curve(
     device: str | torch.device | None = None,
     lr: float = 0.1,
     progress: Callable[[int], None] | None = None,
+    fuse: bool = True,
 ) -> dict[str, Any]:
     """Median training-step time ``T(k)`` with the first ``k`` layers frozen, on a copy of ``model``.
 
@@ -74,6 +85,7 @@ def step_time_curve(
     ``k = n`` and ``k = 0`` first, then ``warm_rounds`` untimed passes over every k, and ``settle`` untimed
     steps after every change of ``k``: a training run changes ``k`` a few dozen times in thousands of steps,
     so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
+    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``accel.fuse``), or plain.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes of the
     forward pass (``saved_bytes``: none and all frozen; ``saved_bytes_by_k``: also half, ``n // 2``, if measured).
     """
@@ -98,7 +110,7 @@ def step_time_curve(
     def set_k(k: int, steps: int) -> None:
         """The first ``k`` layers frozen, then ``steps`` untimed steps; the first (or one more forward) is the
         guard's pass, as after a freeze in ``FreezeOut``."""
-        set_frozen_prefix(clone, clone_layers, k)
+        set_frozen_prefix(clone, clone_layers, k, fuse)
         probe.arm(k)
         if steps:
             train_step(clone, optimizer, x, y, loss_fn)

@@ -33,6 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="k values measured, rest interpolated (default 41)",
     )
     b.add_argument("--seed", type=int_in(0, MAX_SEED), default=0, help="seed of the random data (default 0)")
+    b.add_argument(
+        "--compare-fuse",
+        action="store_true",
+        help="also run every row with the other --fuse setting, alternating in the same rounds (twice the time)",
+    )
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         curve_points=args.curve_points,
         seed=args.seed,
         device=args.device,
+        fuse=args.fuse,
+        compare_fuse=args.compare_fuse,
     ).validate()
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
         result = run_bench(model, layers, x, config, progress=bar.update, flops=layer_flops_meta(model, layers, x))
@@ -79,13 +86,14 @@ def run(args: argparse.Namespace) -> int:
         f"baseline {base['seconds']:.2f} s ({1e3 * base['step_seconds']:.1f} ms/step)"
     )
     print(
-        f"{'schedule':<8} {'LR':<8} {'t0':>5} {'paper':>7} {'paper*':>7} {'calibr.':>7} {'ideal':>7} "
+        f"{'schedule':<8} {'LR':<8} {'t0':>5} {'fuse':>5} {'paper':>7} {'paper*':>7} {'calibr.':>7} {'ideal':>7} "
         f"{'realized':>8} {'real/ideal':>10} {'sched.step':>10}"
     )
     for row in result["rows"]:
         ratio = row["realized_saving"] / row["ideal_saving"] if row["ideal_saving"] else float("nan")
         print(
             f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f} "
+            f"{'on' if row['fuse'] else 'off':>5} "
             f"{pct(row['paper_saving'])} {pct(row['paper_saving_corrected'])} {pct(row['calibrated_saving'])} "
             f"{pct(row['ideal_saving'])} {pct(row['realized_saving']):>8} {ratio:>10.3f} "
             f"{100 * row['sched_step_fraction']:>9.3f}%"

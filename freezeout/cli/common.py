@@ -164,6 +164,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         action="store_true",
         help="torch.compile each freezable layer (recompiles bounded; see docs/COMPILE.md)",
     )
+    g.add_argument(
+        "--fuse",
+        action=argparse.BooleanOptionalAction,
+        default=d.fuse,
+        help="fold frozen layers' BatchNorms into their convs for training steps, exact up to float rounding "
+        "(default: on)",
+    )
     return groups
 
 

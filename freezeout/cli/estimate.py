@@ -28,6 +28,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default=True,
         help="channels_last (NHWC) layout, as the trainer uses by default (default: on)",
     )
+    m.add_argument(
+        "--fuse",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="frozen layers' BatchNorms folded into their convs, as FreezeOut does by default (default: on)",
+    )
     s = p.add_argument_group("strategies (rows: every schedule x scaling x t0)")
     s.add_argument(
         "--schedule", nargs="+", default=["cubic"], choices=(*SCHEDULES, "all"), help="'all': the 4 strategies"
@@ -100,7 +106,7 @@ def _probe(model: Any, shape: tuple[int, int, int], args: argparse.Namespace) ->
 
 
 def model_record(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("model", "depth", "growth", "num_classes", "channels_last")
+    keys = ("model", "depth", "growth", "num_classes", "channels_last", "fuse")
     return {"name" if k == "model" else k: getattr(args, k) for k in keys}
 
 
@@ -146,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
         ks = default_ks(len(layers), args.curve_points)
         with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=args.json) as bar:
-            curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update)
+            curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
     rows = [
         predict(
             flops,

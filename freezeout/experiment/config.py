@@ -49,6 +49,9 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
     compile: bool = False  # per-layer torch.compile (compile_blocks): a speed option that costs compile time up front
+    # Frozen layers' BatchNorms folded into their convs (FreezeOut's default). It changes results by float rounding
+    # (~1e-6 relative per frozen layer), so like every field here a resumed run must use the original's setting.
+    fuse: bool = True
     # A NaN/inf loss: "stop" ends the run at the epoch's end, keeping the last good checkpoint (a diverged run
     # rarely recovers, and it costs no host sync per step); "skip" drops such batches (one sync per step).
     nonfinite: str = "stop"
@@ -80,7 +83,7 @@ class TrainConfig:
         check_number("weight_decay", c.weight_decay, 0.0, FLOAT32_MAX)
         validate_schedule(c.schedule)
         validate_t0(c.t0)
-        for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile"):
+        for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile", "fuse"):
             if not isinstance(getattr(c, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
         if c.nesterov and c.momentum == 0:

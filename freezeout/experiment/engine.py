@@ -83,7 +83,7 @@ class Run:
         self.total_steps = c.epochs * self.steps_per_epoch
         self.sched = FreezeOut(
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr,
-            warmup_steps=c.warmup_steps,
+            warmup_steps=c.warmup_steps, fuse=c.fuse,
         )  # fmt: skip
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here

@@ -74,6 +74,7 @@ def calibrated_plan(base: dict[str, Any], points: Iterable[tuple[str, float]], r
         repeats=repeats,
         warmup=1,
         device=resolve_device(str(base.get("device", "auto"))),
+        fuse=bool(base.get("fuse", True)),
     )
     step_times, n = curve["step_times"], len(model.layers)
     total = int(base["epochs"]) * per_epoch

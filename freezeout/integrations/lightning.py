@@ -42,7 +42,8 @@ class FreezeOutCallback(pl.Callback):
 
     ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to
     call ``pl_module.freezable_layers()``. The optimizer must be built from
-    ``freezeout.param_groups(pl_module, layers)`` with the same layers. Logs ``freezeout/num_frozen``,
+    ``freezeout.param_groups(pl_module, layers)`` with the same layers. ``fuse``: as ``FreezeOut``'s (validation
+    runs in eval mode, so it always sees the real modules). Logs ``freezeout/num_frozen``,
     ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
     """
 
@@ -55,6 +56,7 @@ class FreezeOutCallback(pl.Callback):
         *,
         warmup_steps: int = 0,
         strict: bool = False,
+        fuse: bool = True,
     ):
         super().__init__()
         if not (layers is None or callable(layers) or isinstance(layers, Sequence)):
@@ -63,7 +65,7 @@ class FreezeOutCallback(pl.Callback):
                 f"pl_module -> list, got {type(layers).__name__}"
             )
         self.layers_arg = layers
-        self.t0, self.schedule, self.scale_lr = t0, schedule, scale_lr
+        self.t0, self.schedule, self.scale_lr, self.fuse = t0, schedule, scale_lr, fuse
         self.warmup_steps, self.strict = warmup_steps, strict
         self.controller: FreezeOut | None = None
         self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
@@ -112,6 +114,7 @@ class FreezeOutCallback(pl.Callback):
                 scale_lr=self.scale_lr,
                 warmup_steps=self.warmup_steps,
                 strict=self.strict,
+                fuse=self.fuse,
             )
         except ValueError as exc:
             raise ValueError(

@@ -34,6 +34,19 @@ class TinyNet(nn.Module):
         return self.fc(self.head(x))
 
 
+def randomise_batchnorm(module: nn.Module, seed: int = 0) -> None:
+    """BatchNorm statistics and affine parameters far from their initial values, so that no fold is the identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+
+
 def batch(step: int, n: int = 8, size: int = 8, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic data for step `step`: the same batch whatever ran before."""
     g = torch.Generator().manual_seed(1000 + step)

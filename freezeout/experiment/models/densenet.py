@@ -1,13 +1,24 @@
 """DenseNet-BC as the FreezeOut paper trains it (docs/METHOD.md, "The experiment"): bottleneck, compression 0.5,
-ReLU -> BN -> Conv."""
+ReLU -> BN -> Conv.
+
+Frozen fast path: while a fused frozen layer runs a training forward (``accel.fuse.shadow_active``), dense layers
+and transitions skip work the plain order repeats, exactly. Every consumer of a block's features starts with a
+ReLU (dense layers, transitions, the head), and ``relu(cat(a, b)) = cat(relu(a), relu(b))`` with ReLU idempotent,
+so a frozen layer hands on *rectified* features: each one rectifies only its own new channels instead of its whole
+input again, and every consumer still computes the same values (bit for bit: ``relu(relu(x)) == relu(x)``). A
+transition pools before its 1 x 1 conv: 2 x 2 average pooling commutes with per-pixel affine maps (the BatchNorm,
+the 1 x 1 conv), so the conv runs on a quarter of the pixels. The trainable path is the plain one, unchanged.
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ...accel.fuse import shadow_active
 from ...checks import check_int
 
 __all__ = ["DenseNetBC", "check_depth", "densenet_bc"]
@@ -29,6 +40,23 @@ def _unit(cin: int, cout: int, kernel: int) -> list[nn.Module]:
     return [nn.ReLU(), nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)]
 
 
+_RECTIFIED = "_freezeout_rectified"  # set on a tensor the frozen fast path rectified (every value >= 0)
+
+
+def _fast(layer: nn.Module) -> bool:
+    # eager only: the tensor mark below is Python state that a compiled graph would not carry
+    return shadow_active(layer) and not torch.compiler.is_compiling()
+
+
+def _relu_once(x: torch.Tensor) -> torch.Tensor:
+    return x if getattr(x, _RECTIFIED, False) else F.relu(x)
+
+
+def _rectified(x: torch.Tensor) -> torch.Tensor:
+    setattr(x, _RECTIFIED, True)
+    return x
+
+
 class DenseLayer(nn.Module):
     """Bottleneck dense layer: 1x1 conv to 4k channels, 3x3 conv to k, output concatenated to the input."""
 
@@ -37,6 +65,11 @@ class DenseLayer(nn.Module):
         self.body = nn.Sequential(*_unit(cin, 4 * growth, 1), *_unit(4 * growth, growth, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):  # frozen (see the module doc): rectified features in and out
+            r = _relu_once(x)
+            b = self.body
+            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by accel.fuse
+            return _rectified(torch.cat([r, new.relu_()], dim=1))
         return torch.cat([x, self.body(x)], dim=1)
 
 
@@ -45,6 +78,11 @@ class Transition(nn.Sequential):
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(*_unit(cin, cout, 1), nn.AvgPool2d(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):  # frozen (see the module doc): pool first, rectified out
+            return _rectified(F.relu(self[2](self[1](self[3](_relu_once(x))))))
+        return super().forward(x)
 
 
 class DenseNetBC(nn.Module):

@@ -1,0 +1,190 @@
+"""Which BatchNorms of a frozen layer fold into an adjacent convolution or linear map, and the folded weights.
+
+A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` (``s = gamma / sqrt(var + eps)``,
+``t = beta - mean * s``), so next to a convolution it can be merged into the convolution's weights:
+
+- **Conv -> BN**, **Linear -> BN**: scale each output channel's weights by ``s``, bias ``s * (b - mean) + beta``
+  (``torch.nn.utils.fusion``). Exact whatever the padding.
+- **BN -> Conv**: scale each *input* channel's weights by ``s``; the bias gains ``W`` applied to ``t``. Exact when
+  the conv pads nothing, or pads by copying values (reflect, replicate, circular: the affine map commutes with
+  those). Zero padding breaks it at the border (the zeros would have to become ``-t / s``), so such a pair is left
+  as it is: DenseNet-BC's 3 x 3 convs stay unfolded, its 1 x 1 bottlenecks and transitions fold.
+
+The pairs come from the layer's dataflow: a ``torch.fx`` trace where one works (a pair folds only if the first
+module's output feeds the second alone and each is called once), otherwise the order of ``nn.Sequential``
+children. Only stock ``torch.nn`` modules fold (a subclass that overrides ``forward`` computes something else).
+The arithmetic runs in float64 and is rounded once to the weight's dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.fx
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+__all__ = ["FoldPair", "fold_pairs", "folded_weights"]
+
+log = logging.getLogger(__name__)
+
+_CONVS = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}  # input rank of a batched call
+_BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,), nn.SyncBatchNorm: (2, 3, 4, 5)}
+
+
+@dataclass(frozen=True)
+class FoldPair:
+    """``first`` feeds ``second``; ``kind`` is ``conv-bn``, ``linear-bn`` or ``bn-conv``; ``rank`` is the input
+    rank at which the fold holds (a batched call: the channel dimension is 1 for both modules)."""
+
+    kind: str
+    first: nn.Module
+    second: nn.Module
+    rank: int
+
+    @property
+    def bn(self) -> nn.Module:
+        return self.first if self.kind == "bn-conv" else self.second
+
+    @property
+    def target(self) -> nn.Module:
+        """The conv or linear module whose weights absorb the BatchNorm."""
+        return self.second if self.kind == "bn-conv" else self.first
+
+
+def _conv_rank(m: nn.Module) -> int | None:
+    for base, rank in _CONVS.items():
+        if isinstance(m, base):
+            stock = type(m).forward is base.forward and type(m)._conv_forward is base._conv_forward
+            return rank if stock else None
+    return None
+
+
+def _bn_ranks(m: nn.Module) -> tuple[int, ...]:
+    """Input ranks at which ``m`` is a fixed affine map in eval mode (none if it uses batch statistics)."""
+    if not isinstance(m, _BatchNorm) or not m.track_running_stats or m.running_var is None:
+        return ()
+    for base, ranks in _BN_RANKS.items():
+        if isinstance(m, base) and type(m).forward is base.forward:
+            return ranks
+    return ()
+
+
+def _conv_pads_with_zeros(conv: nn.Module) -> bool:
+    return conv.padding_mode == "zeros" and any(p for p in conv._reversed_padding_repeated_twice)
+
+
+def _pair(a: nn.Module, b: nn.Module) -> FoldPair | None:
+    """The fold of ``a`` feeding ``b``, if the two make an exact one."""
+    rank = _conv_rank(a)
+    if rank in _bn_ranks(b) and b.num_features == a.out_channels:
+        return FoldPair("conv-bn", a, b, rank)
+    linear = isinstance(a, nn.Linear) and type(a).forward is nn.Linear.forward
+    if linear and 2 in _bn_ranks(b) and b.num_features == a.out_features:
+        return FoldPair("linear-bn", a, b, 2)
+    rank = _conv_rank(b)
+    if rank in _bn_ranks(a) and a.num_features == b.in_channels and not _conv_pads_with_zeros(b):
+        return FoldPair("bn-conv", a, b, rank)
+    return None
+
+
+class _Tracer(torch.fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # stock subclasses from other packages are folded too, so keep them whole in the graph
+        return _conv_rank(m) is not None or bool(_bn_ranks(m)) or super().is_leaf_module(m, qualname)
+
+
+def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
+    graph = _Tracer().trace(layer)
+    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+
+    def single(node: torch.fx.Node) -> bool:  # a module called once, on one input
+        return node.op == "call_module" and calls[node.target] == 1 and len(node.args) == 1 and not node.kwargs
+
+    pairs, used = [], set()
+    for node in graph.nodes:
+        if not single(node) or len(node.users) != 1 or node.target in used:
+            continue
+        (user,) = node.users
+        if not single(user) or user.args[0] is not node or user.target in used:
+            continue
+        pair = _pair(layer.get_submodule(node.target), layer.get_submodule(user.target))
+        if pair is not None:  # graph order: in Conv -> BN -> Conv the first (exact at any padding) wins
+            pairs.append(pair)
+            used |= {node.target, user.target}
+    return pairs
+
+
+def _sequential_pairs(layer: nn.Module) -> list[FoldPair]:
+    """Pairs of consecutive children of stock ``nn.Sequential`` containers: their order is their dataflow."""
+    seen = Counter(id(m) for _, m in layer.named_modules(remove_duplicate=False))
+    pairs, used = [], set()
+    for seq in layer.modules():
+        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
+            continue
+        kids = list(seq)
+        for a, b in itertools.pairwise(kids):
+            if seen[id(a)] == 1 and seen[id(b)] == 1 and id(a) not in used and id(b) not in used:
+                pair = _pair(a, b)
+                if pair is not None:
+                    pairs.append(pair)
+                    used |= {id(a), id(b)}
+    return pairs
+
+
+def fold_pairs(layer: nn.Module, traceable: bool = True) -> list[FoldPair]:
+    """The BatchNorm folds of ``layer``, found by an fx trace of its class ``forward`` (when ``traceable``),
+    else from ``nn.Sequential`` order."""
+    if traceable:
+        try:
+            return _traced_pairs(layer)
+        except Exception as exc:  # data-dependent control flow and the like: fx cannot follow it
+            log.debug("fx cannot trace %s (%s): folding by nn.Sequential order", type(layer).__name__, exc)
+    return _sequential_pairs(layer)
+
+
+def _double(t: torch.Tensor | None) -> torch.Tensor | None:
+    # float64 where the device has it (MPS has not): the fold is rounded once, to the weight's dtype
+    return None if t is None else t.to(torch.float32 if t.device.type == "mps" else torch.float64)
+
+
+def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BatchNorm's fixed map ``y = s * x + t`` per channel, in float64."""
+    s = torch.rsqrt(_double(bn.running_var) + bn.eps)
+    if bn.weight is not None:
+        s = s * _double(bn.weight)
+    t = -_double(bn.running_mean) * s
+    if bn.bias is not None:
+        t = t + _double(bn.bias)
+    return s, t
+
+
+def folded_weights(pair: FoldPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight and bias (float64, no autograd history) of ``pair.target`` with the BatchNorm folded in; the caller
+    rounds them to the weight's dtype."""
+    bn, target = pair.bn, pair.target
+    with torch.no_grad():
+        w, b = _double(target.weight), _double(target.bias)
+        stats = (_double(bn.running_mean), _double(bn.running_var), bn.eps)
+        if pair.kind == "conv-bn":
+            return tuple(t.detach() for t in fuse_conv_bn_weights(w, b, *stats, _double(bn.weight), _double(bn.bias)))
+        if pair.kind == "linear-bn":
+            gamma = torch.ones_like(stats[0]) if bn.weight is None else _double(bn.weight)
+            beta = torch.zeros_like(stats[0]) if bn.bias is None else _double(bn.bias)
+            return tuple(t.detach() for t in fuse_linear_bn_weights(w, b, *stats, gamma, beta))
+        # BN -> conv: input channel j of output o is channel (o's group) * in_per_group + j of the BatchNorm
+        s, t = _affine(bn)
+        groups, per_group = target.groups, w.shape[1]
+        shape = (w.shape[0], per_group) + (1,) * (w.dim() - 2)
+
+        def per_output(v: torch.Tensor) -> torch.Tensor:
+            v = v.view(groups, 1, per_group).expand(groups, w.shape[0] // groups, per_group)
+            return v.reshape(shape)
+
+        bias = (w * per_output(t)).sum(dim=tuple(range(1, w.dim())))
+        return w * per_output(s), bias if b is None else bias + b

@@ -1,0 +1,186 @@
+"""FreezeOut's fusion (on by default) in real training loops: frozen weights untouched, exact resume, fuse=False as
+before, compile_blocks on top, and DenseNet-BC's frozen fast path."""
+
+from __future__ import annotations
+
+import copy
+import io
+from dataclasses import replace
+from unittest import mock
+
+import pytest
+import torch
+import torch._dynamo
+import torch.nn.functional as F
+
+from freezeout import FreezeOut, compile_blocks, param_groups
+from freezeout.accel.fuse import is_fused
+from freezeout.experiment.models import DenseNetBC, ResNet, densenet
+from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
+
+TOTAL = 12
+# Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
+pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+
+
+def build(make=lambda: DenseNetBC(10, 4), fuse: bool = True):
+    torch.manual_seed(0)
+    model = make()
+    randomise_batchnorm(model)
+    opt = OPTIMIZERS["sgd"](param_groups(model, model.layers))
+    sched = FreezeOut(opt, model.layers, total_steps=TOTAL, t0=0.3, schedule="linear", fuse=fuse)
+    return model, opt, sched
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("make", [lambda: DenseNetBC(10, 4), lambda: ResNet(8, 4)], ids=["densenet", "resnet"])
+def test_frozen_layers_stay_bit_identical_and_nothing_leaks_into_the_state(make):
+    model, opt, sched = build(make)
+    keys = list(make().state_dict())
+    frozen_at: dict[int, dict[str, torch.Tensor]] = {}
+    off, off_opt, off_sched = build(make, fuse=False)
+    for step in range(TOTAL):
+        before = sched.num_frozen
+        train_step(model, opt, sched, step)
+        train_step(off, off_opt, off_sched, step)
+        if before == 0:  # nothing ran folded yet: fuse on and off are the same run, bit for bit
+            assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), off.state_dict().values()))
+        for i in range(sched.num_frozen):
+            frozen_at.setdefault(i, snapshot(model.layers[i]))
+    assert sched.num_frozen == len(model.layers) and all(is_fused(layer) for layer in model.layers[1:])
+    for i, layer in enumerate(model.layers):
+        now = layer.state_dict()
+        assert all(torch.equal(frozen_at[i][k], now[k]) for k in now), f"layer {i} moved after freezing"
+    assert list(model.state_dict()) == keys  # no folded tensor in the state_dict, and none missing
+    # after the first fold the runs differ only by float rounding, carried into what still trains
+    for (k, a), b in zip(model.state_dict().items(), off.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+@pytest.mark.parametrize("stop", [6, 9])  # 2 and 4 of 6 layers frozen in the checkpoint (t_i = 0.3, 0.42, ...)
+def test_resume_with_fusion_is_bit_identical(stop):
+    model, opt, sched = build()
+    for step in range(TOTAL):
+        train_step(model, opt, sched, step)
+    reference = snapshot(model)
+    model, opt, sched = build()
+    for step in range(stop):
+        train_step(model, opt, sched, step)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict()}, buf)
+    buf.seek(0)
+    ckpt = torch.load(buf, weights_only=True)
+    model, opt, sched = build()  # a fresh model: its folds, built at load, must come from the loaded weights
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["opt"])
+    sched.load_state_dict(ckpt["sched"])
+    assert sched.num_frozen > 0 and all(is_fused(layer) for layer in model.layers[1 : sched.num_frozen])
+    for step in range(stop, TOTAL):
+        train_step(model, opt, sched, step)
+    resumed = model.state_dict()
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def frozen_outputs_equal_eval_copies(model) -> list[bool]:
+    """Per frozen layer: does its training forward equal, bit for bit, the plain eval-mode layer (the oracle)?"""
+    out, h = [], torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(5))
+    model.train()
+    for layer in model.layers:
+        oracle = copy.deepcopy(layer)
+        for m in oracle.modules():
+            m.__dict__.pop("forward", None)  # the copy's modules run their class forward: the plain layer
+        oracle.__dict__.pop("_freezeout_shadow", None)
+        oracle._forward_pre_hooks.clear()
+        oracle._forward_hooks.clear()
+        with torch.no_grad():
+            want = oracle(h)
+        got = layer(h)
+        out.append(torch.equal(got, want))
+        h = want
+    return out
+
+
+def test_fuse_false_is_the_plain_frozen_forward_bit_for_bit():
+    with mock.patch("freezeout.controller.fuse_layer", side_effect=AssertionError("fuse_layer called")):
+        model, opt, sched = build(fuse=False)
+        for step in range(TOTAL):
+            train_step(model, opt, sched, step)
+    assert not any(is_fused(layer) for layer in model.layers)
+    assert all(frozen_outputs_equal_eval_copies(model))
+    fused, opt, sched = build()  # the same check sees fusion: the oracle can tell the two apart
+    for step in range(TOTAL):
+        train_step(fused, opt, sched, step)
+    assert not all(frozen_outputs_equal_eval_copies(fused))
+
+
+def test_compile_blocks_traces_the_folds():
+    graphs = []
+
+    def recording(gm: torch.fx.GraphModule, inputs):  # runs the captured graph as it is: eager arithmetic
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        eager, opt, sched = build(lambda: ResNet(8, 4))
+        for step in range(TOTAL):
+            train_step(eager, opt, sched, step)
+        model, opt, sched = build(lambda: ResNet(8, 4))
+        compile_blocks(model.layers, backend=recording)
+        for step in range(TOTAL):
+            train_step(model, opt, sched, step)
+    finally:
+        torch._dynamo.reset()
+    batch_norms = [sum("batch_norm" in str(n.target) for n in gm.graph.nodes) for gm in graphs]
+    assert 0 in batch_norms and max(batch_norms) > 0  # frozen blocks compiled with their folds, trainable without
+    for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
+    # frozen: the stem and the first dense layer; inside block 1, so only the rectified hand-on differs
+    model, opt, sched = build(lambda: DenseNetBC(16, 4))  # 2 dense layers per block
+    step = 0
+    while sched.num_frozen < 2:
+        train_step(model, opt, sched, step)
+        step += 1
+    assert sched.num_frozen == 2
+    x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
+
+    def step_grads(fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
+            out = model(x)
+        F.cross_entropy(out, y).backward()
+        return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+    (a, ga), (b, gb) = step_grads(True), step_grads(False)
+    # relu(cat(a, b)) = cat(relu(a), relu(b)) and relu(relu(x)) = relu(x): identical values, bit for bit
+    assert torch.equal(a, b) and len(ga) == len(gb) and all(torch.equal(u, v) for u, v in zip(ga, gb))
+    while sched.num_frozen < 4:  # the first transition freezes: it pools first, equal up to rounding
+        train_step(model, opt, sched, step)
+        step += 1
+    (a, _), (b, _) = step_grads(True), step_grads(False)
+    assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
+def test_the_fuse_setting_reaches_freezeout_from_the_command_line():
+    from freezeout.cli import build_parser
+    from freezeout.cli.common import config_from_args
+    from freezeout.experiment.config import TrainConfig
+    from freezeout.experiment.data import load_dataset
+    from freezeout.experiment.engine import Run
+
+    parse = build_parser().parse_args
+    config = config_from_args(parse(["train", "--out", "x", "--no-fuse", "--depth", "10", "--growth", "1"]))
+    assert config.fuse is False and config_from_args(parse(["train", "--out", "x"])).fuse is True
+    assert TrainConfig().differences(TrainConfig(fuse=False)) == ["fuse: True -> False"]  # resume refuses a mix
+    data = load_dataset("digits", None, 0)
+    assert Run(config, data, torch.device("cpu")).sched.fuse is False
+    assert Run(replace(config, fuse=True), data, torch.device("cpu")).sched.fuse is True
+    with pytest.raises(ValueError, match="fuse must be True or False"):
+        TrainConfig(fuse="yes").validate()
