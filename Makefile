@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all lint format clean
+.PHONY: venv demo test test-slow test-all lint format clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,11 @@ test: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+
+# The tests marked slow (real killed, raced and torchrun processes, compiles, a fresh-venv install), without the
+# fuzz runs that draw new random examples each time: CI runs these after `make test`.
+test-slow: venv
+	$(BIN)/python -m pytest -q -m slow -k "not explore"
 
 test-all: venv
 	$(BIN)/python -m pytest -q -m ''

@@ -215,7 +215,7 @@ def fuzz(command: str, examples: int, derandomize: bool):
 
 
 # demo trains twice per valid example: fewer of them keep make test fast; the slow exploring run does more.
-EXAMPLES = {"demo": 15}
+EXAMPLES = {"demo": 8, "sweep": 25}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

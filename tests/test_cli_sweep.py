@@ -35,6 +35,7 @@ def epochs_logged(run: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # a real sweep killed and resumed: ~6 s
 def test_killed_sweep_resumes_and_skips_finished(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", *TINY, "--epochs", "6", "--strategies", "cubic-scaled", "--t0", "0.5", "--seeds", "0"]

@@ -51,6 +51,7 @@ def recompile_limit_hit() -> bool:
     return any("recompile limit" in k.lower() for k in counters["unimplemented"])
 
 
+@pytest.mark.slow  # dynamo compiles: 7-9 s
 def test_whole_model_compile_runs_out_of_recompiles_when_layers_freeze():
     # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8. Without fusion, whose
     # per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces: worse still.
@@ -75,6 +76,7 @@ def test_per_block_compile_recompiles_at_most_three_times_per_layer():
     assert not recompile_limit_hit()
 
 
+@pytest.mark.slow  # dynamo compiles: 7-9 s
 def test_per_block_compile_equals_eager_training():
     eager = densenet()
     run(eager, eager.layers)

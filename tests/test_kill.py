@@ -102,6 +102,7 @@ def uninterrupted(tmp_path_factory):
     return out, summary, torch.load(out / "checkpoint.pt", weights_only=True)
 
 
+@pytest.mark.slow  # kills a real run at many points: ~25 s
 def test_kill_9_anywhere_then_resume_equals_uninterrupted(tmp_path, uninterrupted):
     full_out, full_summary, full_state = uninterrupted
     lines = (full_out / "metrics.jsonl").read_text().splitlines()

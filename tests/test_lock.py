@@ -60,6 +60,7 @@ def test_a_second_train_is_refused_while_a_run_writes_its_checkpoint(tmp_path, c
     assert not list(out.glob(f"*{TEMP_SUFFIX}"))
 
 
+@pytest.mark.slow  # a real sweep raced: ~8 s
 def test_a_second_sweep_and_a_train_in_its_run_are_refused(tmp_path, capsys):
     out = tmp_path / "sweep"
     proc = start_paused([*SWEEP, "--out", str(out)], PAUSE)

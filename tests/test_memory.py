@@ -107,6 +107,7 @@ def limited(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # real memory-limited processes: ~8 s
 def test_a_memory_limited_process_refuses_instead_of_crashing():
     r = limited("estimate", "--calibrate", *TINY, "--input-size", "32", "--batch-size", "1000000")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

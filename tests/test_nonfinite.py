@@ -38,6 +38,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow  # a real process: ~9 s
 def test_stop_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     r = cli("-m", "tests.helpers.nan_inject", "20", "train", *TINY, "--epochs", "3", "--out", str(out))

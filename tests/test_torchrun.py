@@ -55,6 +55,7 @@ def records(out: Path):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # real torchrun processes: ~13 s together
 def test_ranks_end_bit_identical_and_trained(two_ranks):
     root, _ = two_ranks
     r0, r1 = (torch.load(root / "dump" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -69,6 +70,7 @@ def test_ranks_end_bit_identical_and_trained(two_ranks):
     assert ckpt["world_size"] == 2 and ckpt["step"] == EPOCHS * STEPS
 
 
+@pytest.mark.slow  # real torchrun processes: ~13 s together
 def test_allreduced_bytes_are_the_trainable_parameters_each_step(two_ranks):
     root, _ = two_ranks
     model = build_model("densenet-bc", 10, 2, 10, 1)
@@ -91,6 +93,7 @@ def test_allreduced_bytes_are_the_trainable_parameters_each_step(two_ranks):
     assert last == recs[-1]["trainable_bytes"] == head and recs[-1]["num_frozen"] == len(model.layers)
 
 
+@pytest.mark.slow  # real torchrun processes: ~13 s together
 def test_only_rank_zero_writes(two_ranks):
     root, outputs = two_ranks
     out = root / "run"
@@ -108,6 +111,7 @@ def test_only_rank_zero_writes(two_ranks):
     assert outputs[0][1] == outputs[1][1] == ""
 
 
+@pytest.mark.slow  # real torchrun processes: ~13 s together
 def test_resume_with_another_world_size_is_one_line(two_ranks, tmp_path):
     root, _ = two_ranks
     run = tmp_path / "run"
@@ -121,6 +125,7 @@ def test_resume_with_another_world_size_is_one_line(two_ranks, tmp_path):
     assert "Traceback" not in proc.stderr and not (run / "summary.json").exists()
 
 
+@pytest.mark.slow  # real torchrun processes: ~13 s together
 def test_bad_launch_is_one_line_per_process(tmp_path):
     proc, outputs = torchrun(tmp_path / "logs", *ARGS, "--batch-size", "51", "--out", tmp_path / "run")
     assert proc.returncode != 0 and not (tmp_path / "run").exists()

@@ -33,6 +33,7 @@ def records(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # dynamo compiles every layer: ~11 s
 def test_compiled_training_matches_eager_without_recompile_fallback(tmp_path, monkeypatch):
     eager = trainer.train(TrainConfig(**CONFIG), tmp_path / "eager")
     cnt = CompileCounterWithBackend("aot_eager")  # AOTAutograd without inductor's codegen: seconds, not minutes
