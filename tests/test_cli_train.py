@@ -14,7 +14,7 @@ from freezeout.cli import main
 from freezeout.experiment.demo import table
 from freezeout.experiment.lock import LOCK_FILE as LOCK
 from tests.helpers.cifar_files import ARCHIVE, one_thread, write_cifar
-from tests.helpers.models import METRIC_KEYS, SUMMARY_KEYS
+from tests.helpers.models import METRIC_KEYS, RUN_FILES, SUMMARY_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--depth", "10", "--growth", "2", "--epochs", "1", "--batch-size", "10", "--no-progress"]
@@ -55,13 +55,7 @@ def test_one_epoch_run_writes_metrics_and_summary(data, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary) >= SUMMARY_KEYS and summary["total_steps"] == 10 and summary["finished"]
     assert summary["config"]["dataset"] == "cifar10" and summary["config"]["depth"] == 10
-    assert sorted(p.name for p in out.iterdir()) == [
-        LOCK,
-        "checkpoint.pt",
-        "config.json",
-        "metrics.jsonl",
-        "summary.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
 
 
 def test_cifar100_and_flags_reach_the_config(data, tmp_path):

@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 from freezeout.experiment.launch import DUMP_ENV, SingleProcess, Torchrun, launch_from_env, state_checksums
-from freezeout.experiment.lock import LOCK_FILE as LOCK
 from freezeout.experiment.models import build_model
 from freezeout.schedule import freeze_times, num_frozen_at
+from tests.helpers.models import RUN_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS = 3, 30  # digits: 1497 training examples, global batch 50 -> 30 steps per epoch
@@ -97,13 +97,7 @@ def test_allreduced_bytes_are_the_trainable_parameters_each_step(two_ranks):
 def test_only_rank_zero_writes(two_ranks):
     root, outputs = two_ranks
     out = root / "run"
-    assert sorted(p.name for p in out.iterdir()) == [
-        LOCK,
-        "checkpoint.pt",
-        "config.json",
-        "metrics.jsonl",
-        "summary.json",
-    ]
+    assert sorted(p.name for p in out.iterdir()) == RUN_FILES
     assert len(records(out)) == EPOCHS  # one appender, not two
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["finished"] and summary["total_steps"] == EPOCHS * STEPS

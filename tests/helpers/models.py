@@ -91,3 +91,6 @@ SUMMARY_KEYS = {
     "config", "version", "epochs", "total_steps", "num_layers", "test_accuracy", "test_error", "test_loss",
     "train_seconds", "wall_seconds", "device", "finished",
 }  # fmt: skip
+
+# What a finished run folder holds, sorted: the lock and the four files of README, "freezeout train".
+RUN_FILES = sorted([".freezeout.lock", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"])
