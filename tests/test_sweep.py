@@ -9,7 +9,8 @@ import re
 import pytest
 
 from freezeout.experiment.lock import LOCK_FILE
-from freezeout.experiment.sweep import Grid, dry_run, expand, run_status, run_sweep
+from freezeout.experiment.plan import dry_run
+from freezeout.experiment.sweep import Grid, expand, run_status, run_sweep
 from freezeout.schedule import STRATEGIES, parse_strategy
 from tests.helpers.sweep_fakes import FakeTrainer
 

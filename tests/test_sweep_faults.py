@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from freezeout.experiment.aggregate import aggregate
-from freezeout.experiment.sweep import Grid, dry_run, run_status, run_sweep
+from freezeout.experiment.plan import dry_run
+from freezeout.experiment.sweep import Grid, run_status, run_sweep
 from tests.helpers.sweep_fakes import FakeTrainer, fake_error
 
 BASE = {"dataset": "digits", "depth": 10, "growth": 4, "epochs": 3, "batch_size": 50, "lr": 0.1}

@@ -67,7 +67,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiment.sweep import Grid, dry_run, run_sweep
+    from ..experiment.plan import dry_run
+    from ..experiment.sweep import Grid, run_sweep
 
     config = config_from_args(args)
     grid = Grid(tuple(args.strategies), tuple(args.t0s), tuple(args.seeds)).validate()

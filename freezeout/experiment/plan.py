@@ -7,7 +7,9 @@ the number of steps per epoch is read from the data set itself.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,8 +22,9 @@ from ..checks import resolve_device
 from ..schedule import freeze_times
 from .data import get_dataset, load_dataset
 from .models import build_example
+from .sweep import Grid, base_dict, expand, prepare_sweep_dir, run_config, run_status
 
-__all__ = ["calibrated_plan", "example_model", "paper_savings", "steps_per_epoch"]
+__all__ = ["calibrated_plan", "dry_run", "example_model", "paper_savings", "steps_per_epoch"]
 
 # Step-time samples: enough points for the curve's shape (it is close to linear between them) while
 # keeping a dry run of DenseNet-BC-76 on a CPU to a minute or so.
@@ -82,3 +85,44 @@ def calibrated_plan(base: dict[str, Any], points: Iterable[tuple[str, float]], r
         (s, t0): integrate_step_times(step_times, freeze_times(n, t0, s), total)["saving"] for s, t0 in set(points)
     }
     return {"step_times": step_times, "seconds_per_baseline_epoch": step_times[0] * per_epoch, "savings": savings}
+
+
+def dry_run(
+    base_config: Any, grid: Grid, sweep_dir: str | os.PathLike | None = None, *, timing_steps: int = 0
+) -> dict[str, Any]:
+    """The grid, each run's status in ``sweep_dir`` and what is left to run.
+
+    With ``timing_steps > 0`` also an estimated time, from the calibrated estimator: the step time of the
+    sweep's model with ``k`` layers frozen, measured ``timing_steps`` times per sampled ``k`` on random data
+    (``calibrated_plan``), integrated over each remaining run's schedule. Without
+    it, only the number of runs and epochs: nothing better is known without running the model.
+    """
+    specs = expand(grid)
+    base = base_dict(base_config)
+    if sweep_dir is not None:
+        prepare_sweep_dir(base_config, grid, sweep_dir, write=False)  # the statuses would mean nothing otherwise
+    epochs = int(base.get("epochs", 0))
+    rows = []
+    for spec in specs:
+        expected = run_config(base, spec)
+        status = run_status(Path(sweep_dir) / spec.name, expected) if sweep_dir is not None else "new"
+        rows.append({"name": spec.name, "status": status, "epochs": epochs})
+    todo = [spec for spec, row in zip(specs, rows) if row["status"] != "finished"]
+    out: dict[str, Any] = {
+        "runs": rows,
+        "num_runs": len(rows),
+        "num_to_run": len(todo),
+        "epochs_to_run": epochs * len(todo),
+        "estimate": None,
+    }
+    if timing_steps > 0 and todo:
+        plan = calibrated_plan(base, [(s.schedule, s.t0) for s in todo], repeats=timing_steps)
+        per_epoch = plan["seconds_per_baseline_epoch"]
+        fractions = [1.0 - plan["savings"][(s.schedule, s.t0)] if not s.baseline else 1.0 for s in todo]
+        out["estimate"] = {
+            "seconds": per_epoch * epochs * sum(fractions),
+            "seconds_per_baseline_epoch": per_epoch,
+            "step_times": plan["step_times"],
+            "method": f"step time with k layers frozen, median of {timing_steps} per k, integrated over each schedule",
+        }
+    return out

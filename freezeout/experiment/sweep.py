@@ -26,7 +26,7 @@ __all__ = [
     "PER_RUN_FIELDS",
     "Grid",
     "RunSpec",
-    "dry_run",
+    "base_dict",
     "expand",
     "prepare_sweep_dir",
     "read_summary",
@@ -125,7 +125,8 @@ def run_config(base: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
     return {**base, "schedule": spec.schedule, "scale_lr": spec.scale_lr, "t0": spec.t0, "seed": spec.seed}
 
 
-def _base_dict(base_config: Any) -> dict[str, Any]:
+def base_dict(base_config: Any) -> dict[str, Any]:
+    """The sweep's base training config as ``sweep.json`` holds it, without the fields each run sets."""
     d = base_config.to_dict() if hasattr(base_config, "to_dict") else dict(base_config)
     # JSON round trip so that what we compare is exactly what sweep.json holds (tuples -> lists, ...).
     return json.loads(json.dumps({k: v for k, v in d.items() if k not in PER_RUN_FIELDS}))
@@ -143,7 +144,7 @@ def prepare_sweep_dir(
     grow: ``sweep.json`` keeps the union.
     """
     out = Path(sweep_dir)
-    base = _base_dict(base_config)
+    base = base_dict(base_config)
     record = {"version": 1, "base_config": base, "grid": grid.validate().to_dict()}
     path = out / SWEEP_FILE
     if path.exists():
@@ -275,46 +276,3 @@ def _one_run(
             log.warning("%s cannot be resumed (%s): starting it over", spec.name, exc)
             _clear_run(run_dir)
             return train_fn(config, run_dir, resume=False, progress=False)
-
-
-def dry_run(
-    base_config: Any, grid: Grid, sweep_dir: str | os.PathLike | None = None, *, timing_steps: int = 0
-) -> dict[str, Any]:
-    """The grid, each run's status in ``sweep_dir`` and what is left to run.
-
-    With ``timing_steps > 0`` also an estimated time, from the calibrated estimator: the step time of the
-    sweep's model with ``k`` layers frozen, measured ``timing_steps`` times per sampled ``k`` on random data
-    (``freezeout.experiment.plan.calibrated_plan``), integrated over each remaining run's schedule. Without
-    it, only the number of runs and epochs: nothing better is known without running the model.
-    """
-    specs = expand(grid)
-    base = _base_dict(base_config)
-    if sweep_dir is not None:
-        prepare_sweep_dir(base_config, grid, sweep_dir, write=False)  # the statuses would mean nothing otherwise
-    epochs = int(base.get("epochs", 0))
-    rows = []
-    for spec in specs:
-        expected = run_config(base, spec)
-        status = run_status(Path(sweep_dir) / spec.name, expected) if sweep_dir is not None else "new"
-        rows.append({"name": spec.name, "status": status, "epochs": epochs})
-    todo = [spec for spec, row in zip(specs, rows) if row["status"] != "finished"]
-    out: dict[str, Any] = {
-        "runs": rows,
-        "num_runs": len(rows),
-        "num_to_run": len(todo),
-        "epochs_to_run": epochs * len(todo),
-        "estimate": None,
-    }
-    if timing_steps > 0 and todo:
-        from .plan import calibrated_plan
-
-        plan = calibrated_plan(base, [(s.schedule, s.t0) for s in todo], repeats=timing_steps)
-        per_epoch = plan["seconds_per_baseline_epoch"]
-        fractions = [1.0 - plan["savings"][(s.schedule, s.t0)] if not s.baseline else 1.0 for s in todo]
-        out["estimate"] = {
-            "seconds": per_epoch * epochs * sum(fractions),
-            "seconds_per_baseline_epoch": per_epoch,
-            "step_times": plan["step_times"],
-            "method": f"step time with k layers frozen, median of {timing_steps} per k, integrated over each schedule",
-        }
-    return out
