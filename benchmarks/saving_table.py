@@ -28,7 +28,8 @@ def render(result: dict) -> str:
     both = len({row.get("fuse", True) for row in result["rows"]}) > 1
     lines = [
         f"{result['model']['name']}-{result['model']['depth']} (k={result['model']['growth']}), input "
-        f"{tuple(result['input_shape'])}, {cfg['steps']} steps, {cfg['repeats']} alternating repeats, "
+        f"{tuple(result['input_shape'])}, {cfg['steps']} steps, {cfg['repeats']} "
+        f"{'lockstep' if cfg.get('lockstep') else 'alternating'} repeats, "
         f"{result['threads']} threads on {result['device']}; baseline {1e3 * base['step_seconds']:.0f} ms/step",
         "",
         "| schedule | LR | t0 |" + (" fuse |" if both else "") + " paper | paper ×1.3 | calibrated | ideal | "

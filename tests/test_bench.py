@@ -42,9 +42,9 @@ def test_curve_is_measured_in_slices_between_the_repeats(tiny, monkeypatch):
     import freezeout.analysis.bench as bench
 
     order = []
-    real_curve, real_loop = bench.step_time_curve, bench._loop
+    real_curve, real_loop = bench.step_time_curve, bench.timed_run
     monkeypatch.setattr(bench, "step_time_curve", lambda *a, **kw: order.append("curve") or real_curve(*a, **kw))
-    monkeypatch.setattr(bench, "_loop", lambda *a, **kw: order.append("run") or real_loop(*a, **kw))
+    monkeypatch.setattr(bench, "timed_run", lambda *a, **kw: order.append("run") or real_loop(*a, **kw))
     config = BenchConfig(steps=4, repeats=2, curve_repeats=3, strategies=[("cubic", True)], overhead_calls=10)
     done = []
     result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
@@ -62,8 +62,8 @@ def test_runs_train_on_batches_in_the_examples_layout(tiny, monkeypatch, fmt):
     import freezeout.analysis.bench as bench
 
     layouts = []
-    real_loop = bench._loop
-    monkeypatch.setattr(bench, "_loop", lambda t, data, *a: layouts.append(data) or real_loop(t, data, *a))
+    real_loop = bench.timed_run
+    monkeypatch.setattr(bench, "timed_run", lambda t, data, *a: layouts.append(data) or real_loop(t, data, *a))
     x = torch.randn(2, 3, 8, 8).contiguous(memory_format=fmt)
     run_bench(tiny, tiny.layers, x, BenchConfig(steps=2, repeats=1, curve_repeats=1, overhead_calls=1))
     # the step-time curve times the example itself; the runs must see the same layout, or the two disagree
@@ -102,8 +102,8 @@ def test_compare_fuse_runs_every_row_both_ways_each_against_its_own_curve(tiny, 
     import freezeout.analysis.bench as bench
 
     fused_runs = []
-    real_loop = bench._loop
-    monkeypatch.setattr(bench, "_loop", lambda *a: fused_runs.append(a[-1]) or real_loop(*a))
+    real_loop = bench.timed_run
+    monkeypatch.setattr(bench, "timed_run", lambda *a: fused_runs.append(a[-2][-1]) or real_loop(*a))
     config = BenchConfig(steps=4, repeats=1, curve_repeats=1, t0s=[0.5], overhead_calls=1, compare_fuse=True)
     done = []
     result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
@@ -120,3 +120,52 @@ def test_compare_fuse_runs_every_row_both_ways_each_against_its_own_curve(tiny, 
         assert row["ideal_saving"] == pytest.approx(1 - (t[0] + t[2] + t[3] + t[4]) / (4 * t[0]))
     with pytest.raises(ValueError, match="compare_fuse must be True or False"):
         BenchConfig(compare_fuse=1).validate()
+
+
+def test_lockstep_runs_interleave_steps_and_train_each_model_as_alone(tiny, monkeypatch):
+    import freezeout.analysis.runs as runs
+    from freezeout.analysis.workload import copy_model, model_loss
+
+    calls, models = [], {}
+    real_step = runs.train_step
+
+    def recording_step(model, *a):
+        models[id(model)] = model
+        calls.append(id(model))
+        return real_step(model, *a)
+
+    monkeypatch.setattr(runs, "train_step", recording_step)
+    template = copy_model(tiny, tiny.layers)
+    for m in template[0].modules():  # dropout draws from the global generator, which interleaved runs share
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randn(2, 3, 8, 8, generator=g), torch.randint(0, 3, (2,), generator=g)) for _ in range(3)]
+    specs = [("b", 1.0, "cubic", True, True), ("c", 0.5, "cubic", True, True), ("l", 0.5, "linear", False, False)]
+    done = []
+    out = runs.lockstep_runs(template, data, model_loss, 6, 0.1, specs, progress=done.append)
+    assert sum(done) == 6 * 3 and [out[name]["num_frozen"] for name, *_ in specs] == [0, 4, 4]
+    assert all(0 < r["sched_seconds"] < r["seconds"] for r in out.values())
+    # step s of every run before step s + 1 of any, the first of each step rotating through the runs
+    steps = [calls[i : i + 3] for i in range(0, 18, 3)]
+    order = steps[0]
+    assert len(set(order)) == 3 and all(sorted(s) == sorted(order) for s in steps)
+    assert [s[0] for s in steps] == [order[0], order[1], order[2], order[0], order[1], order[2]]
+    # and each run trained its own model exactly as a run on its own does, to the bit
+    for spec, key in zip(specs, order):
+        calls.clear()
+        runs.timed_run(template, data, model_loss, 6, 0.1, spec)
+        alone = models[calls[0]].state_dict()
+        assert all(torch.equal(v, alone[k]) for k, v in models[key].state_dict().items())
+
+
+def test_bench_lockstep_rows(tiny):
+    config = BenchConfig(steps=4, repeats=2, curve_repeats=1, t0s=[0.5], overhead_calls=1, lockstep=True)
+    done = []
+    result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
+    assert sum(done) == total_work(config, 4)
+    (row,) = result["rows"]
+    assert row["num_frozen_at_end"] == 4 and len(row["runs_seconds"]) == 2 and result["config"]["lockstep"] is True
+    assert row["realized_saving"] == pytest.approx(1 - row["seconds"] / result["baseline"]["seconds"])
+    with pytest.raises(ValueError, match="lockstep must be True or False"):
+        BenchConfig(lockstep="yes").validate()

@@ -5,7 +5,9 @@ path a user runs) on random data of the example's shape over a compressed schedu
 FreezeOut runs alternate, in a rotating order, and each total is a median over repeats, since absolute
 times drift on a shared machine. The *ideal* is the measured step-time curve ``T(k)`` integrated over
 the very same schedule; the *calibrated* estimate integrates it over the continuous schedule. The curve
-is measured in slices, one before each repeat of the runs, so that both see the same machine.
+is measured in slices, one before each repeat of the runs, so that both see the same machine. With
+``lockstep`` the runs of a repeat go step by step together instead (``analysis.runs``), for a machine whose
+speed drifts within one run.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import logging
 import statistics
 import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,17 +23,16 @@ import torch
 from torch import nn
 
 from ..checks import check_int
-from ..controller import FreezeOut
 from ..groups import check_layers
 from ..layers import LayerLike
-from ..measure import sync
 from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
 from ..tracing import map_tensors
 from .cost import integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops
+from .runs import lockstep_runs, sched_step_seconds, timed_run
 from .timing import default_ks, step_time_curve
-from .workload import copy_model, make_optimizer, model_loss, random_targets, train_step
+from .workload import copy_model, model_loss, random_targets
 
 __all__ = ["BenchConfig", "run_bench", "total_work"]
 
@@ -58,6 +58,9 @@ class BenchConfig:
     overhead_calls: int = 2000  # sched.step() calls timed on their own (microseconds each)
     fuse: bool = True  # FreezeOut's default: frozen layers' BatchNorms folded (accel.fuse)
     compare_fuse: bool = False  # also every row with the other fuse setting, in the same alternating rounds
+    # Off: each run on its own, whole runs alternating (what a user's run is). On: all runs of a repeat step by
+    # step in lockstep (analysis.runs), for a machine whose speed drifts within a run.
+    lockstep: bool = False
 
     @property
     def fuse_modes(self) -> list[bool]:
@@ -72,55 +75,10 @@ class BenchConfig:
         for schedule, _ in self.strategies:
             validate_schedule(schedule)
         self.t0s = [validate_t0(t) for t in self.t0s]
-        for name in ("fuse", "compare_fuse"):
+        for name in ("fuse", "compare_fuse", "lockstep"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         return self
-
-
-def _loop(
-    template: tuple[nn.Module, list[nn.Module]],
-    data: list[tuple[torch.Tensor, torch.Tensor]],
-    loss_fn: Callable,
-    config: BenchConfig,
-    t0: float,
-    schedule: str,
-    scale_lr: bool,
-    fuse: bool = True,
-) -> dict[str, float]:
-    """One timed training run from a fresh copy of the template; returns its seconds."""
-    model, layers = copy_model(*template)
-    optimizer = make_optimizer(model, layers, config.lr)
-    sched = FreezeOut(optimizer, layers, config.steps, t0=t0, schedule=schedule, scale_lr=scale_lr, fuse=fuse)
-    cuda = torch.device(config.device).type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(config.device)
-    model.train()
-    sched_seconds = 0.0
-    sync(config.device)
-    start = time.perf_counter()
-    for s in range(config.steps):
-        x, y = data[s % len(data)]
-        train_step(model, optimizer, x, y, loss_fn)
-        mark = time.perf_counter()
-        sched.step()
-        sched_seconds += time.perf_counter() - mark
-    sync(config.device)
-    out = {"seconds": time.perf_counter() - start, "sched_seconds": sched_seconds, "num_frozen": sched.num_frozen}
-    if cuda:
-        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(config.device)
-    return out
-
-
-def _sched_step_seconds(template: tuple[nn.Module, list[nn.Module]], config: BenchConfig) -> float:
-    """Seconds per ``sched.step()`` that freezes nothing (the per-step cost; freezing is once per layer)."""
-    model, layers = copy_model(*template)
-    optimizer = make_optimizer(model, layers, config.lr)
-    sched = FreezeOut(optimizer, layers, 100 * config.overhead_calls)  # t stays < 0.01: nothing freezes
-    start = time.perf_counter()
-    for _ in range(config.overhead_calls):
-        sched.step()
-    return (time.perf_counter() - start) / config.overhead_calls
 
 
 def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -182,8 +140,7 @@ def run_bench(
         for s, sc in config.strategies
         for t0 in config.t0s
     ]  # the baseline freezes nothing: fusion cannot change it
-    warm = BenchConfig(**{**asdict(config), "steps": 2})
-    _loop(template, data, loss_fn, warm, 1.0, "cubic", True)  # first-run costs land outside the timings
+    timed_run(template, data, loss_fn, 2, config.lr, runs[0], device)  # first-run costs land outside the timings
     results: dict[str, list] = {name: [] for name, *_ in runs}
     slices: dict[bool, list] = {f: [] for f in modes}
     for r in range(config.repeats):
@@ -200,15 +157,21 @@ def run_bench(
                 )
             )  # fmt: skip
         shift = r % len(runs)  # rotate the order so no run always follows the same neighbour
-        for name, t0, schedule, scale, f in runs[shift:] + runs[:shift]:
-            results[name].append(_loop(template, data, loss_fn, config, t0, schedule, scale, f))
+        rotated = runs[shift:] + runs[:shift]
+        if config.lockstep:
+            done = lockstep_runs(template, data, loss_fn, config.steps, config.lr, rotated, device, progress)
+            for name in results:
+                results[name].append(done[name])
+            continue
+        for spec in rotated:
+            results[spec[0]].append(timed_run(template, data, loss_fn, config.steps, config.lr, spec, device))
             if progress:
                 progress(config.steps)
     curves = {f: _merge_curves(slices[f], n) for f in modes}
     curve = curves[modes[0]]
     base = _median_runs(results["baseline"])
     step_time = base["seconds"] / config.steps
-    per_call = _sched_step_seconds(template, config)
+    per_call = sched_step_seconds(template, config.lr, config.overhead_calls)
     rows = []
     for name, t0, schedule, scale, f in runs[1:]:
         times = freeze_times(n, t0, schedule)

@@ -38,6 +38,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also run every row with the other --fuse setting, alternating in the same rounds (twice the time)",
     )
+    b.add_argument(
+        "--lockstep",
+        action="store_true",
+        help="run the rows of a repeat step by step together instead of one after another: steadier ratios on a "
+        "machine whose speed drifts (a shared CPU)",
+    )
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -75,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         fuse=args.fuse,
         compare_fuse=args.compare_fuse,
+        lockstep=args.lockstep,
     ).validate()
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=args.quiet) as bar:
         result = run_bench(model, layers, x, config, progress=bar.update, flops=layer_flops_meta(model, layers, x))

@@ -1,0 +1,121 @@
+"""Timed training runs for ``bench``: one run on its own, or several in lockstep, step by step.
+
+A run is the loop a user writes (``param_groups`` + SGD + ``FreezeOut``, ``sched.step()`` after each batch) on
+a fresh copy of the template model. Its seconds are the wall-clock of its own steps, ``sched.step()`` included.
+
+Lockstep: step ``s`` of every run, then step ``s + 1`` of every run, in an order that rotates each step. Each run
+still does exactly its own loop on its own model; only the time between its steps belongs to the others. On a
+machine whose speed drifts (a shared CPU, measured here swinging by ±15 % with a period of ~20 s, several runs
+long), runs that alternate as wholes see different phases of the drift, while in lockstep every run's step ``s``
+is measured within a few seconds of every other's, so the drift cancels out of their ratio.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..controller import FreezeOut
+from ..measure import sync
+from .workload import copy_model, make_optimizer, train_step
+
+__all__ = ["RunSpec", "lockstep_runs", "sched_step_seconds", "timed_run"]
+
+Template = tuple[nn.Module, list[nn.Module]]
+Data = Sequence[tuple[Any, Any]]
+# name, t0, schedule, scale_lr, fuse
+RunSpec = tuple[str, float, str, bool, bool]
+
+
+def _start(template: Template, steps: int, lr: float, spec: RunSpec) -> tuple[nn.Module, Any, FreezeOut]:
+    _, t0, schedule, scale_lr, fuse = spec
+    model, layers = copy_model(*template)
+    optimizer = make_optimizer(model, layers, lr)
+    sched = FreezeOut(optimizer, layers, steps, t0=t0, schedule=schedule, scale_lr=scale_lr, fuse=fuse)
+    model.train()
+    return model, optimizer, sched
+
+
+def timed_run(
+    template: Template, data: Data, loss_fn: Callable, steps: int, lr: float, spec: RunSpec, device: Any = "cpu"
+) -> dict[str, float]:
+    """One run of ``steps`` steps on its own; its seconds, the part spent in ``sched.step()``, layers frozen."""
+    model, optimizer, sched = _start(template, steps, lr, spec)
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    sched_seconds = 0.0
+    sync(device)
+    start = time.perf_counter()
+    for s in range(steps):
+        x, y = data[s % len(data)]
+        train_step(model, optimizer, x, y, loss_fn)
+        mark = time.perf_counter()
+        sched.step()
+        sched_seconds += time.perf_counter() - mark
+    sync(device)
+    out = {"seconds": time.perf_counter() - start, "sched_seconds": sched_seconds, "num_frozen": sched.num_frozen}
+    if cuda:
+        out["peak_memory_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def lockstep_runs(
+    template: Template,
+    data: Data,
+    loss_fn: Callable,
+    steps: int,
+    lr: float,
+    specs: Sequence[RunSpec],
+    device: Any = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Every run of ``specs`` in lockstep (see the module doc): ``timed_run``'s result per run name.
+
+    Each step is timed between device syncs, so on a GPU the queue holds one run's work at a time.
+    ``progress(1)`` after each step of each run.
+    """
+    runs = [(spec[0], *_start(template, steps, lr, spec)) for spec in specs]
+    totals = {name: {"seconds": 0.0, "sched_seconds": 0.0, "peak_memory_bytes": 0} for name, *_ in runs}
+    cuda = torch.device(device).type == "cuda"
+    for s in range(steps):
+        x, y = data[s % len(data)]
+        shift = s % len(runs)
+        for name, model, optimizer, sched in runs[shift:] + runs[:shift]:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            start = time.perf_counter()
+            train_step(model, optimizer, x, y, loss_fn)
+            sync(device)
+            mark = time.perf_counter()
+            sched.step()
+            sync(device)
+            end = time.perf_counter()
+            total = totals[name]
+            total["seconds"] += end - start
+            total["sched_seconds"] += end - mark
+            if cuda:  # this run's peak, with every run's model resident: an upper bound on running it alone
+                total["peak_memory_bytes"] = max(total["peak_memory_bytes"], torch.cuda.max_memory_allocated(device))
+            if progress:
+                progress(1)
+    for name, _, _, sched in runs:
+        totals[name]["num_frozen"] = sched.num_frozen
+        if not cuda:
+            del totals[name]["peak_memory_bytes"]
+    return totals
+
+
+def sched_step_seconds(template: Template, lr: float, calls: int) -> float:
+    """Seconds per ``sched.step()`` that freezes nothing (the per-step cost; freezing is once per layer)."""
+    model, layers = copy_model(*template)
+    optimizer = make_optimizer(model, layers, lr)
+    sched = FreezeOut(optimizer, layers, 100 * calls)  # t stays < 0.01: nothing freezes
+    start = time.perf_counter()
+    for _ in range(calls):
+        sched.step()
+    return (time.perf_counter() - start) / calls
