@@ -162,11 +162,11 @@ def run_bench(
             done = lockstep_runs(template, data, loss_fn, config.steps, config.lr, rotated, device, progress)
             for name in results:
                 results[name].append(done[name])
-            continue
-        for spec in rotated:
-            results[spec[0]].append(timed_run(template, data, loss_fn, config.steps, config.lr, spec, device))
-            if progress:
-                progress(config.steps)
+        else:
+            for spec in rotated:
+                results[spec[0]].append(timed_run(template, data, loss_fn, config.steps, config.lr, spec, device))
+                if progress:
+                    progress(config.steps)
     curves = {f: _merge_curves(slices[f], n) for f in modes}
     curve = curves[modes[0]]
     base = _median_runs(results["baseline"])

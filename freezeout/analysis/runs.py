@@ -23,15 +23,15 @@ from ..controller import FreezeOut
 from ..measure import sync
 from .workload import copy_model, make_optimizer, train_step
 
-__all__ = ["RunSpec", "lockstep_runs", "sched_step_seconds", "timed_run"]
+__all__ = ["BenchRun", "lockstep_runs", "sched_step_seconds", "timed_run"]
 
 Template = tuple[nn.Module, list[nn.Module]]
 Data = Sequence[tuple[Any, Any]]
-# name, t0, schedule, scale_lr, fuse
-RunSpec = tuple[str, float, str, bool, bool]
+# one row of the bench: name, t0, schedule, scale_lr, fuse
+BenchRun = tuple[str, float, str, bool, bool]
 
 
-def _start(template: Template, steps: int, lr: float, spec: RunSpec) -> tuple[nn.Module, Any, FreezeOut]:
+def _start(template: Template, steps: int, lr: float, spec: BenchRun) -> tuple[nn.Module, Any, FreezeOut]:
     _, t0, schedule, scale_lr, fuse = spec
     model, layers = copy_model(*template)
     optimizer = make_optimizer(model, layers, lr)
@@ -41,7 +41,7 @@ def _start(template: Template, steps: int, lr: float, spec: RunSpec) -> tuple[nn
 
 
 def timed_run(
-    template: Template, data: Data, loss_fn: Callable, steps: int, lr: float, spec: RunSpec, device: Any = "cpu"
+    template: Template, data: Data, loss_fn: Callable, steps: int, lr: float, spec: BenchRun, device: Any = "cpu"
 ) -> dict[str, float]:
     """One run of ``steps`` steps on its own; its seconds, the part spent in ``sched.step()``, layers frozen."""
     model, optimizer, sched = _start(template, steps, lr, spec)
@@ -70,7 +70,7 @@ def lockstep_runs(
     loss_fn: Callable,
     steps: int,
     lr: float,
-    specs: Sequence[RunSpec],
+    specs: Sequence[BenchRun],
     device: Any = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
@@ -80,7 +80,7 @@ def lockstep_runs(
     ``progress(1)`` after each step of each run.
     """
     runs = [(spec[0], *_start(template, steps, lr, spec)) for spec in specs]
-    totals = {name: {"seconds": 0.0, "sched_seconds": 0.0, "peak_memory_bytes": 0} for name, *_ in runs}
+    totals = {name: {"seconds": 0.0, "sched_seconds": 0.0} for name, *_ in runs}
     cuda = torch.device(device).type == "cuda"
     for s in range(steps):
         x, y = data[s % len(data)]
@@ -100,13 +100,12 @@ def lockstep_runs(
             total["seconds"] += end - start
             total["sched_seconds"] += end - mark
             if cuda:  # this run's peak, with every run's model resident: an upper bound on running it alone
-                total["peak_memory_bytes"] = max(total["peak_memory_bytes"], torch.cuda.max_memory_allocated(device))
+                peak = torch.cuda.max_memory_allocated(device)
+                total["peak_memory_bytes"] = max(total.get("peak_memory_bytes", 0), peak)
             if progress:
                 progress(1)
     for name, _, _, sched in runs:
         totals[name]["num_frozen"] = sched.num_frozen
-        if not cuda:
-            del totals[name]["peak_memory_bytes"]
     return totals
 
 

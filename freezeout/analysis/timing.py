@@ -43,7 +43,10 @@ def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int, fus
         for m in layer.modules:
             if frozen:
                 lock_eval(m)
-                fuse_layer(m) if fuse else unfuse_layer(m)
+                if fuse:
+                    fuse_layer(m)
+                else:
+                    unfuse_layer(m)  # fused by an earlier call with fuse=True
             else:
                 unfuse_layer(m)
                 unlock_eval(m)
