@@ -167,5 +167,50 @@ def test_bench_lockstep_rows(tiny):
     (row,) = result["rows"]
     assert row["num_frozen_at_end"] == 4 and len(row["runs_seconds"]) == 2 and result["config"]["lockstep"] is True
     assert row["realized_saving"] == pytest.approx(1 - row["seconds"] / result["baseline"]["seconds"])
+    # the curve is paired: both slices' steps pooled, each k's median ratio to its neighbour times their median
+    import statistics
+
+    curve = result["curves"]["fused"]
+    pairs, beside = curve["samples"], curve["neighbour_samples"]
+    assert all(len(v) == len(beside[k]) == 2 for k, v in pairs.items())  # one timed step per k in each slice
+    base = statistics.median(b for v in beside.values() for b in v)
+    for k, v in pairs.items():
+        expected = statistics.median([v[0] / beside[k][0], v[1] / beside[k][1]]) * base
+        assert result["step_times"][int(k)] == pytest.approx(expected)
     with pytest.raises(ValueError, match="lockstep must be True or False"):
         BenchConfig(lockstep="yes").validate()
+
+
+def _drifting_clock(monkeypatch, period: int, amplitude: float) -> None:
+    """A fake clock under ``timing``: a step costs 1 + its number of trainable layers, times a machine speed that
+    swings by ``amplitude`` with a period of ``period`` steps (what this CPU does, only regular)."""
+    import math
+    import types
+
+    import freezeout.analysis.timing as timing
+
+    now, calls, real_step = [0.0], [0], timing.train_step
+
+    def step(model, *args):
+        real_step(model, *args)
+        trainable = sum(any(p.requires_grad for p in layer.parameters()) for layer in model.layers)
+        now[0] += (1 + trainable) * (1 + amplitude * math.sin(2 * math.pi * calls[0] / period))
+        calls[0] += 1
+
+    monkeypatch.setattr(timing, "train_step", step)
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+
+
+def test_a_paired_curve_keeps_its_shape_on_a_drifting_machine(tiny, monkeypatch):
+    _drifting_clock(monkeypatch, period=28, amplitude=0.3)
+    x = torch.randn(2, 3, 8, 8)
+    truth = [5 - k for k in range(5)]  # 1 + trainable layers, k of the 4 frozen
+
+    def shape_error(paired: bool) -> float:
+        t = step_time_curve(tiny, tiny.layers, x, repeats=4, warmup=0, warm_rounds=0, paired=paired)["step_times"]
+        return max(abs(t[k] / t[0] - truth[k] / truth[0]) / (truth[k] / truth[0]) for k in range(5))
+
+    # the drift moves a lone step's time by up to 30 %: the unpaired curve's shape is off by more than a tenth
+    # (so this clock tells the two apart), the paired one's by less than one step's drift (2 pi 0.3 / 28 = 0.07)
+    assert shape_error(paired=False) > 0.1
+    assert shape_error(paired=True) < 0.05

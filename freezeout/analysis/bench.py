@@ -7,7 +7,9 @@ times drift on a shared machine. The *ideal* is the measured step-time curve ``T
 the very same schedule; the *calibrated* estimate integrates it over the continuous schedule. The curve
 is measured in slices, one before each repeat of the runs, so that both see the same machine. With
 ``lockstep`` the runs of a repeat go step by step together instead (``analysis.runs``), for a machine whose
-speed drifts within one run.
+speed drifts within one run, and the curve is paired the same way: each timed step of it beside a step of a
+model with nothing frozen, ``T(k)`` from their ratio (``step_time_curve(paired=True)``), so ideal and realized
+are both measured against a neighbour in the same seconds.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from .cost import integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops
 from .runs import lockstep_runs, sched_step_seconds, timed_run
-from .timing import default_ks, step_time_curve
+from .timing import curve_from_samples, default_ks, step_time_curve
 from .workload import copy_model, model_loss, random_targets
 
 __all__ = ["BenchConfig", "run_bench", "total_work"]
@@ -59,7 +61,7 @@ class BenchConfig:
     fuse: bool = True  # FreezeOut's default: frozen layers' BatchNorms folded (accel.fuse)
     compare_fuse: bool = False  # also every row with the other fuse setting, in the same alternating rounds
     # Off: each run on its own, whole runs alternating (what a user's run is). On: all runs of a repeat step by
-    # step in lockstep (analysis.runs), for a machine whose speed drifts within a run.
+    # step in lockstep (analysis.runs), and the curve paired, for a machine whose speed drifts within a run.
     lockstep: bool = False
 
     @property
@@ -154,6 +156,7 @@ def run_bench(
                     model, layers, example_input, target=target, loss_fn=loss_fn,
                     ks=default_ks(n, config.curve_points), repeats=_curve_slice(config), warmup=2 if first else 0,
                     warm_rounds=1 if first else 0, device=device, lr=config.lr, progress=progress, fuse=f,
+                    paired=config.lockstep,
                 )
             )  # fmt: skip
         shift = r % len(runs)  # rotate the order so no run always follows the same neighbour
@@ -211,7 +214,7 @@ def run_bench(
         "curve_ks": curve["ks"],
         "curve_samples": curve["samples"],
         "curves": {
-            ("fused" if f else "plain"): {"step_times": c["step_times"], "samples": c["samples"]}
+            ("fused" if f else "plain"): {k: c[k] for k in ("step_times", "samples", "neighbour_samples") if k in c}
             for f, c in curves.items()
         },
         "baseline": {**base, "step_seconds": step_time},
@@ -238,10 +241,14 @@ def _curve_slice(config: BenchConfig) -> int:
 
 
 def _merge_curves(slices: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """One curve from the slices: the median of every sample of each k, the rest as the first slice."""
+    """One curve from the slices, every sample of each k pooled (``curve_from_samples``), the rest as the first."""
     samples = {k: [t for c in slices for t in c["samples"][k]] for k in slices[0]["samples"]}
-    measured = {int(k): statistics.median(v) for k, v in samples.items()}
-    return {**slices[0], "samples": samples, "step_times": interpolate_step_times(measured, n)}
+    out = {**slices[0], "samples": samples}
+    neighbours = None
+    if "neighbour_samples" in slices[0]:
+        neighbours = {k: [t for c in slices for t in c["neighbour_samples"][k]] for k in samples}
+        out["neighbour_samples"] = neighbours
+    return {**out, "step_times": interpolate_step_times(curve_from_samples(samples, neighbours), n)}
 
 
 def total_work(config: BenchConfig, num_layers: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,7 +27,7 @@ from .cost import interpolate_step_times
 from .flops import batch_size_of
 from .workload import LossFn, copy_model, make_optimizer, model_loss, random_targets, train_step
 
-__all__ = ["default_ks", "set_frozen_prefix", "step_time_curve"]
+__all__ = ["curve_from_samples", "default_ks", "set_frozen_prefix", "step_time_curve"]
 
 
 def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int, fuse: bool = True) -> None:
@@ -76,6 +76,7 @@ def step_time_curve(
     lr: float = 0.1,
     progress: Callable[[int], None] | None = None,
     fuse: bool = True,
+    paired: bool = False,
 ) -> dict[str, Any]:
     """Median training-step time ``T(k)`` with the first ``k`` layers frozen, on a copy of ``model``.
 
@@ -89,6 +90,10 @@ def step_time_curve(
     steps after every change of ``k``: a training run changes ``k`` a few dozen times in thousands of steps,
     so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
     ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``accel.fuse``), or plain.
+    ``paired``: a second copy with nothing frozen steps right beside every timed step (which goes first
+    alternates), and ``T(k)`` is the median of the ratios to that neighbour times the neighbour's median step:
+    a machine whose speed drifts within a round moves both steps of a pair alike, so the drift leaves the
+    curve's shape (what every saving is) even when it is faster than a round. ``pair_ratios`` are the medians.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes of the
     forward pass (``saved_bytes``: none and all frozen; ``saved_bytes_by_k``: also half, ``n // 2``, if measured).
     """
@@ -109,6 +114,10 @@ def step_time_curve(
     loss_fn = loss_fn or model_loss
     optimizer = make_optimizer(clone, clone_layers, lr)
     probe = Probe(as_layers(clone_layers))
+    steppers = [(clone, optimizer)]
+    if paired:  # the neighbour: a run's baseline, never frozen, never toggled
+        base, base_layers = copy_model(model, layers, device)
+        steppers.append((base, make_optimizer(base, base_layers, lr)))
 
     def set_k(k: int, steps: int) -> None:
         """The first ``k`` layers frozen, then ``steps`` untimed steps; the first (or one more forward) is the
@@ -125,22 +134,31 @@ def step_time_curve(
 
     for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
         set_k(k, warmup)
+    for _ in range(warmup if paired else 0):
+        train_step(base, steppers[1][1], x, y, loss_fn)
     samples: dict[int, list[float]] = {k: [] for k in ks}
+    neighbours: dict[int, list[float]] = {k: [] for k in ks}
     # A fresh process runs its first ~50 CPU steps of a big model ~10 % slow at small k (the heap still
     # growing: DenseNet-BC-76 measured T(0) = 1.135 s at first, 1.021 s after 60 steps, 1.005 s in a
     # training loop), which skewed T(0), the normaliser of every saving. Untimed rounds absorb it.
     for r in range(-warm_rounds, repeats):
-        for k in ks if r % 2 == 0 else reversed(ks):  # alternate direction: drift hits every k alike
+        for i, k in enumerate(ks if r % 2 == 0 else reversed(ks)):  # alternate direction: drift hits every k alike
             set_k(k, settle)
-            sync(device)
-            start = time.perf_counter()
-            train_step(clone, optimizer, x, y, loss_fn)
-            sync(device)
+            order = steppers if (r + i) % 2 == 0 else steppers[::-1]
+            times = {}
+            for model_, optimizer_ in order:
+                sync(device)
+                start = time.perf_counter()
+                train_step(model_, optimizer_, x, y, loss_fn)
+                sync(device)
+                times[model_ is clone] = time.perf_counter() - start
             if r >= 0:
-                samples[k].append(time.perf_counter() - start)
+                samples[k].append(times[True])
+                if paired:
+                    neighbours[k].append(times[False])
             if progress:
                 progress(1)
-    measured = {k: statistics.median(v) for k, v in samples.items()}
+    measured = curve_from_samples(samples, neighbours if paired else None)
     saved = {}
     for k in sorted({0, n // 2, n} & set(ks)):
         set_k(k, 0)
@@ -153,4 +171,19 @@ def step_time_curve(
         "saved_bytes": {"none_frozen": saved[0], "all_frozen": saved[n]},
         "saved_bytes_by_k": {str(k): v for k, v in saved.items()},
         "device": str(device),
+        **({"neighbour_samples": {str(k): v for k, v in neighbours.items()}} if paired else {}),
+    }
+
+
+def curve_from_samples(
+    samples: Mapping[Any, Sequence[float]], neighbours: Mapping[Any, Sequence[float]] | None = None
+) -> dict[int, float]:
+    """``T(k)`` from timed steps per ``k``: their median, or with ``neighbours`` (a paired curve: the time of the
+    unfrozen step beside each) the median ratio to the neighbour times the neighbours' median step."""
+    if neighbours is None:
+        return {int(k): statistics.median(v) for k, v in samples.items()}
+    base_step = statistics.median(b for v in neighbours.values() for b in v)
+    return {
+        int(k): statistics.median(t / b for t, b in zip(v, neighbours[k], strict=True)) * base_step
+        for k, v in samples.items()
     }

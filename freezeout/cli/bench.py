@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--lockstep",
         action="store_true",
         help="run the rows of a repeat step by step together instead of one after another: steadier ratios on a "
-        "machine whose speed drifts (a shared CPU)",
+        "machine whose speed drifts (a shared CPU); the step-time curve is then timed in pairs with an unfrozen step",
     )
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
     b.add_argument("--quiet", action="store_true", help="no progress bar")
