@@ -26,8 +26,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool, r
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    # ResNet-8 for the rewrap: every frozen layer folds its BatchNorms (TinyNet's BN -> zero-padded conv does
-    # not), and each rewrap's broadcast rewrites the frozen tensors in place, so the folds are rebuilt from them
+    # ResNet-8 for the rewrap: every frozen layer folds its BatchNorms, and each rewrap's broadcast rewrites the
+    # frozen tensors in place, so the folds are rebuilt from them
     model = ResNet(8, 4) if resnet else TinyNet()
     counter = AllReduceCounter()
     ddp = DDP(model, find_unused_parameters=not rewrap)

@@ -74,10 +74,20 @@ PATTERNS = {  # name: (layer, input shape, folds expected)
         IMG,
         1,
     ),
-    "bn-conv zero-padded 3x3: left as it is": (
-        lambda: nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 5, 3, padding=1)),
+    "bn-conv zero-padded 3x3 (bias map)": (
+        lambda: nn.Sequential(nn.ReLU(), nn.BatchNorm2d(3), nn.Conv2d(3, 5, 3, padding=1, bias=False)),
         IMG,
-        0,
+        1,
+    ),
+    "bn-conv zero-padded, strided, dilated, grouped, biased": (
+        lambda: nn.Sequential(nn.BatchNorm2d(4), nn.Conv2d(4, 6, 3, stride=2, padding=(2, 1), dilation=2, groups=2)),
+        (2, 4, 7, 8),
+        1,
+    ),
+    "bn-conv1d zero-padded 'same'": (
+        lambda: nn.Sequential(nn.BatchNorm1d(3), nn.Conv1d(3, 4, 3, padding="same", dilation=2)),
+        (2, 3, 9),
+        1,
     ),
     "conv-bn-conv: conv-bn wins": (
         lambda: nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.Conv2d(4, 5, 1)),
@@ -109,6 +119,51 @@ def test_each_pattern_folds_exactly_and_skips_its_batchnorm(name, dtype, tol):
     assert calls.call_count == n_bn - folds
     assert (got - want).abs().max() <= tol * want.abs().max()
     assert not got.requires_grad  # nothing of the frozen layer entered autograd
+
+
+def test_a_border_fold_serves_every_input_size_and_follows_new_statistics():
+    # the bias map depends on the input's size: each size gets its own, and a change of statistics rebuilds them
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)).double()
+    randomise_batchnorm(layer)
+    assert fuse_layer(frozen(layer)) == 1
+    layer.train()
+    for _ in range(2):
+        oracle = copy.deepcopy(layer).eval()
+        for shape in [(2, 3, 5, 5), (1, 3, 4, 9), (2, 3, 5, 5)]:
+            x = torch.randn(shape, dtype=torch.float64)
+            with torch.no_grad():
+                want = oracle(x)
+            assert (layer(x) - want).abs().max() <= 1e-12 * want.abs().max()
+        with torch.no_grad():  # as a load_state_dict would
+            layer[0].running_mean.add_(1.0)
+
+
+def test_a_border_fold_runs_its_real_modules_inside_a_compiled_graph():
+    # its per-size map cache is Python state: under dynamo the pair runs unfolded, in one graph, with the same result
+    from freezeout import compile_blocks
+
+    torch.manual_seed(0)
+    layer = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)).double()
+    randomise_batchnorm(layer)
+    oracle = copy.deepcopy(layer).eval()
+    assert fuse_layer(frozen(layer)) == 1
+    layer.train()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    graphs = []
+
+    def recording(gm: torch.fx.GraphModule, inputs):  # runs the captured graph as it is
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    try:
+        compile_blocks([layer], backend=recording, fullgraph=True)
+        got = layer(x)
+    finally:
+        torch._dynamo.reset()
+    assert [sum("batch_norm" in str(n.target) for n in gm.graph.nodes) for gm in graphs] == [1]
+    torch.testing.assert_close(got, oracle(x), rtol=1e-12, atol=1e-12)
 
 
 def test_linear_bn_fold_only_holds_for_2d_input():

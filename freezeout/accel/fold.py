@@ -7,8 +7,11 @@ A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` 
   (``torch.nn.utils.fusion``). Exact whatever the padding.
 - **BN -> Conv**: scale each *input* channel's weights by ``s``; the bias gains ``W`` applied to ``t``. Exact when
   the conv pads nothing, or pads by copying values (reflect, replicate, circular: the affine map commutes with
-  those). Zero padding breaks it at the border (the zeros would have to become ``-t / s``), so such a pair is left
-  as it is: DenseNet-BC's 3 x 3 convs stay unfolded, its 1 x 1 bottlenecks and transitions fold.
+  those). With zero padding the padded positions stay ``0`` where the fold would assume ``t``: near the border the
+  output misses a fixed part, the conv of ``t`` over the positions that are padding. So a zero-padding conv's fold
+  adds, instead of a bias, a *bias map*: the original conv applied to a constant input ``t`` (zeros padded), which
+  depends only on the input's spatial size and is built once per size (``border_map``). Exact too: DenseNet-BC's
+  3 x 3 convs fold like its 1 x 1 bottlenecks and transitions.
 
 The pairs come from the layer's dataflow: a ``torch.fx`` trace where one works (a pair folds only if the first
 module's output feeds the second alone and each is called once), otherwise the order of ``nn.Sequential``
@@ -29,7 +32,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-__all__ = ["FoldPair", "fold_pairs", "folded_weights"]
+__all__ = ["FoldPair", "border_map", "fold_pairs", "folded_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,11 @@ class FoldPair:
     @property
     def bn(self) -> nn.Module:
         return self.first if self.kind == "bn-conv" else self.second
+
+    @property
+    def border(self) -> bool:
+        """A BN -> Conv fold through zero padding: the conv adds ``border_map`` instead of a bias."""
+        return self.kind == "bn-conv" and _conv_pads_with_zeros(self.second)
 
     @property
     def target(self) -> nn.Module:
@@ -88,7 +96,7 @@ def _pair(a: nn.Module, b: nn.Module) -> FoldPair | None:
     if linear and 2 in _bn_ranks(b) and b.num_features == a.out_features:
         return FoldPair("linear-bn", a, b, 2)
     rank = _conv_rank(b)
-    if rank in _bn_ranks(a) and a.num_features == b.in_channels and not _conv_pads_with_zeros(b):
+    if rank in _bn_ranks(a) and a.num_features == b.in_channels:
         return FoldPair("bn-conv", a, b, rank)
     return None
 
@@ -188,3 +196,14 @@ def folded_weights(pair: FoldPair) -> tuple[torch.Tensor, torch.Tensor]:
 
         bias = (w * per_output(t)).sum(dim=tuple(range(1, w.dim())))
         return w * per_output(s), bias if b is None else bias + b
+
+
+def border_map(pair: FoldPair, spatial: tuple[int, ...]) -> torch.Tensor:
+    """What a zero-padding BN -> Conv fold adds in place of a bias, for inputs of ``spatial`` size (float64): the
+    original conv (its bias included) applied to the BatchNorm's constant ``t``, the zeros padded as they are.
+    Shape ``(out_channels, *output spatial)``; it broadcasts over the batch."""
+    bn, target = pair.bn, pair.target
+    with torch.no_grad():
+        _, t = _affine(bn)
+        const = t.view(1, -1, *(1,) * len(spatial)).expand(1, t.numel(), *spatial)
+        return target._conv_forward(const, _double(target.weight), _double(target.bias))[0]

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..freezing import is_frozen, training_requested
 from .compile import _EAGER
-from .fold import FoldPair, fold_pairs, folded_weights
+from .fold import FoldPair, border_map, fold_pairs, folded_weights
 
 __all__ = ["fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
 
@@ -46,10 +46,12 @@ class _Fold:
 
     def __init__(self, pair: FoldPair) -> None:
         self.pair = pair
+        self.border = pair.border  # a plain bool: read in every folded forward, compiled ones included
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
         self._sources: list[torch.Tensor] = []
         self._stamp: tuple = ()
+        self._maps: dict[tuple[int, ...], torch.Tensor] = {}  # a border fold's bias map per input size
 
     def sources(self) -> list[torch.Tensor]:
         bn, target = self.pair.bn, self.pair.target
@@ -68,11 +70,19 @@ class _Fold:
             # in place where the layout allows: a compiled layer keeps reading the same tensors, no recompile
             self.weight = _store(self.weight, weight, torch.empty_like(source))
             self.bias = _store(self.bias, bias, torch.empty(bias.shape, dtype=source.dtype, device=source.device))
-        self._sources, self._stamp = sources, stamp
+        self._sources, self._stamp, self._maps = sources, stamp, {}
+
+    def map_for(self, spatial: tuple[int, ...]) -> torch.Tensor:
+        """The bias map of a zero-padding BN -> Conv fold for inputs of this spatial size (``fold.border_map``)."""
+        out = self._maps.get(spatial)
+        if out is None:
+            w = self.weight
+            out = self._maps[spatial] = border_map(self.pair, spatial).to(dtype=w.dtype, device=w.device)
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         # a pickled or copied model rebuilds its folds from its own tensors on its first training forward
-        return {"pair": self.pair, "weight": None, "bias": None, "_sources": [], "_stamp": ()}
+        return {**self.__dict__, "weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": {}}
 
 
 def _layout(t: torch.Tensor) -> tuple:
@@ -118,11 +128,15 @@ class _FoldedForward:
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: module(input=x) works too
         x, fold = input, self.fold
-        if self.shadow.on and x.dim() == fold.pair.rank:
+        # a border fold's per-size map cache is Python state a compiled graph would not keep: eager only
+        if self.shadow.on and x.dim() == fold.pair.rank and not (fold.border and torch.compiler.is_compiling()):
             if self.module is fold.pair.bn:
                 return x
             if fold.pair.kind == "linear-bn":
                 return nn.functional.linear(x, fold.weight, fold.bias)
+            if fold.border:
+                out = self.module._conv_forward(x, fold.weight, None)
+                return out.add_(fold.map_for(tuple(x.shape[2:])))
             return self.module._conv_forward(x, fold.weight, fold.bias)
         if self.previous is not None:
             return self.previous(x)
