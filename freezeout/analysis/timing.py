@@ -179,11 +179,15 @@ def curve_from_samples(
     samples: Mapping[Any, Sequence[float]], neighbours: Mapping[Any, Sequence[float]] | None = None
 ) -> dict[int, float]:
     """``T(k)`` from timed steps per ``k``: their median, or with ``neighbours`` (a paired curve: the time of the
-    unfrozen step beside each) the median ratio to the neighbour times the neighbours' median step."""
+    unfrozen step beside each) the median ratio to the neighbour times the neighbours' median step, and ``T(0)``
+    that median itself: the neighbour *is* a step with nothing frozen, timed beside every k (a run's baseline too),
+    where k = 0's own few pairs would scale every saving by their noise (±15 % per pair on a shared CPU)."""
     if neighbours is None:
         return {int(k): statistics.median(v) for k, v in samples.items()}
     base_step = statistics.median(b for v in neighbours.values() for b in v)
     return {
-        int(k): statistics.median(t / b for t, b in zip(v, neighbours[k], strict=True)) * base_step
+        int(k): base_step
+        if int(k) == 0
+        else statistics.median(t / b for t, b in zip(v, neighbours[k], strict=True)) * base_step
         for k, v in samples.items()
     }
