@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 import torch
 
@@ -37,8 +39,6 @@ def test_run_bench_rows_and_model_untouched(tiny):
 
 
 def test_curve_is_measured_in_slices_between_the_repeats(tiny, monkeypatch):
-    import statistics
-
     import freezeout.analysis.bench as bench
 
     order = []
@@ -169,8 +169,6 @@ def test_bench_lockstep_rows(tiny):
     per_repeat = [1 - r / b for r, b in zip(row["runs_seconds"], result["baseline"]["runs_seconds"])]
     assert row["realized_saving"] == pytest.approx(sum(per_repeat) / 2)  # the median of two: a repeat's own ratios
     # the curve is paired: both slices' steps pooled, each k's median ratio to its neighbour times their median
-    import statistics
-
     curve = result["curves"]["fused"]
     pairs, beside = curve["samples"], curve["neighbour_samples"]
     assert all(len(v) == len(beside[k]) == 2 for k, v in pairs.items())  # one timed step per k in each slice

@@ -93,7 +93,8 @@ def step_time_curve(
     ``paired``: a second copy with nothing frozen steps right beside every timed step (which goes first
     alternates), and ``T(k)`` is the median of the ratios to that neighbour times the neighbour's median step:
     a machine whose speed drifts within a round moves both steps of a pair alike, so the drift leaves the
-    curve's shape (what every saving is) even when it is faster than a round. ``pair_ratios`` are the medians.
+    curve's shape (what every saving is) even when it is faster than a round; the result adds the neighbours'
+    times as ``neighbour_samples`` (``curve_from_samples``).
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes of the
     forward pass (``saved_bytes``: none and all frozen; ``saved_bytes_by_k``: also half, ``n // 2``, if measured).
     """
@@ -134,8 +135,9 @@ def step_time_curve(
 
     for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
         set_k(k, warmup)
-    for _ in range(warmup if paired else 0):
-        train_step(base, steppers[1][1], x, y, loss_fn)
+    for neighbour, neighbour_optimizer in steppers[1:]:
+        for _ in range(warmup):
+            train_step(neighbour, neighbour_optimizer, x, y, loss_fn)
     samples: dict[int, list[float]] = {k: [] for k in ks}
     neighbours: dict[int, list[float]] = {k: [] for k in ks}
     # A fresh process runs its first ~50 CPU steps of a big model ~10 % slow at small k (the heap still
@@ -185,9 +187,7 @@ def curve_from_samples(
     if neighbours is None:
         return {int(k): statistics.median(v) for k, v in samples.items()}
     base_step = statistics.median(b for v in neighbours.values() for b in v)
-    return {
-        int(k): base_step
-        if int(k) == 0
-        else statistics.median(t / b for t, b in zip(v, neighbours[k], strict=True)) * base_step
-        for k, v in samples.items()
+    ratios = {
+        int(k): statistics.median(t / b for t, b in zip(v, neighbours[k], strict=True)) for k, v in samples.items()
     }
+    return {k: base_step * (1.0 if k == 0 else ratio) for k, ratio in ratios.items()}
