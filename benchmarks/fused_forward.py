@@ -11,6 +11,8 @@ medians, as ratios to ``plain`` measured in the same rounds, at each thread coun
 - ``compiled`` (``--compile``): ``fused`` with ``compile_blocks`` (inductor) on top.
 
 ``frozen forward`` times the freezable layers alone; ``step`` a whole training step of the model (head trains).
+``--profile``: where each variant's frozen forward spends its time (``torch.profiler``, self CPU time by kind of
+op): what is left to cut once the convolutions, which inference needs as much, are all that remains.
 BatchNorm statistics and affine parameters are randomised first, so that no fold is close to the identity; the
 max relative difference of the frozen prefix's output (rectified, as every consumer sees it) and of the logits
 is reported per variant.
@@ -62,6 +64,26 @@ def randomise_bn(model: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.empty(m.bias.shape).uniform_(-0.5, 0.5, generator=g))
 
 
+OP_KINDS = ("conv", "cat", "relu", "batch_norm", "pool", "add")
+
+
+def op_shares(fn, iters: int = 3) -> dict[str, float]:
+    """Fraction of ``fn``'s self CPU time (profiled over ``iters`` calls) per kind of op in ``OP_KINDS``, the rest
+    as ``other`` (allocation, copies, Python-side work the profiler attributes to ops)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+    totals = dict.fromkeys((*OP_KINDS, "other"), 0.0)
+    for event in prof.key_averages():
+        kind = next((k for k in OP_KINDS if k in event.key), "other")
+        totals[kind] += event.self_cpu_time_total
+    whole = sum(totals.values())
+    return {k: v / whole for k, v in totals.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="densenet-bc", choices=("densenet-bc", "resnet"))
@@ -73,6 +95,7 @@ def main() -> None:
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--compile", action="store_true", help="also time compile_blocks (inductor) on the fused copy")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    ap.add_argument("--profile", action="store_true", help="also the frozen forward's time by kind of op (CPU)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/fused_forward_MODEL.json")
     args = ap.parse_args()
     model, x = build_example(args.model, args.depth, args.width, 10, (3, 32, 32), args.batch, args.channels_last)
@@ -151,6 +174,14 @@ def main() -> None:
             {"threads": t, "kind": kind, "variant": name, "median_s": med, "ratio": med / base, "samples": v}
         )
         print(f"  {t} thread(s) {kind:8s} {name:9s} {1e3 * med:8.1f} ms  {med / base:.3f}x plain")
+    if args.profile:
+        result["profile"] = {}
+        for t in args.threads:
+            torch.set_num_threads(t)
+            for name in variants:
+                shares = op_shares(lambda: prefix(name))  # noqa: B023 - called right here, in this iteration
+                result["profile"][f"{t}/{name}"] = shares
+                print(f"  {t} thread(s) {name:9s} " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
     out = args.out or Path(f"benchmarks/results/fused_forward_{args.model}.json")
     atomic_json(out, result)
     print(f"wrote {out}")

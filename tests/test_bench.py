@@ -7,6 +7,7 @@ import statistics
 import pytest
 import torch
 
+from freezeout import freeze_times, num_frozen_at
 from freezeout.analysis.bench import BenchConfig, run_bench, total_work
 from freezeout.analysis.timing import default_ks, step_time_curve
 
@@ -146,6 +147,11 @@ def test_lockstep_runs_interleave_steps_and_train_each_model_as_alone(tiny, monk
     out = runs.lockstep_runs(template, data, model_loss, 6, 0.1, specs, progress=done.append)
     assert sum(done) == 6 * 3 and [out[name]["num_frozen"] for name, *_ in specs] == [0, 4, 4]
     assert all(0 < r["sched_seconds"] < r["seconds"] for r in out.values())
+    # every step's seconds and the layers it ran with frozen: what the schedule says for that step
+    for name, t0, schedule, *_ in specs:
+        times = freeze_times(4, t0, schedule)
+        assert out[name]["step_frozen"] == [num_frozen_at(s, 6, times) for s in range(6)]
+        assert sum(out[name]["step_seconds"]) == pytest.approx(out[name]["seconds"])
     # step s of every run before step s + 1 of any, the first of each step rotating through the runs
     steps = [calls[i : i + 3] for i in range(0, 18, 3)]
     order = steps[0]
@@ -168,6 +174,18 @@ def test_bench_lockstep_rows(tiny):
     assert row["num_frozen_at_end"] == 4 and len(row["runs_seconds"]) == 2 and result["config"]["lockstep"] is True
     per_repeat = [1 - r / b for r, b in zip(row["runs_seconds"], result["baseline"]["runs_seconds"])]
     assert row["realized_saving"] == pytest.approx(sum(per_repeat) / 2)  # the median of two: a repeat's own ratios
+    # the ideal on the baseline's own seconds: cubic t0 = 0.5 over 4 steps runs its steps with 0, 2, 3, 4 frozen
+    # (by hand, as above), each costing T(k)/T(0) times the baseline step beside it; the median of the two repeats
+    t = result["step_times"]
+    assert row["step_frozen"] == [0, 2, 3, 4] and row["ideal_saving_flat"] == pytest.approx(
+        1 - (t[0] + t[2] + t[3] + t[4]) / (4 * t[0])
+    )
+    ideals = [
+        1 - sum(t[k] / t[0] * s for k, s in zip((0, 2, 3, 4), b)) / sum(b)
+        for b in result["baseline"]["runs_step_seconds"]
+    ]
+    assert row["ideal_saving"] == pytest.approx(sum(ideals) / 2)
+    assert [sum(s) for s in row["runs_step_seconds"]] == pytest.approx(row["runs_seconds"])
     # the curve is paired: both slices' steps pooled, each k's median ratio to its neighbour times their median
     curve = result["curves"]["fused"]
     pairs, beside = curve["samples"], curve["neighbour_samples"]

@@ -58,11 +58,13 @@ def test_bad_input_is_one_line(args, needle):
         one_line_error(cli(command, *TINY, *args), needle)
 
 
-def test_bench_end_to_end_writes_json(tmp_path):
+@pytest.mark.parametrize("lockstep", [[], ["--lockstep"]])
+def test_bench_end_to_end_writes_json(tmp_path, lockstep):
     path = tmp_path / "sub" / "bench.json"
     out = cli(
         "bench",
         *TINY,
+        *lockstep,
         "--steps",
         "6",
         "--repeats",
@@ -97,6 +99,8 @@ def test_bench_end_to_end_writes_json(tmp_path):
     saved = result["memory"]["saved_for_backward_bytes"]
     assert saved["all_frozen"] < saved["none_frozen"]
     assert "realized" in out.stdout and not list(path.parent.glob("*tmp"))
+    # lockstep: the ideal on the baseline's own step times, and the flat integral beside it, in the JSON and printed
+    assert ("ideal_saving_flat" in row) == bool(lockstep) == ("flat over the run: cubic-scaled-0.5" in out.stdout)
 
 
 @pytest.mark.parametrize("flag, want", [([], True), (["--no-channels-last"], False)])

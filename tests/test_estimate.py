@@ -11,6 +11,7 @@ from torch import nn
 from freezeout import freeze_times, num_frozen_at
 from freezeout.analysis.cost import (
     LINEAR_CORRECTION,
+    integrate_on_baseline,
     integrate_step_times,
     interpolate_step_times,
     paper_saving,
@@ -109,6 +110,29 @@ def test_step_counts_agree_with_num_frozen_at(n, t0, schedule, steps):
     assert steps_per_frozen_count(times, steps) == brute
     curve = [1.0 + math.sin(k) ** 2 for k in range(n + 1)]
     assert integrate_step_times(curve, times, steps)["time"] == pytest.approx(sum(c * w for c, w in zip(curve, brute)))
+
+
+def test_integrate_on_baseline_flat_and_drifting():
+    n, t0, steps = 6, 0.5, 20
+    times = freeze_times(n, t0, "cubic")
+    frozen = [num_frozen_at(s, steps, times) for s in range(steps)]
+    curve = [2.0 - 0.25 * k for k in range(n + 1)]
+    # a flat baseline at T(0): exactly the integral over the schedule
+    flat = integrate_on_baseline(curve, frozen, [curve[0]] * steps)
+    assert flat["saving"] == pytest.approx(integrate_step_times(curve, times, steps)["saving"])
+    # a machine whose speed swings: a run whose every step costs exactly T(k)/T(0) of the baseline step beside it
+    # realizes the saving this ideal names, which the flat integral misses
+    speed = [1.0 + 0.4 * math.sin(s) for s in range(steps)]
+    base = [curve[0] * v for v in speed]
+    run = [curve[k] * v for k, v in zip(frozen, speed)]
+    drift = integrate_on_baseline(curve, frozen, base)
+    assert drift["saving"] == pytest.approx(1 - sum(run) / sum(base))
+    assert drift["baseline"] == pytest.approx(sum(base))
+    assert abs(drift["saving"] - flat["saving"]) > 0.01
+    with pytest.raises(ValueError, match="one entry per step"):
+        integrate_on_baseline(curve, frozen, base[:-1])
+    with pytest.raises(ValueError, match=r"frozen_per_step must lie in 0 \.\. 6"):
+        integrate_on_baseline(curve, [7] * steps, base)
 
 
 def test_interpolate_step_times():

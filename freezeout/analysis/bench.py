@@ -9,7 +9,9 @@ is measured in slices, one before each repeat of the runs, so that both see the 
 ``lockstep`` the runs of a repeat go step by step together instead (``analysis.runs``), for a machine whose
 speed drifts within one run, and the curve is paired the same way: each timed step of it beside a step of a
 model with nothing frozen, ``T(k)`` from their ratio (``step_time_curve(paired=True)``), so ideal and realized
-are both measured against a neighbour in the same seconds.
+are both measured against a neighbour in the same seconds; and the ideal weighs each step of the schedule by the
+baseline's step timed beside the run's (``integrate_on_baseline``; the flat integral stays as
+``ideal_saving_flat``): the machine's speed moves the realized saving step by step, and so it moves the ideal.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from ..groups import check_layers
 from ..layers import LayerLike
 from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
 from ..tracing import map_tensors
-from .cost import integrate_step_times, interpolate_step_times
+from .cost import integrate_on_baseline, integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops
 from .runs import lockstep_runs, sched_step_seconds, timed_run
@@ -92,9 +94,11 @@ def _realized(row: dict[str, Any], base: dict[str, Any], lockstep: bool) -> floa
 
 
 def _median_runs(runs: list[dict[str, float]]) -> dict[str, float]:
-    keys = [k for k in runs[0] if k != "num_frozen"]
+    keys = [k for k, v in runs[0].items() if k != "num_frozen" and not isinstance(v, list)]
     out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in keys}
     out["runs_seconds"] = [r["seconds"] for r in runs]
+    if "step_seconds" in runs[0]:  # lockstep: every step's seconds, each repeat
+        out["runs_step_seconds"] = [r["step_seconds"] for r in runs]
     return out
 
 
@@ -189,13 +193,21 @@ def run_bench(
         steps_f = curves[f]["step_times"]
         row = predict(flops, rest, t0, schedule, scale, linear_correction=True, step_times=steps_f)
         med = _median_runs(results[name])
+        flat = integrate_step_times(steps_f, times, config.steps)["saving"]
+        if config.lockstep:  # on the baseline's own seconds, repeat by repeat, as realized
+            pairs = zip(results[name], results["baseline"], strict=True)
+            ideal = statistics.median(
+                integrate_on_baseline(steps_f, r["step_frozen"], b["step_seconds"])["saving"] for r, b in pairs
+            )
+            row.update(ideal_saving_flat=flat, step_frozen=results[name][0]["step_frozen"])
         row.update(
             name=name,
             fuse=f,
-            ideal_saving=integrate_step_times(steps_f, times, config.steps)["saving"],
+            ideal_saving=ideal if config.lockstep else flat,
             realized_saving=_realized(med, base, config.lockstep),
             seconds=med["seconds"],
             runs_seconds=med["runs_seconds"],
+            **({"runs_step_seconds": med["runs_step_seconds"]} if config.lockstep else {}),
             sched_step_fraction=med["sched_seconds"] / (med["seconds"] - med["sched_seconds"]),
             num_frozen_at_end=results[name][0]["num_frozen"],
         )

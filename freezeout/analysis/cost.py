@@ -10,6 +10,7 @@ from ..schedule import num_frozen_at, validate_total_steps
 
 __all__ = [
     "LINEAR_CORRECTION",
+    "integrate_on_baseline",
     "integrate_step_times",
     "interpolate_step_times",
     "paper_saving",
@@ -80,6 +81,25 @@ def integrate_step_times(
     weights = steps_per_frozen_count(times, total_steps)
     time = sum(w * s for w, s in zip(weights, step_times))
     baseline = (1.0 if total_steps is None else total_steps) * step_times[0]
+    return {"time": time, "baseline": baseline, "saving": 1.0 - time / baseline}
+
+
+def integrate_on_baseline(
+    step_times: Sequence[float], frozen_per_step: Sequence[int], baseline_seconds: Sequence[float]
+) -> dict[str, float]:
+    """``integrate_step_times`` on a machine whose speed drifts: the run's step ``s``, with ``frozen_per_step[s]``
+    layers frozen, costs ``T(k) / T(0)`` times ``baseline_seconds[s]``, the unfrozen step timed beside it (in
+    lockstep). A flat baseline gives ``integrate_step_times``' saving; a drifting one weighs each step by the speed
+    the run saw then, as its realized saving does. Returns ``{"time", "baseline", "saving"}``."""
+    if len(frozen_per_step) != len(baseline_seconds):
+        raise ValueError(
+            f"frozen_per_step and baseline_seconds must have one entry per step, got {len(frozen_per_step)} and "
+            f"{len(baseline_seconds)}"
+        )
+    if any(not 0 <= k < len(step_times) for k in frozen_per_step):
+        raise ValueError(f"frozen_per_step must lie in 0 .. {len(step_times) - 1}, got {list(frozen_per_step)}")
+    baseline = float(sum(baseline_seconds))
+    time = sum(step_times[k] / step_times[0] * b for k, b in zip(frozen_per_step, baseline_seconds))
     return {"time": time, "baseline": baseline, "saving": 1.0 - time / baseline}
 
 

@@ -73,14 +73,18 @@ def lockstep_runs(
     specs: Sequence[BenchRun],
     device: Any = "cpu",
     progress: Callable[[int], None] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Every run of ``specs`` in lockstep (see the module doc): ``timed_run``'s result per run name.
+) -> dict[str, dict[str, Any]]:
+    """Every run of ``specs`` in lockstep (see the module doc): ``timed_run``'s result per run name, plus
+    ``step_seconds`` (each step's seconds, ``sched.step()`` included) and ``step_frozen`` (layers frozen during
+    each step), so that a run's own step at ``k`` can be set beside the baseline's step of the same seconds.
 
     Each step is timed between device syncs, so on a GPU the queue holds one run's work at a time.
     ``progress(1)`` after each step of each run.
     """
     runs = [(spec[0], *_start(template, steps, lr, spec)) for spec in specs]
-    totals = {name: {"seconds": 0.0, "sched_seconds": 0.0} for name, *_ in runs}
+    totals: dict[str, dict[str, Any]] = {
+        name: {"seconds": 0.0, "sched_seconds": 0.0, "step_seconds": [], "step_frozen": []} for name, *_ in runs
+    }
     cuda = torch.device(device).type == "cuda"
     for s in range(steps):
         x, y = data[s % len(data)]
@@ -88,6 +92,7 @@ def lockstep_runs(
         for name, model, optimizer, sched in runs[shift:] + runs[:shift]:
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
+            frozen = sched.num_frozen  # what this step runs with (its own sched.step() may freeze more)
             sync(device)
             start = time.perf_counter()
             train_step(model, optimizer, x, y, loss_fn)
@@ -97,6 +102,8 @@ def lockstep_runs(
             sync(device)
             end = time.perf_counter()
             total = totals[name]
+            total["step_frozen"].append(frozen)
+            total["step_seconds"].append(end - start)
             total["seconds"] += end - start
             total["sched_seconds"] += end - mark
             if cuda:  # this run's peak, with every run's model resident: an upper bound on running it alone

@@ -105,6 +105,9 @@ def run(args: argparse.Namespace) -> int:
             f"{pct(row['ideal_saving'])} {pct(row['realized_saving']):>8} {ratio:>10.3f} "
             f"{100 * row['sched_step_fraction']:>9.3f}%"
         )
+    if args.lockstep:
+        flat = ", ".join(f"{row['name']} {100 * row['ideal_saving_flat']:.1f}%" for row in result["rows"])
+        print(f"lockstep: ideal = the curve on the baseline's own step times, each repeat; flat over the run: {flat}")
     sched, mem = result["sched_step"], result["memory"]
     saved = mem["saved_for_backward_bytes"]
     print(
