@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import FreezeOut, freeze_layer
-from freezeout.accel.fuse import fuse_layer, is_fused, unfuse_layer
+from freezeout.accel.fuse import active_fold, fuse_layer, is_fused, unfuse_layer
 from freezeout.experiment.models import ResNet
 from tests.helpers.models import randomise_batchnorm
 
@@ -219,6 +219,32 @@ def test_the_fold_runs_in_training_forwards_only():
     bn = model.blocks[0].bn1  # called on its own, outside its layer's forward: the real BatchNorm
     h = torch.randn(2, 4, 8, 8)
     assert torch.equal(bn(h), oracle.blocks[0].bn1(h))
+
+
+def test_active_fold_gives_the_folded_weights_inside_a_training_forward_only():
+    bn, conv = nn.BatchNorm2d(6), nn.Conv2d(6, 5, 1, bias=False)
+    layer = frozen(nn.Sequential(nn.ReLU(), bn, conv, nn.BatchNorm2d(5), nn.Conv2d(5, 3, 3, padding=1)))
+    randomise_batchnorm(layer)
+    fuse_layer(layer)
+    seen = []
+    # while the layer's forward runs (a hook on the last conv, inside it)
+    layer[4].register_forward_hook(lambda m, a, o: seen.append((active_fold(conv), active_fold(layer[4]))))
+    x = torch.randn(2, 6, 4, 4)
+    layer.train()
+    layer(x)
+    ((got, border),) = seen
+    assert border is None  # a zero-padding fold needs its bias map: run through the module, not by hand
+    folded_bn, weight, bias = got
+    # the folded conv is the conv of the BatchNorm's output: w * s per input channel, bias = sum of w * t
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    t = bn.bias - bn.running_mean * s
+    assert folded_bn is bn and not weight.requires_grad
+    torch.testing.assert_close(weight, conv.weight * s.view(1, -1, 1, 1))
+    torch.testing.assert_close(bias, (conv.weight[:, :, 0, 0] * t).sum(1))
+    assert active_fold(conv) is None  # outside the layer's forward
+    layer.eval()
+    layer(x)
+    assert seen[-1] == (None, None) and active_fold(nn.Conv2d(2, 2, 1)) is None
 
 
 def test_export_after_eval_sees_the_real_batchnorms():

@@ -168,6 +168,54 @@ def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
     assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
+def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
+    # DenseNet-BC-22: 3 dense layers per block. Frozen: the stem and block 1's first two dense layers
+    model, opt, sched = build(lambda: DenseNetBC(22, 4))
+    cl = torch.channels_last
+    model.to(memory_format=cl)
+    step = 0
+    while sched.num_frozen < 3:
+        train_step(model, opt, sched, step, memory_format=cl)
+        step += 1
+    assert sched.num_frozen == 3
+    block = model.blocks[0]
+    outputs: dict[int, torch.Tensor] = {}
+    hooks = [
+        layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o)) for i, layer in enumerate(block)
+    ]
+    x, y = torch.randn(4, 3, 8, 8).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
+
+    def step_grads(fast: bool, x: torch.Tensor = x) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
+            out = model(x)
+        F.cross_entropy(out, y).backward()
+        return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+    (b, gb), (a, ga) = step_grads(False), step_grads(True)  # the hooks keep the fast path's outputs
+    first, second = outputs[0], outputs[1]
+    # one buffer with room for the whole block (8 + 3 * 4 channels), each frozen layer's output a prefix view of it
+    assert first._base is not None and first._base is second._base and first._base.shape[1] == 20
+    assert (first.shape[1], second.shape[1]) == (12, 16) and first.data_ptr() == second.data_ptr()
+    assert outputs[2]._base is None  # the trainable layer concatenates as always
+    # the same function: a 1 x 1 conv as a matrix product, up to float rounding; the trainable path untouched
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert len(ga) == len(gb) and all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
+    model.to(memory_format=torch.contiguous_format)  # an NCHW model: concatenation, as before (folds rebuilt)
+    (c, _), (d, _) = step_grads(False, x.contiguous()), step_grads(True, x.contiguous())
+    assert outputs[0]._base is None and outputs[1]._base is None and torch.equal(c, d)
+    model.to(memory_format=cl)
+    for h in hooks:
+        h.remove()
+    # the whole block frozen: its last layer fills the buffer, and the transition reads it whole
+    while sched.num_frozen < 5:
+        train_step(model, opt, sched, step, memory_format=cl)
+        step += 1
+    (a, _), (b, _) = step_grads(True), step_grads(False)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_the_fuse_setting_reaches_freezeout_from_the_command_line():
     from freezeout.cli import build_parser
     from freezeout.cli.common import config_from_args

@@ -36,7 +36,7 @@ from ..freezing import is_frozen, training_requested
 from .compile import _EAGER
 from .fold import FoldPair, border_map, fold_pairs, folded_weights
 
-__all__ = ["fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
+__all__ = ["active_fold", "fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
 
 _SHADOW = "_freezeout_shadow"
 
@@ -192,6 +192,19 @@ def unfuse_layer(layer: nn.Module) -> None:
 def is_fused(layer: nn.Module) -> bool:
     """Whether ``fuse_layer`` folded something in ``layer``."""
     return _SHADOW in layer.__dict__
+
+
+def active_fold(module: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None] | None:
+    """For a model's own frozen fast path that runs a folded conv its own way: ``(bn, weight, bias)`` of the
+    BatchNorm folded into ``module`` (a conv or linear) and the folded weights, while its layer's shadow is on and
+    the fold is a plain one (no border map); else ``None``, and the module's own call is the way to run it."""
+    forward = module.__dict__.get("forward")
+    if not isinstance(forward, _FoldedForward) or not forward.shadow.on:
+        return None
+    fold = forward.fold
+    if module is not fold.pair.target or fold.border:
+        return None
+    return fold.pair.bn, fold.weight, fold.bias
 
 
 def shadow_active(layer: nn.Module) -> bool:

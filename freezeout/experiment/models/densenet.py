@@ -8,6 +8,12 @@ so a frozen layer hands on *rectified* features: each one rectifies only its own
 input again, and every consumer still computes the same values (bit for bit: ``relu(relu(x)) == relu(x)``). A
 transition pools before its 1 x 1 conv: 2 x 2 average pooling commutes with per-pixel affine maps (the BatchNorm,
 the 1 x 1 conv), so the conv runs on a quarter of the pixels. The trainable path is the plain one, unchanged.
+
+Frozen dense layers of a block also share one channels-last buffer with room for the block's every channel, in
+place of a concatenation per layer, which copies all features so far each time (a quarter of the frozen forward,
+measured): each layer writes only its new channels, hands on a channel prefix of the buffer (a view), and runs its
+folded 1 x 1 bottleneck as one matrix product straight on that view (every pixel's channels a row, the buffer's
+width the row stride), the same product the 1 x 1 conv computes.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...accel.fuse import shadow_active
+from ...accel.fuse import active_fold, shadow_active
 from ...checks import check_int
 
 __all__ = ["DenseNetBC", "check_depth", "densenet_bc"]
@@ -57,20 +63,59 @@ def _rectified(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_BLOCK = "_freezeout_block"  # on a frozen dense layer's output: the block buffer it is a channel prefix of
+
+
+def _block_buffer(r: torch.Tensor, capacity: int) -> torch.Tensor:
+    """The channels-last buffer whose first channels ``r`` is (a frozen dense layer's output), or a new one with
+    ``r`` copied in: the one copy of the block's input that every later frozen layer builds on."""
+    buf = getattr(r, _BLOCK, None)
+    if buf is not None and buf.shape[1] == capacity:
+        return buf
+    n, c, h, w = r.shape
+    buf = torch.empty((n, capacity, h, w), dtype=r.dtype, device=r.device, memory_format=torch.channels_last)
+    buf[:, :c].copy_(r)
+    return buf
+
+
+def _pointwise(buf: torch.Tensor, c: int, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A 1 x 1 conv of the buffer's first ``c`` channels, as a matrix product on a view of it (no copy)."""
+    n, _, h, w = buf.shape
+    rows = buf.permute(0, 2, 3, 1)[..., :c].reshape(n * h * w, c)  # row stride: the buffer's width
+    weight = weight.reshape(weight.shape[0], c).t()
+    out = rows @ weight if bias is None else torch.addmm(bias, rows, weight)
+    return out.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last, as the conv's output
+
+
 class DenseLayer(nn.Module):
     """Bottleneck dense layer: 1x1 conv to 4k channels, 3x3 conv to k, output concatenated to the input."""
 
-    def __init__(self, cin: int, growth: int) -> None:
+    def __init__(self, cin: int, growth: int, capacity: int | None = None) -> None:
         super().__init__()
         self.body = nn.Sequential(*_unit(cin, 4 * growth, 1), *_unit(4 * growth, growth, 3))
+        # channels at the end of the block (DenseNetBC sets it): the frozen path's shared buffer; None: concatenate
+        self.capacity = capacity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _fast(self):  # frozen (see the module doc): rectified features in and out
-            r = _relu_once(x)
-            b = self.body
-            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by accel.fuse
-            return _rectified(torch.cat([r, new.relu_()], dim=1))
+            return _rectified(self._frozen(_relu_once(x)))
         return torch.cat([x, self.body(x)], dim=1)
+
+    def _frozen(self, r: torch.Tensor) -> torch.Tensor:
+        b = self.body
+        fold, capacity = active_fold(b[2]), getattr(self, "capacity", None)  # a model pickled before it: None
+        buffered = getattr(r, _BLOCK, None) is not None or r.is_contiguous(memory_format=torch.channels_last)
+        if fold is None or fold[0] is not b[1] or capacity is None or r.dim() != 4 or not buffered:
+            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by accel.fuse
+            return torch.cat([r, new.relu_()], dim=1)
+        c = r.shape[1]
+        buf = _block_buffer(r, capacity)
+        new = b[5](b[4](b[3](_pointwise(buf, c, fold[1], fold[2]))))
+        end = c + new.shape[1]
+        torch.clamp_min(new, 0, out=buf[:, c:end])  # the ReLU every consumer applies, written in place
+        out = buf[:, :end]
+        setattr(out, _BLOCK, buf)
+        return out
 
 
 class Transition(nn.Sequential):
@@ -103,8 +148,9 @@ class DenseNetBC(nn.Module):
         self.transitions = nn.ModuleList()
         for b in range(3):
             block = nn.Sequential()
+            end = channels + per_block * growth
             for _ in range(per_block):
-                block.append(DenseLayer(channels, growth))
+                block.append(DenseLayer(channels, growth, end))
                 channels += growth
             self.blocks.append(block)
             if b < 2:
