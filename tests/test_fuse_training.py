@@ -140,6 +140,16 @@ def test_compile_blocks_traces_the_folds():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6, msg=k)
 
 
+def step_grads(model, x, y, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A training step's logits and gradients, DenseNet-BC's frozen fast path on or off."""
+    model.train()
+    model.zero_grad(set_to_none=True)
+    with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
+        out = model(x)
+    F.cross_entropy(out, y).backward()
+    return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
+
+
 def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
     # frozen: the stem and the first dense layer; inside block 1, so only the rectified hand-on differs
     model, opt, sched = build(lambda: DenseNetBC(16, 4))  # 2 dense layers per block
@@ -149,22 +159,13 @@ def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
         step += 1
     assert sched.num_frozen == 2
     x, y = torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,))
-
-    def step_grads(fast: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
-            out = model(x)
-        F.cross_entropy(out, y).backward()
-        return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
-
-    (a, ga), (b, gb) = step_grads(True), step_grads(False)
+    (a, ga), (b, gb) = step_grads(model, x, y, True), step_grads(model, x, y, False)
     # relu(cat(a, b)) = cat(relu(a), relu(b)) and relu(relu(x)) = relu(x): identical values, bit for bit
     assert torch.equal(a, b) and len(ga) == len(gb) and all(torch.equal(u, v) for u, v in zip(ga, gb))
     while sched.num_frozen < 4:  # the first transition freezes: it pools first, equal up to rounding
         train_step(model, opt, sched, step)
         step += 1
-    (a, _), (b, _) = step_grads(True), step_grads(False)
+    (a, _), (b, _) = step_grads(model, x, y, True), step_grads(model, x, y, False)
     assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
@@ -184,16 +185,7 @@ def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
         layer.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o)) for i, layer in enumerate(block)
     ]
     x, y = torch.randn(4, 3, 8, 8).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
-
-    def step_grads(fast: bool, x: torch.Tensor = x) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        model.train()
-        model.zero_grad(set_to_none=True)
-        with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
-            out = model(x)
-        F.cross_entropy(out, y).backward()
-        return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]
-
-    (b, gb), (a, ga) = step_grads(False), step_grads(True)  # the hooks keep the fast path's outputs
+    (b, gb), (a, ga) = step_grads(model, x, y, False), step_grads(model, x, y, True)  # hooks keep the fast outputs
     first, second = outputs[0], outputs[1]
     # one buffer with room for the whole block (8 + 3 * 4 channels), each frozen layer's output a prefix view of it
     assert first._base is not None and first._base is second._base and first._base.shape[1] == 20
@@ -203,7 +195,7 @@ def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert len(ga) == len(gb) and all(torch.allclose(u, v, rtol=1e-4, atol=1e-6) for u, v in zip(ga, gb))
     model.to(memory_format=torch.contiguous_format)  # an NCHW model: concatenation, as before (folds rebuilt)
-    (c, _), (d, _) = step_grads(False, x.contiguous()), step_grads(True, x.contiguous())
+    (c, _), (d, _) = step_grads(model, x.contiguous(), y, False), step_grads(model, x.contiguous(), y, True)
     assert outputs[0]._base is None and outputs[1]._base is None and torch.equal(c, d)
     model.to(memory_format=cl)
     for h in hooks:
@@ -212,7 +204,7 @@ def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
     while sched.num_frozen < 5:
         train_step(model, opt, sched, step, memory_format=cl)
         step += 1
-    (a, _), (b, _) = step_grads(True), step_grads(False)
+    (a, _), (b, _) = step_grads(model, x, y, True), step_grads(model, x, y, False)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
