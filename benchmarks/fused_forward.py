@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import statistics
 import sys
 import time
@@ -179,7 +180,7 @@ def main() -> None:
         for t in args.threads:
             torch.set_num_threads(t)
             for name in variants:
-                shares = op_shares(lambda: prefix(name))  # noqa: B023 - called right here, in this iteration
+                shares = op_shares(functools.partial(prefix, name))
                 result["profile"][f"{t}/{name}"] = shares
                 print(f"  {t} thread(s) {name:9s} " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()))
     out = args.out or Path(f"benchmarks/results/fused_forward_{args.model}.json")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from freezeout.analysis.cost import interpolate_step_times
+from freezeout.analysis.cost import integrate_on_baseline, interpolate_step_times
 from freezeout.analysis.runs import lockstep_runs
 from freezeout.analysis.timing import curve_from_samples, default_ks, step_time_curve
 from freezeout.analysis.workload import copy_model, model_loss, random_targets
@@ -37,11 +37,10 @@ def analyse(curve: list[float], runs: list[dict], name: str) -> dict:
     for done in runs:
         run, base = done[name], done["baseline"]
         total_b = sum(base["step_seconds"])
-        ideal_s = excess_after = excess_other = 0.0
+        excess_after = excess_other = 0.0
         prev = 0
         for t, b, k in zip(run["step_seconds"], base["step_seconds"], run["step_frozen"], strict=True):
             by_k[k].append(t / b)
-            ideal_s += ratio[k] * b
             if k > prev:
                 excess_after += t - ratio[k] * b
             else:
@@ -50,7 +49,7 @@ def analyse(curve: list[float], runs: list[dict], name: str) -> dict:
         repeats.append(
             {
                 "realized": 1 - sum(run["step_seconds"]) / total_b,
-                "run_weighted_ideal": 1 - ideal_s / total_b,
+                "run_weighted_ideal": integrate_on_baseline(curve, run["step_frozen"], base["step_seconds"])["saving"],
                 "excess_after_freeze": excess_after / total_b,
                 "excess_other": excess_other / total_b,
                 "sched_fraction": run["sched_seconds"] / total_b,
