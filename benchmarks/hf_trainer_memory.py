@@ -3,10 +3,9 @@
     PYTHONPATH=. .venv/bin/python benchmarks/hf_trainer_memory.py [--hidden 128 --blocks 4 --length 64 --batch 8]
 
 A BERT classifier built from a config (random weights, random tokens) trains for ``--steps`` steps with
-FreezeOut (linear, ``t0=0.3``: every layer frozen by 3/4 of the run) in three settings: no activation
-checkpointing; checkpointing (Hugging Face then hooks the token embedding's output to require grad); and
-checkpointing with the guard's check-step cut switched off, which is how the guard behaved before it
-(the first step after each freeze ran the frozen blocks with a graph). For each step: the bytes autograd
+FreezeOut (linear, ``t0=0.3``: every layer frozen by 3/4 of the run) in two settings: no activation
+checkpointing; and checkpointing (Hugging Face then hooks the token embedding's output to require grad, which the
+graph cut stops at the frozen blocks in every forward). For each step: the bytes autograd
 still holds for backward when the forward returns, and the step's wall time. Reported per frozen count:
 the median over the steady steps, and the check step (the first after a freeze) on its own. Under
 checkpointing the held bytes leave out each checkpointed block's input, which the checkpoint keeps itself
@@ -32,7 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
 from freezeout.experiment.runfiles import atomic_json
-from freezeout.guard import Probe
 from freezeout.integrations.transformers import add_freezeout
 
 
@@ -117,13 +115,7 @@ def main() -> None:
     results = {"config": vars(opts) | {"out": str(opts.out)}, "threads": torch.get_num_threads()}
     results["no_checkpointing"] = summary(run(opts, False))
     results["checkpointing"] = summary(run(opts, True))
-    cut_now = Probe._cut_now
-    Probe._cut_now = lambda self, index, args, kwargs: None  # the guard before its check-step cut
-    try:
-        results["checkpointing_without_check_step_cut"] = summary(run(opts, True))
-    finally:
-        Probe._cut_now = cut_now
-    for name in ("no_checkpointing", "checkpointing", "checkpointing_without_check_step_cut"):
+    for name in ("no_checkpointing", "checkpointing"):
         print(f"{name}: frozen -> held MiB (steady | check step), step ms")
         for k, r in results[name].items():
             print(

@@ -1,14 +1,17 @@
 """FreezeOut: accelerate training by progressively freezing layers (Brock et al., 2017).
 
-The package's core (this folder: schedule, controller, groups, freezing, discovery, measure, checks) is what a
-training loop needs and imports nothing of the rest. Around it: ``accel`` (per-layer compile, DDP),
-``analysis`` (FLOPs, step-time curve, estimates, benchmark), ``integrations`` (Lightning, HF Trainer), ``experiment``
-(the paper's study as an application: trainer, sweep, plots, models, data) and ``cli`` (the command line).
+The package's core (this folder: schedule, controller, groups, freezing with its ``effects``, discovery, guard,
+measure, checks, and ``compat``, the one place that touches torch internals) is what a training loop needs and
+imports nothing of the rest; this file, the facade, also offers ``accel``'s per-layer compile. Around it: ``accel``
+(per-layer compile, DDP, FSDP2), ``analysis`` (FLOPs, step-time curve, estimates, benchmark), ``integrations``
+(Lightning, HF Trainer), ``experiment`` (the paper's study as an application: trainer, sweep, plots, models, data)
+and ``cli`` (the command line).
 """
 
 from .accel.compile import compile_blocks, uncompile_blocks
 from .controller import FreezeOut, ScheduleWarning
 from .discovery import find_layers
+from .effects import remove_effects
 from .freezing import freeze_layer, is_frozen
 from .groups import param_groups, unwrap
 from .guard import FrozenInputWarning
@@ -33,6 +36,7 @@ __all__ = [
     "num_frozen_at",
     "param_groups",
     "progress",
+    "remove_effects",
     "saved_tensor_bytes",
     "uncompile_blocks",
     "unwrap",

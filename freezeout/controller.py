@@ -7,13 +7,20 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from .accel.fuse import fuse_layer
 from .checks import check_int
-from .freezing import freeze_layer
+from .freezing import FrozenPrefix
 from .groups import group_owners
-from .guard import Probe
+from .guard import FirstPass, judge
 from .layers import LayerLike, as_layers, check_layers
-from .schedule import freeze_times, layer_lr, num_frozen_at, validate_schedule, validate_t0, validate_total_steps
+from .schedule import (
+    freeze_times,
+    layer_lr,
+    num_frozen_at,
+    progress,
+    validate_schedule,
+    validate_t0,
+    validate_total_steps,
+)
 
 __all__ = ["FreezeOut", "ScheduleWarning"]
 
@@ -36,11 +43,18 @@ class FreezeOut:
     Call ``step()`` once per optimizer step, after ``optimizer.step()``. Right after construction the optimizer
     holds the LRs for ``t = 0``; after the ``s``-th ``step()`` those for ``t = s / total_steps``, and every layer
     with ``t_i <= t`` is frozen. ``warmup_steps=W`` multiplies every LR by ``min(1, s / W)``; freeze times do
-    not change. The first training forward after construction and after each freeze is checked (see
-    ``freezeout.guard``): layers out of forward order or tied to the rest raise ``ValueError``; a trainable
-    tensor flowing into frozen layers is a ``FrozenInputWarning`` (``strict=True``: ``ValueError``).
-    ``fuse`` (on by default) folds each frozen layer's BatchNorms into its convolutions for its training
-    forwards (``freezeout.accel.fuse``); the model's parameters, buffers and state_dict are untouched.
+    not change. With no trainable parameter in the rest's groups (only adapters inside the layers train, say),
+    the last layer trains to the end with the rest's schedule (``t_i = 1``) instead of freezing.
+
+    Freezing a layer installs its effects (``freezeout.effects``): no gradient, inference mode in every call, the
+    graph cut at the frozen prefix (a tied weight or hooked activation flowing in), and with ``fuse`` (on by
+    default) its BatchNorms folded into its convolutions for training forwards, where that is proven exact. The
+    model's parameters, buffers and state_dict are untouched. ``close()`` (or leaving a ``with`` block) removes
+    every effect: the model is as it was handed in, with its trained weights.
+
+    The first training forward is checked (``freezeout.guard``): layers out of forward order or tied to the rest
+    raise ``ValueError``; a trainable parameter flowing into frozen layers is a ``FrozenInputWarning``
+    (``strict=True``: ``ValueError``).
     """
 
     def __init__(
@@ -70,21 +84,40 @@ class FreezeOut:
         self.fuse = fuse
         self._owners = group_owners(optimizer, self._layers)
         self.times = freeze_times(len(self._layers), self.t0, self.schedule)
+        self._keep_last = not self._rest_trains()
+        if self._keep_last and self.times[0] < 1.0:
+            self.times[-1] = 1.0
+            log.info("no trainable parameter outside the layers: the last layer trains to the end")
         # Like torch's LR schedulers: the LR found at first construction is the base, kept in the group
         # so a second FreezeOut on the same optimizer (or a resumed one) sees the same base.
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self.step_count = 0
-        self.num_frozen = 0
+        self.closed = False
         self._warned: set[str] = set()
-        self._probe = Probe(self._layers, self.strict)
-        self._probe.arm(0)  # the first training forward: layer order and ties
+        self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
+        self._check: FirstPass | None = FirstPass(self._layers)  # the first training forward: order and ties
         self._apply()
+
+    def _rest_trains(self) -> bool:
+        n = len(self._layers)
+        groups = [g for g, i in zip(self.optimizer.param_groups, self._owners) if i == n]
+        return any(p.requires_grad for g in groups for p in g["params"])
 
     @property
     def progress(self) -> float:
-        return min(self.step_count / self.total_steps, 1.0)
+        return progress(self.step_count, self.total_steps)
+
+    @property
+    def num_frozen(self) -> int:
+        """How many layers are frozen (always the first ones); after ``close()``, how many the run had frozen."""
+        return self._frozen.num_frozen if not self.closed else self._closed_at
+
+    @property
+    def frozen(self) -> list[list[str]]:
+        """For each frozen layer, the names of the effects its freeze installed (``freezeout.effects``)."""
+        return [record.names for record in self._frozen.records]
 
     @property
     def group_layers(self) -> list[int]:
@@ -103,7 +136,12 @@ class FreezeOut:
                 "FreezeOut.step() takes no argument: FreezeOut is the whole LR schedule and cannot run inside "
                 "SequentialLR or ChainedScheduler; for a warmup use FreezeOut(..., warmup_steps=W)"
             )
-        self._probe.finish()  # judge the forward pass just taken, if it was recorded
+        if self.closed:
+            raise RuntimeError("FreezeOut.step() after close(): build a fresh FreezeOut to train with it again")
+        if self._check is not None:
+            self._check.finish()
+        reports, self._frozen.prefix.reports = self._frozen.prefix.reports, []
+        judge(reports, self.strict)
         self._adopt_new_groups()
         self._check_lrs()
         self.step_count += 1
@@ -113,31 +151,63 @@ class FreezeOut:
         """The LR of every optimizer group, like torch's schedulers."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
-    def head_lr(self) -> float:
-        """The rest's LR (the head's): what a logger should show as *the* learning rate."""
+    def head_lr(self, step: int | None = None) -> float:
+        """What a logger should show as *the* learning rate: the rest's (the head's), or with no group of the rest
+        the LR of the last layer still training. Now, or at optimizer step ``step``."""
         n = len(self._layers)
-        return next((g["lr"] for g, i in zip(self.optimizer.param_groups, self._owners) if i == n), 0.0)
+        lrs = self.get_last_lr() if step is None else self.lrs_at(step)
+        frozen = self.num_frozen if step is None else self.frozen_at(step)
+        rest = [lr for lr, i in zip(lrs, self._owners) if i == n]
+        if rest:
+            return rest[0]
+        training = [(i, lr) for lr, i in zip(lrs, self._owners) if i >= frozen]
+        return max(training, key=lambda x: x[0])[1] if training else 0.0
 
-    def _warmup(self) -> float:
-        return 1.0 if self.warmup_steps == 0 else min(1.0, self.step_count / self.warmup_steps)
+    def close(self) -> None:
+        """Remove everything FreezeOut put on the model (hooks, folds, cuts, inference mode), newest first, and give
+        each frozen parameter back its ``requires_grad``: the model is as it was handed in, with its trained
+        weights; ``train()`` trains every module again. The optimizer keeps its groups and LRs. ``step()`` refuses
+        from then on. Idempotent."""
+        if self._check is not None:
+            self._check.close()
+            self._check = None
+        if not self.closed:
+            self._closed_at = self._frozen.num_frozen
+        self._frozen.close()
+        self.closed = True
+
+    def __enter__(self) -> FreezeOut:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def lrs_at(self, step: int) -> list[float]:
+        """The LR of every optimizer group at optimizer step ``step`` (what ``step()`` sets after that many steps)."""
+        n, t = len(self._layers), progress(step, self.total_steps)
+        factor = 1.0 if self.warmup_steps == 0 else min(1.0, max(step, 0) / self.warmup_steps)
+        return [
+            factor * layer_lr(t, self.times[i] if i < n else 1.0, base, self.scale_lr and i < n)
+            for i, base in zip(self._owners, self.base_lrs)
+        ]
+
+    def frozen_at(self, step: int) -> int:
+        """How many layers are frozen at optimizer step ``step``."""
+        due = num_frozen_at(step, self.total_steps, self.times)
+        return min(due, len(self._layers) - 1) if self._keep_last else due
 
     def _apply(self) -> None:
-        n, t, factor = len(self._layers), self.progress, self._warmup()
-        for group, i, base in zip(self.optimizer.param_groups, self._owners, self.base_lrs):
-            group["lr"] = factor * layer_lr(t, self.times[i] if i < n else 1.0, base, self.scale_lr and i < n)
-        due = num_frozen_at(self.step_count, self.total_steps, self.times)
-        froze = self.num_frozen < due
+        for group, lr in zip(self.optimizer.param_groups, self.lrs_at(self.step_count)):
+            group["lr"] = lr
+        due = self.frozen_at(self.step_count)
         while self.num_frozen < due:
             i = self.num_frozen
             groups = [g for g, owner in zip(self.optimizer.param_groups, self._owners) if owner == i]
-            freeze_layer(self._layers[i], groups, self.optimizer)
-            if self.fuse:
-                for m in self._layers[i].modules:
-                    fuse_layer(m)
-            self.num_frozen += 1
-            log.debug("froze layer %d at step %d (t=%.4f, t_i=%.4f)", i, self.step_count, self.progress, self.times[i])
-        if froze:
-            self._probe.arm(self.num_frozen)
+            record = self._frozen.freeze_next(groups, self.optimizer)
+            if self._check is not None:
+                self._check.release(i)
+            log.debug("froze layer %d at step %d (t=%.4f, t_i=%.4f): %s", i, self.step_count, self.progress,
+                      self.times[i], ", ".join(record.names))  # fmt: skip
         self._set = [g["lr"] for g in self.optimizer.param_groups]
 
     def _warn_once(self, key: str, message: str) -> None:

@@ -1,78 +1,111 @@
-"""What "frozen" means for one layer (docs/METHOD.md, "What frozen means"), as a single operation."""
+"""What "frozen" means for one layer (docs/METHOD.md, "What frozen means"): the effects installed at its freeze.
+
+``FrozenPrefix`` keeps a model's frozen layers, always a prefix of its layers: it freezes the next one (installing
+the effects of ``freezeout.effects`` in a fixed order) and removes them again, newest first. ``FreezeOut`` drives
+one; so does the step-time measurement, which freezes any ``k`` layers as FreezeOut would leave them.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
+from .effects import (
+    BatchNormFold,
+    Effect,
+    FrozenLayer,
+    GraphCut,
+    InferenceMode,
+    Prefix,
+    StopGradients,
+    has_effects,
+    in_inference_mode,
+    remove_effects,
+)
 from .layers import Layer, LayerLike, as_layers
 
-__all__ = ["freeze_layer", "is_frozen", "lock_eval", "training_requested", "unlock_eval"]
+__all__ = ["FrozenPrefix", "freeze_layer", "is_frozen"]
+
+log = logging.getLogger(__name__)
 
 
-class _EvalLock:
-    """Replaces a frozen module's ``train`` so ``model.train()`` cannot put it back in training mode.
+def _effects(
+    layer: Layer, groups: Sequence[dict[str, Any]], optimizer: Any, prefix: Prefix | None, fuse: bool
+) -> list[Effect]:
+    effects: list[Effect] = [StopGradients(list(layer.parameters()), groups, optimizer), InferenceMode(layer)]
+    if prefix is not None:
+        effects.append(GraphCut(prefix, layer))
+    if fuse:
+        effects.extend(BatchNormFold(m) for m in layer.modules)
+    return effects
 
-    It remembers the mode asked for (``requested``): a frozen layer runs in eval mode either way, but
-    ``accel.fuse`` runs its folded forward only while the model around it is training, never after
-    ``model.eval()``. A class, not a closure, so a model holding one still pickles (``torch.save``, deepcopy).
-    """
 
-    def __init__(self, module: nn.Module, requested: bool = True) -> None:
-        self.module = module
-        self.requested = requested
-
-    def __call__(self, mode: bool = True) -> nn.Module:
-        self.requested = bool(mode)
-        return nn.Module.train(self.module, False)
+def _install(index: int, effects: list[Effect]) -> FrozenLayer:
+    record = FrozenLayer(index)
+    for effect in effects:
+        effect.install()
+        record.effects.append(effect)
+    return record
 
 
 def is_frozen(module: nn.Module) -> bool:
-    return isinstance(module.__dict__.get("train"), _EvalLock)
+    """Whether ``module`` is frozen by FreezeOut (it runs every call in inference mode)."""
+    return in_inference_mode(module)
 
 
-def lock_eval(module: nn.Module) -> None:
-    """Put ``module`` in eval mode and keep it there through ``model.train()`` (a no-op if locked already)."""
-    if not is_frozen(module):
-        requested = module.training  # the mode the model is in now, until its next train()/eval()
-        module.train(False)
-        module.train = _EvalLock(module, requested)
+def freeze_layer(
+    layer: LayerLike | Layer,
+    groups: dict[str, Any] | Sequence[dict[str, Any]],
+    optimizer: Any,
+    *,
+    fuse: bool = False,
+) -> FrozenLayer:
+    """Freeze ``layer`` (a module, or a group of modules and parameters) on its own; ``groups`` are its optimizer
+    groups (one dict, or a list). Returns the record of what it installed; its ``remove()`` undoes it.
 
-
-def unlock_eval(module: nn.Module) -> None:
-    """Undo ``lock_eval``: ``train()`` works again and the module takes the mode last asked for."""
-    if is_frozen(module):
-        lock = module.__dict__.pop("train")
-        module.train(lock.requested)
-
-
-def training_requested(module: nn.Module) -> bool:
-    """Whether the model asked ``module`` to train: its own mode, or for a locked one the mode its lock refused."""
-    lock = module.__dict__.get("train")
-    return lock.requested if isinstance(lock, _EvalLock) else module.training
-
-
-def freeze_layer(layer: LayerLike | Layer, groups: dict[str, Any] | Sequence[dict[str, Any]], optimizer: Any) -> None:
-    """Freeze ``layer`` (a module, or a group of modules and parameters) for the rest of training; ``groups``
-    are its optimizer groups (one dict, or a list).
-
-    - ``requires_grad=False``: autograd neither computes its gradient nor, since frozen layers are a
-      prefix of the network, records its ops and keeps their activations.
-    - ``grad = None``: optimizers skip a parameter without a grad but move one whose grad is a zero
-      tensor (weight decay, momentum); ``zero_grad(set_to_none=False)`` leaves a None grad None.
-    - LR 0 and the optimizer state dropped: nothing can move it, and momentum/Adam moments free memory.
-    - eval mode, locked: BatchNorm uses and keeps its running statistics, dropout is off.
+    The effects (``freezeout.effects``): no gradient, optimizer state dropped and LR 0, inference mode in every call,
+    and with ``fuse`` its BatchNorms folded. What flows into it is not cut: that needs the whole frozen prefix, as
+    ``FreezeOut`` keeps it.
     """
     item = layer if isinstance(layer, Layer) else as_layers([layer])[0]
     groups = [groups] if isinstance(groups, dict) else list(groups)
-    # The groups' parameters too: under FSDP2 the module may hold gathered copies of them at this moment.
-    for p in (*item.parameters(), *(p for group in groups for p in group["params"])):
-        p.requires_grad_(False)
-        p.grad = None
-        optimizer.state.pop(p, None)
-    for group in groups:
-        group["lr"] = 0.0
-    for m in item.modules:
-        lock_eval(m)
+    return _install(item.index, _effects(item, groups, optimizer, None, fuse))
+
+
+class FrozenPrefix:
+    """The first ``num_frozen`` of ``layers`` frozen, each with its effects (``fuse``: BatchNorms folded too)."""
+
+    def __init__(self, layers: Sequence[Layer], *, fuse: bool = True) -> None:
+        self.layers, self.fuse = list(layers), fuse
+        self.prefix = Prefix(self.layers)
+        self.records: list[FrozenLayer] = []
+        stale = [m for layer in self.layers for m in layer.all_modules() if has_effects(m)]
+        if stale:  # a deep copy of a frozen model, or a FreezeOut never closed: this one owns the layers now
+            found = remove_effects(stale)
+            log.info("removed %d FreezeOut effects already on the layers (a copy of a frozen model?)", found)
+
+    @property
+    def num_frozen(self) -> int:
+        return len(self.records)
+
+    def freeze_next(self, groups: Sequence[dict[str, Any]] = (), optimizer: Any = None) -> FrozenLayer:
+        layer = self.layers[self.num_frozen]
+        self.prefix.frozen = self.num_frozen + 1
+        self.records.append(_install(layer.index, _effects(layer, groups, optimizer, self.prefix, self.fuse)))
+        return self.records[-1]
+
+    def freeze_to(self, k: int) -> None:
+        """Exactly the first ``k`` layers frozen: freezes the next ones, or unfreezes the last ones."""
+        while self.num_frozen < k:
+            self.freeze_next()
+        while self.num_frozen > k:
+            self.records.pop().remove()
+            self.prefix.frozen = self.num_frozen
+
+    def close(self) -> None:
+        """Remove every effect, newest first: the layers train as before they froze."""
+        self.freeze_to(0)
+        self.prefix.decision.clear()

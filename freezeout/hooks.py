@@ -1,16 +1,15 @@
 """Small tools for looking at a forward pass from hooks: tensors in nested outputs, the leaves of an autograd
-graph, the model a call belongs to, hooks that a copied model keeps as no-ops."""
+graph, a model's parameter names, hooks that a copied model keeps as no-ops."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Hook", "Names", "in_backward", "leaves", "map_tensors", "outermost_module", "tensors"]
+__all__ = ["Hook", "Names", "leaves", "map_tensors", "tensors"]
 
 
 def tensors(value: Any) -> Iterator[torch.Tensor]:
@@ -79,23 +78,6 @@ class Hook:
 
 def _inert(*args: Any) -> None:
     return None
-
-
-def in_backward() -> bool:
-    return torch._C._current_graph_task_id() != -1
-
-
-_CALL_CODES = {getattr(nn.Module, n).__code__ for n in ("_call_impl", "_wrapped_call_impl") if hasattr(nn.Module, n)}
-
-
-def outermost_module() -> nn.Module | None:
-    """The module whose call encloses this point outermost (the model the training loop called), from the stack."""
-    frame, found = sys._getframe(1), None
-    while frame is not None:
-        if frame.f_code in _CALL_CODES and isinstance(frame.f_locals.get("self"), nn.Module):
-            found = frame.f_locals["self"]
-        frame = frame.f_back
-    return found
 
 
 class Names:

@@ -72,4 +72,4 @@ def test_frozen_model_checks_without_unlocking():
     freezeout.freeze_layer(layers[0], opt.param_groups[0], opt)
     m.train()
     check_forward_path(m, layers, X)
-    assert not m.a.training and m.b.training and freezeout.is_frozen(m.a)
+    assert m.b.training and freezeout.is_frozen(m.a) and not freezeout.is_frozen(m.b)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from freezeout import FreezeOut, freeze_times, learning_rates, param_groups, saved_tensor_bytes
-from tests.helpers.models import OPTIMIZERS, batch, train_step
+from tests.helpers.models import OPTIMIZERS, batch, modes_in_call, train_step
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -50,7 +50,10 @@ def test_frozen_layers_are_bit_identical_for_the_rest_of_the_run(tiny, name, lay
                 frozen_at[i] = snapshot(layer)
                 # trained before it froze: weights and BN statistics moved (so this test can fail)
                 assert any(not torch.equal(before[i][k], v) for k, v in frozen_at[i].items())
-            assert not layer.training and all(not m.training for m in layer.modules())
+            # inference mode inside every call of the layer, while the model around it trains
+            modes = modes_in_call(tiny, batch(0)[0].to(memory_format=LAYOUTS[layout]))
+            name = next(n for n, m in tiny.named_modules() if m is layer)
+            assert modes[""] and all(not v for k, v in modes.items() if k == name or k.startswith(name + "."))
             for p in layer.parameters():
                 assert p.grad is None and not p.requires_grad
                 assert p not in opt.state  # optimizer state released
@@ -104,7 +107,8 @@ def test_a_model_with_frozen_layers_still_pickles(tiny):
     buf = io.BytesIO()
     torch.save(tiny, buf)
     clone.train()
-    assert not clone.stem.training and clone.fc.training
+    modes = modes_in_call(clone, batch(0)[0])
+    assert not modes["stem"] and modes["fc"]  # the copy runs frozen like the original
 
 
 @pytest.mark.parametrize("scale_lr", [True, False])

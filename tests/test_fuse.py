@@ -14,6 +14,7 @@ from torch import nn
 
 from freezeout import FreezeOut, freeze_layer
 from freezeout.accel.fuse import active_fold, fuse_layer, is_fused, unfuse_layer
+from freezeout.effects import OwnedHook, find_fold
 from freezeout.experiment.models import ResNet
 from tests.helpers.models import randomise_batchnorm
 
@@ -281,7 +282,7 @@ def test_folds_follow_the_live_tensors_load_state_dict_edits_dtype_layout():
     check(model, x.double(), 1e-12)
     model.to(torch.float32, memory_format=torch.channels_last)  # layout follows
     check(model, x.contiguous(memory_format=torch.channels_last), 1e-5)
-    folds = model.blocks[0].__dict__["_freezeout_shadow"].folds
+    folds = find_fold(model.blocks[0]).folds
     for fold in folds:
         assert fold.weight.is_contiguous(memory_format=torch.channels_last) and fold.weight.dtype == torch.float32
         assert not fold.weight.requires_grad and fold.weight.grad_fn is None and fold.bias.grad_fn is None
@@ -316,7 +317,8 @@ def test_unfuse_and_the_arguments():
     assert is_fused(layer) and fuse_layer(layer) == 1  # a second call changes nothing
     unfuse_layer(layer)
     assert not is_fused(layer) and all("forward" not in m.__dict__ for m in layer.modules())
-    assert not layer._forward_pre_hooks and not layer._forward_hooks
+    assert all(isinstance(h, OwnedHook) for h in (*layer._forward_pre_hooks.values(), *layer._forward_hooks.values()))
+    assert len(layer._forward_pre_hooks) == 1  # inference mode's alone: the freeze's, not the fold's
     model = small_resnet()
     with pytest.raises(ValueError, match="fuse must be True or False"):
         FreezeOut(torch.optim.SGD(model.parameters(), lr=0.1), [model.stem], 10, fuse="yes")

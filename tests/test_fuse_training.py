@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from freezeout import FreezeOut, compile_blocks, param_groups
 from freezeout.accel.fuse import is_fused
+from freezeout.effects import remove_effects
 from freezeout.experiment.models import DenseNetBC, ResNet, densenet
 from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
 
@@ -90,11 +91,8 @@ def frozen_outputs_equal_eval_copies(model) -> list[bool]:
     model.train()
     for layer in model.layers:
         oracle = copy.deepcopy(layer)
-        for m in oracle.modules():
-            m.__dict__.pop("forward", None)  # the copy's modules run their class forward: the plain layer
-        oracle.__dict__.pop("_freezeout_shadow", None)
-        oracle._forward_pre_hooks.clear()
-        oracle._forward_hooks.clear()
+        remove_effects(oracle)  # the copy's modules run their class forward: the plain layer
+        oracle.eval()
         with torch.no_grad():
             want = oracle(h)
         got = layer(h)
@@ -104,7 +102,7 @@ def frozen_outputs_equal_eval_copies(model) -> list[bool]:
 
 
 def test_fuse_false_is_the_plain_frozen_forward_bit_for_bit():
-    with mock.patch("freezeout.controller.fuse_layer", side_effect=AssertionError("fuse_layer called")):
+    with mock.patch("freezeout.freezing.BatchNormFold", side_effect=AssertionError("BatchNormFold built")):
         model, opt, sched = build(fuse=False)
         for step in range(TOTAL):
             train_step(model, opt, sched, step)
@@ -144,7 +142,7 @@ def step_grads(model, x, y, fast: bool) -> tuple[torch.Tensor, list[torch.Tensor
     """A training step's logits and gradients, DenseNet-BC's frozen fast path on or off."""
     model.train()
     model.zero_grad(set_to_none=True)
-    with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer: False):
+    with mock.patch.object(densenet, "_fast", densenet._fast if fast else lambda layer, x: False):
         out = model(x)
     F.cross_entropy(out, y).backward()
     return out.detach(), [p.grad for p in model.parameters() if p.grad is not None]

@@ -61,7 +61,7 @@ class Recorder(pl.Callback):
     """Runs after FreezeOutCallback: LRs, step counts, and each layer's state right after it froze."""
 
     def __init__(self, fo: FreezeOutCallback) -> None:
-        self.fo, self.rows, self.frozen_at = fo, [], {}
+        self.fo, self.rows, self.frozen_at, self.fused = fo, [], {}, {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         c = self.fo.controller
@@ -69,6 +69,7 @@ class Recorder(pl.Callback):
         for i in range(c.num_frozen):
             layer = c.layers[i]
             self.frozen_at.setdefault(i, {k: v.clone() for k, v in layer.state_dict().items()})
+            self.fused.setdefault(i, (freezeout.is_frozen(layer), is_fused(layer)))
 
 
 def trainer(callbacks, **kw) -> pl.Trainer:
@@ -107,9 +108,11 @@ def test_lrs_follow_the_schedule_and_frozen_layers_stay_bit_identical():
     for i, snap in rec.frozen_at.items():
         now = model.freezable_layers()[i].state_dict()
         assert all(torch.equal(v, now[k]) for k, v in snap.items()), f"layer {i} moved after freezing"
-        assert freezeout.is_frozen(model.freezable_layers()[i])
     # every block's Conv -> BN ran folded (the stem has no BatchNorm): the checks above held with folding on
-    assert [is_fused(layer) for layer in model.freezable_layers()] == [False, True, True, True]
+    assert [rec.fused[i] for i in range(4)] == [(True, False), (True, True), (True, True), (True, True)]
+    # the end of fit closed FreezeOut: the module as it was handed in, with its trained weights
+    assert not any(freezeout.is_frozen(m) or is_fused(m) for m in model.modules())
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_gradient_accumulation_counts_optimizer_steps():

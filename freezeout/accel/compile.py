@@ -36,11 +36,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..effects.folding import EAGER_FORWARD as _EAGER  # folding reads it: the class forward is what compiles
 from ..layers import LayerLike, as_layers, check_layers
 
 __all__ = ["compile_blocks", "uncompile_blocks"]
-
-_EAGER = "_freezeout_eager_forward"
 
 
 def _own_code(forward: Any, name: str) -> Any:

@@ -45,8 +45,8 @@ from torch import nn
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 
+from ..compat import fsdp_collectives, fsdp_param_groups, fsdp_state
 from ..controller import FreezeOut
 from ..layers import LayerLike, as_layers
 
@@ -58,14 +58,9 @@ log = logging.getLogger(__name__)
 _handled: weakref.WeakKeyDictionary[FreezeOut, int] = weakref.WeakKeyDictionary()
 
 
-def _fsdp_state(module: FSDPModule) -> Any:
-    return fully_shard.state(module)
-
-
 def _managed(module: FSDPModule) -> list[nn.Parameter]:
     """The sharded parameters (what the optimizer holds) of every parameter group of ``module``'s FSDP state."""
-    # FSDP2 exposes no public list of the parameters a state manages; its param groups hold them
-    return [fp.sharded_param for group in _fsdp_state(module)._fsdp_param_groups for fp in group.fsdp_params]
+    return [fp.sharded_param for group in fsdp_param_groups(module) for fp in group.fsdp_params]
 
 
 def fully_shard_layers(model: nn.Module, layers: Sequence[LayerLike], **fully_shard_kwargs: Any) -> list[LayerLike]:
@@ -199,7 +194,10 @@ def load_checkpoint(
     gather_frozen(sched, process_group)
 
 
-class _CountingAllGather(DefaultAllGather):
+_AllGather, _ReduceScatter = fsdp_collectives()
+
+
+class _CountingAllGather(_AllGather):
     def __init__(self, counter: CommCounter, name: str) -> None:
         self.counter, self.name = counter, name
 
@@ -210,7 +208,7 @@ class _CountingAllGather(DefaultAllGather):
         return super().__call__(output_tensor=output_tensor, input_tensor=input_tensor, group=group, async_op=async_op)
 
 
-class _CountingReduceScatter(DefaultReduceScatter):
+class _CountingReduceScatter(_ReduceScatter):
     def __init__(self, counter: CommCounter, name: str) -> None:
         self.counter, self.name = counter, name
 
@@ -237,8 +235,8 @@ class CommCounter:
     def attach(self, model: nn.Module) -> CommCounter:
         seen: set[int] = set()
         for name, m in model.named_modules():
-            if isinstance(m, FSDPModule) and id(_fsdp_state(m)) not in seen and _fsdp_state(m)._fsdp_param_groups:
-                seen.add(id(_fsdp_state(m)))
+            if isinstance(m, FSDPModule) and id(fsdp_state(m)) not in seen and any(True for _ in fsdp_param_groups(m)):
+                seen.add(id(fsdp_state(m)))
                 m.set_custom_all_gather(_CountingAllGather(self, name))
                 m.set_custom_reduce_scatter(_CountingReduceScatter(self, name))
         if not seen:

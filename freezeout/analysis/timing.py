@@ -1,7 +1,8 @@
 """Measured training-step time with the first ``k`` layers frozen, the curve ``T(k)`` the estimates use.
 
-A frozen prefix is set up exactly as ``freeze_layer`` leaves it (``requires_grad`` off, grads ``None``,
-eval mode), but by toggling, so one model copy and one optimizer serve every ``k``; k's alternate
+A frozen prefix is set up exactly as ``FreezeOut`` leaves it (the effects of ``freezeout.effects``: no gradient,
+inference mode, the graph cut, folds), installed and removed as ``k`` changes, so one model copy and one optimizer
+serve every ``k``; k's alternate
 round robin after a warm-up round and each ``T(k)`` is a median, which keeps slow drift on a shared
 machine from biasing one end of the curve.
 """
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..accel.fuse import fuse_layer, unfuse_layer
 from ..checks import check_int
-from ..freezing import lock_eval, unlock_eval
-from ..guard import Probe
+from ..freezing import FrozenPrefix
 from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
 from ..tracing import first_tensor, map_tensors, run_model
@@ -30,27 +30,22 @@ from .workload import LossFn, copy_model, make_optimizer, model_loss, random_tar
 __all__ = ["curve_from_samples", "default_ks", "set_frozen_prefix", "step_time_curve"]
 
 
+_prefixes: weakref.WeakKeyDictionary[nn.Module, FrozenPrefix] = weakref.WeakKeyDictionary()
+
+
 def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int, fuse: bool = True) -> None:
-    """Make the first ``k`` layers frozen (eval mode locked, and fused if ``fuse``, as ``FreezeOut(fuse=...)``
-    leaves them) and the others trainable, as ``freeze_layer`` would."""
+    """Make the first ``k`` of ``model``'s ``layers`` frozen as ``FreezeOut(fuse=...)`` leaves them, and the others
+    trainable again; ``model`` in training mode. The same ``model`` again moves its frozen prefix (``k = 0``: no
+    trace of FreezeOut left)."""
     model.train()
-    for layer in as_layers(layers):
-        frozen = layer.index < k
-        for p in layer.parameters():
-            p.requires_grad_(not frozen)
-            if frozen:
-                p.grad = None
-        for m in layer.modules:
-            if frozen:
-                lock_eval(m)
-                if fuse:
-                    fuse_layer(m)
-                else:
-                    unfuse_layer(m)  # fused by an earlier call with fuse=True
-            else:
-                unfuse_layer(m)
-                unlock_eval(m)
-                m.train()
+    items = as_layers(layers)
+    prefix = _prefixes.get(model)
+    same = prefix is not None and prefix.fuse == fuse and len(prefix.layers) == len(items)
+    if not same or any(a.modules != b.modules for a, b in zip(prefix.layers, items)):
+        if prefix is not None:
+            prefix.close()
+        prefix = _prefixes[model] = FrozenPrefix(items, fuse=fuse)
+    prefix.freeze_to(k)
 
 
 def default_ks(n: int, max_points: int = 41) -> list[int]:
@@ -84,12 +79,12 @@ def step_time_curve(
     interpolated linearly. One step is zero_grad, forward, loss, backward and ``optimizer.step()`` of
     the paper's SGD. ``example_input`` is a tensor, tuple or mapping (``run_model``); ``loss_fn(output, target)``
     defaults to ``model_loss`` (the model's own loss if it computes one, else cross-entropy on random labels).
-    Each ``k`` is set up as ``FreezeOut`` leaves it, its one-pass check included (``freezeout.guard``: a tied
-    embedding's flow into frozen layers is cut). ``warmup`` untimed steps run at
-    ``k = n`` and ``k = 0`` first, then ``warm_rounds`` untimed passes over every k, and ``settle`` untimed
-    steps after every change of ``k``: a training run changes ``k`` a few dozen times in thousands of steps,
-    so what it pays per step is the steady-state cost. ``progress(1)`` is called after every step of a round.
-    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``accel.fuse``), or plain.
+    Each ``k`` is set up as ``FreezeOut`` leaves it (a tied embedding's flow into frozen layers cut). ``warmup``
+    untimed steps run at ``k = n`` and ``k = 0`` first, then ``warm_rounds`` untimed passes over every k, and
+    ``settle`` untimed steps after every change of ``k``: a training run changes ``k`` a few dozen times in
+    thousands of steps, so what it pays per step is the steady-state cost. ``progress(1)`` is called after every
+    step of a round.
+    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``effects.folding``), or plain.
     ``paired``: a second copy with nothing frozen steps right beside every timed step (which goes first
     alternates), and ``T(k)`` is the median of the ratios to that neighbour times the neighbour's median step:
     a machine whose speed drifts within a round moves both steps of a pair alike, so the drift leaves the
@@ -114,23 +109,15 @@ def step_time_curve(
     y = random_targets(clone, x) if target is None else target.to(device)
     loss_fn = loss_fn or model_loss
     optimizer = make_optimizer(clone, clone_layers, lr)
-    probe = Probe(as_layers(clone_layers))
     steppers = [(clone, optimizer)]
     if paired:  # the neighbour: a run's baseline, never frozen, never toggled
         base, base_layers = copy_model(model, layers, device)
         steppers.append((base, make_optimizer(base, base_layers, lr)))
 
     def set_k(k: int, steps: int) -> None:
-        """The first ``k`` layers frozen, then ``steps`` untimed steps; the first (or one more forward) is the
-        guard's pass, as after a freeze in ``FreezeOut``."""
+        """The first ``k`` layers frozen, then ``steps`` untimed steps."""
         set_frozen_prefix(clone, clone_layers, k, fuse)
-        probe.arm(k)
-        if steps:
-            train_step(clone, optimizer, x, y, loss_fn)
-        else:
-            run_model(clone, x)
-        probe.finish()
-        for _ in range(steps - 1):
+        for _ in range(steps):
             train_step(clone, optimizer, x, y, loss_fn)
 
     for k in (n, 0):  # warm-up at both ends: eval-mode and train-mode kernels, allocator, caches
@@ -165,7 +152,7 @@ def step_time_curve(
     for k in sorted({0, n // 2, n} & set(ks)):
         set_k(k, 0)
         saved[k] = saved_tensor_bytes(lambda: run_model(clone, x))[1]
-    probe.close()
+    set_frozen_prefix(clone, clone_layers, 0, fuse)
     return {
         "ks": list(ks),
         "step_times": interpolate_step_times(measured, n),

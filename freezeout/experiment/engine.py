@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accel.compile import compile_blocks
+from ..compat import foreach_copy_
 from ..controller import FreezeOut
 from ..groups import param_groups
 from .config import FLOAT32_MAX, TrainConfig
@@ -136,7 +137,7 @@ class Run:
         skipped = skipped_examples = 0
         for i, (x, y) in enumerate(self.train_batches):
             if skip:
-                torch._foreach_copy_(self.backup, self.buffers)
+                foreach_copy_(self.backup, self.buffers)
             with _autocast(self.device, self.config.bf16):
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
@@ -174,7 +175,7 @@ class Run:
             self.opt.step()
         else:
             self.opt.zero_grad(set_to_none=True)
-            torch._foreach_copy_(self.buffers, self.backup)
+            foreach_copy_(self.buffers, self.backup)
         return ok
 
     def _first_lr(self) -> str:

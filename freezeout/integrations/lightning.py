@@ -43,7 +43,8 @@ class FreezeOutCallback(pl.Callback):
     ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to
     call ``pl_module.freezable_layers()``. The optimizer must be built from
     ``freezeout.param_groups(pl_module, layers)`` with the same layers. ``fuse``: as ``FreezeOut``'s (validation
-    runs in eval mode, so it always sees the real modules). Logs ``freezeout/num_frozen``,
+    runs in eval mode, so it always sees the real modules). When training ends the callback closes its
+    ``FreezeOut``: the module is as it was handed in, with its trained weights. Logs ``freezeout/num_frozen``,
     ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
     """
 
@@ -144,6 +145,14 @@ class FreezeOutCallback(pl.Callback):
             "freezeout/lr_head": c.head_lr(),
         }
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        # the model leaves fit() as it was handed in, with its trained weights; a later fit() starts FreezeOut afresh
+        if self.controller is not None:
+            self.controller.close()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.on_train_end(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         if self.controller is not None:

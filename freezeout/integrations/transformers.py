@@ -13,9 +13,7 @@ How it works. ``add_freezeout`` takes over Trainer's two documented override poi
 - ``create_optimizer``: the optimizer Trainer would build (``args.optim`` through
   ``Trainer.get_optimizer_cls_and_kwargs``, or ``optimizer_cls_and_kwargs``; ``args.learning_rate``, betas,
   ...), over ``freezeout.param_groups`` split by Trainer's own decay rule (``get_decay_parameter_names``,
-  ``args.weight_decay``): every group holds parameters of one layer, or only of the rest. The rest's groups
-  come first, because Trainer logs group 0's LR as ``learning_rate``: so it logs the head's, not a frozen
-  layer's 0.
+  ``args.weight_decay``): every group holds parameters of one layer, or only of the rest (those first).
 - ``create_scheduler``: a ``FreezeOut`` over Trainer's step count (epochs or ``max_steps``, gradient
   accumulation included: the ``num_training_steps`` Trainer passes), with ``args.get_warmup_steps`` as its
   ``warmup_steps`` (``warmup_steps``, or ``warmup_ratio`` of the run). It is the LR schedule:
@@ -24,16 +22,19 @@ How it works. ``add_freezeout`` takes over Trainer's two documented override poi
   after the model's weights and the optimizer's state, so ``FreezeOut.load_state_dict`` re-freezes the layers
   due and the run continues bit-identically.
 
-and wraps ``trainer.log`` (also documented for overriding) to add ``freezeout/num_frozen`` to every training
-log: the layers frozen during the step just taken, the one whose LR Trainer logs. Under activation
-(gradient) checkpointing Hugging Face hooks the token embedding's output to require grad; FreezeOut's guard
-(``freezeout.guard``) cuts the graph at the frozen layers' inputs, so memory falls as layers freeze.
+and wraps ``trainer.log`` (also documented for overriding): ``learning_rate`` is the head's LR (or with only
+layers training, adapters say, the last layer's still training) of the step just taken, and
+``freezeout/num_frozen`` the layers frozen during it. When ``train()`` ends a callback calls
+``FreezeOut.close()``: the model is left as it was handed in, with its trained weights, and a second ``train()``
+runs FreezeOut afresh. Under activation
+(gradient) checkpointing Hugging Face hooks the token embedding's output to require grad; FreezeOut's graph cut
+(``freezeout.effects.cut``) stops it at the frozen layers' inputs, so memory falls as layers freeze.
 
 Why a function on the trainer, not a ``TrainerCallback`` or a ``Trainer`` subclass: a callback cannot replace
 Trainer's optimizer or scheduler (it never sees the trainer, and by ``on_train_begin`` both exist, prepared,
 and on resume already loaded), and a subclass would ask every user of ``Seq2SeqTrainer``, TRL's trainers or
 their own subclass to write a new class. Setting the two methods on the instance works with any of them,
-touches no private API, and keeps the user's script as it was plus two lines.
+touches no private attribute of Trainer, and keeps the user's script as it was plus two lines.
 
 ``layers``: a list of the model's modules (or groups, see ``freezeout.layers``) in forward order, or a
 callable ``model -> layers`` (needed with ``model_init``, where the model is built inside ``train()``), or
@@ -59,7 +60,7 @@ from ..controller import FreezeOut
 from ..discovery import find_layers
 from ..groups import param_groups
 from ..layers import LayerLike, as_layers
-from ..schedule import num_frozen_at, validate_schedule, validate_t0
+from ..schedule import validate_schedule, validate_t0
 
 try:
     import transformers
@@ -99,7 +100,7 @@ class TrainerFreezeOut:
 
     def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
         t = self.trainer
-        if t.lr_scheduler is None:
+        if t.lr_scheduler is None or (t.lr_scheduler is self.controller and self.controller.closed):
             layers = self._layers_for(t.model)
             warmup = t.args.get_warmup_steps(num_training_steps)
             self.controller = FreezeOut(
@@ -107,12 +108,6 @@ class TrainerFreezeOut:
                 warmup_steps=warmup, **self.options,
             )  # fmt: skip
             t.lr_scheduler = self.controller
-            if self.controller.group_layers[0] != len(layers):
-                log.warning(
-                    "optimizer group 0 is not the rest's (the head's): Trainer logs its LR as learning_rate, which "
-                    "falls to 0 when its layer freezes; put the rest's groups first"
-                )
-            t._created_lr_scheduler = True  # so that the next train() builds a fresh one, as for Trainer's own
             log.info(
                 "FreezeOut: %d layers over %d steps, %d warmup steps (the LR schedule: lr_scheduler_type=%s unused)",
                 len(layers), num_training_steps, warmup, t.args.lr_scheduler_type,
@@ -122,9 +117,18 @@ class TrainerFreezeOut:
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         c = self.controller
         if c is not None and c is self.trainer.lr_scheduler and "learning_rate" in logs:
-            # The step just taken: whose LR transformers 5 logs (it reads the LR before the scheduler steps).
-            logs["freezeout/num_frozen"] = float(num_frozen_at(max(c.step_count - 1, 0), c.total_steps, c.times))
+            # The step just taken, as transformers 5 reads the LR before the scheduler steps; Trainer's own reading
+            # is group 0's, which is 0 once its layer froze when there is no group of the rest (adapters only)
+            step = max(c.step_count - 1, 0)
+            logs["learning_rate"] = c.head_lr(step)
+            logs["freezeout/num_frozen"] = float(c.frozen_at(step))
         self._log(logs, *args, **kwargs)
+
+    def close(self) -> None:
+        """Take FreezeOut's effects off the model (called when ``train()`` ends): the model as it was handed in, with
+        its trained weights. A later ``train()`` runs FreezeOut afresh from its first step."""
+        if self.controller is not None:
+            self.controller.close()
 
     # -- the pieces --------------------------------------------------------------------------------------------
     def _layers_for(self, model: nn.Module) -> list[LayerLike]:
@@ -170,8 +174,6 @@ class TrainerFreezeOut:
         owned = {id(p) for layer in as_layers(layers) for p in layer.parameters()}
         groups = [g for g in groups if g["params"]]
         rest = [g for g in groups if not any(id(p) in owned for p in g["params"])]
-        if not rest:
-            log.warning("FreezeOut: every trainable parameter is in a layer: nothing trains to the end")
         return rest + [g for g in groups if any(id(p) in owned for p in g["params"])]
 
 
@@ -216,4 +218,13 @@ def add_freezeout(
     trainer.create_optimizer = handle.create_optimizer
     trainer.create_scheduler = handle.create_scheduler
     trainer.log = handle.log
+    trainer.add_callback(_CloseAtEnd(handle))
     return handle
+
+
+class _CloseAtEnd(transformers.TrainerCallback):
+    def __init__(self, handle: TrainerFreezeOut) -> None:
+        self.handle = handle
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.handle.close()

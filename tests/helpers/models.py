@@ -94,3 +94,23 @@ SUMMARY_KEYS = {
 
 # What a finished run folder holds, sorted: the lock and the four files of README, "freezeout train".
 RUN_FILES = sorted([".freezeout.lock", "checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"])
+
+
+def modes_in_call(model: torch.nn.Module, *args: object) -> dict[str, bool]:
+    """The ``training`` flag each module of ``model`` has while its own forward runs, on one call of ``model``."""
+    seen: dict[str, bool] = {}
+
+    def record(name: str) -> object:
+        def hook(module: nn.Module, args: object) -> None:
+            seen.setdefault(name, module.training)
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(record(name)) for name, m in model.named_modules()]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen

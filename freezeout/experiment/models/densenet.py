@@ -1,7 +1,7 @@
 """DenseNet-BC as the FreezeOut paper trains it (docs/METHOD.md, "The experiment"): bottleneck, compression 0.5,
 ReLU -> BN -> Conv.
 
-Frozen fast path: while a fused frozen layer runs a training forward (``accel.fuse.shadow_active``), dense layers
+Frozen fast path: while a fused frozen layer runs a training forward (``effects.folds_running``), dense layers
 and transitions skip work the plain order repeats, exactly. Every consumer of a block's features starts with a
 ReLU (dense layers, transitions, the head), and ``relu(cat(a, b)) = cat(relu(a), relu(b))`` with ReLU idempotent,
 so a frozen layer hands on *rectified* features: each one rectifies only its own new channels instead of its whole
@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...accel.fuse import active_fold, shadow_active
 from ...checks import check_int
+from ...effects import active_fold, folds_running
 
 __all__ = ["DenseNetBC", "check_depth", "densenet_bc"]
 
@@ -49,9 +49,10 @@ def _unit(cin: int, cout: int, kernel: int) -> list[nn.Module]:
 _RECTIFIED = "_freezeout_rectified"  # set on a tensor the frozen fast path rectified (every value >= 0)
 
 
-def _fast(layer: nn.Module) -> bool:
-    # eager only: the tensor mark below is Python state that a compiled graph would not carry
-    return shadow_active(layer) and not torch.compiler.is_compiling()
+def _fast(layer: nn.Module, x: torch.Tensor) -> bool:
+    # eager only: the tensor mark below is Python state that a compiled graph would not carry; and never on an
+    # input that requires grad (a trainable stem left out of the layers): the block buffer is written in place
+    return folds_running(layer) and not x.requires_grad and not torch.compiler.is_compiling()
 
 
 def _relu_once(x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ class DenseLayer(nn.Module):
         self.capacity = capacity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fast(self):  # frozen (see the module doc): rectified features in and out
+        if _fast(self, x):  # frozen (see the module doc): rectified features in and out
             return _rectified(self._frozen(_relu_once(x)))
         return torch.cat([x, self.body(x)], dim=1)
 
@@ -106,7 +107,7 @@ class DenseLayer(nn.Module):
         fold, capacity = active_fold(b[2]), getattr(self, "capacity", None)  # a model pickled before it: None
         buffered = getattr(r, _BLOCK, None) is not None or r.is_contiguous(memory_format=torch.channels_last)
         if fold is None or fold[0] is not b[1] or capacity is None or r.dim() != 4 or not buffered:
-            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by accel.fuse
+            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by effects.folding
             return torch.cat([r, new.relu_()], dim=1)
         c = r.shape[1]
         buf = _block_buffer(r, capacity)
@@ -125,7 +126,7 @@ class Transition(nn.Sequential):
         super().__init__(*_unit(cin, cout, 1), nn.AvgPool2d(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fast(self):  # frozen (see the module doc): pool first, rectified out
+        if _fast(self, x):  # frozen (see the module doc): pool first, rectified out
             return _rectified(F.relu(self[2](self[1](self[3](_relu_once(x))))))
         return super().forward(x)
 

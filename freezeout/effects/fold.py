@@ -13,15 +13,16 @@ A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` 
   depends only on the input's spatial size and is built once per size (``border_map``). Exact too: DenseNet-BC's
   3 x 3 convs fold like its 1 x 1 bottlenecks and transitions.
 
-The pairs come from the layer's dataflow: a ``torch.fx`` trace where one works (a pair folds only if the first
-module's output feeds the second alone and each is called once), otherwise the order of ``nn.Sequential``
-children. Only stock ``torch.nn`` modules fold (a subclass that overrides ``forward`` computes something else).
-The arithmetic runs in float64 and is rounded once to the weight's dtype.
+The pairs come from the layer's dataflow, proven by a ``torch.fx`` trace of its eval-mode forward (a pair folds
+only if the first module's output feeds the second alone and each is called once). Registration order says nothing
+about what a forward calls: in a layer fx cannot trace, only the pairs inside children it can trace fold, and only
+within calls of those children. Only stock ``torch.nn`` modules fold (a
+subclass that overrides ``forward`` computes something else). The arithmetic runs in float64 and is rounded once
+to the weight's dtype.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -29,8 +30,9 @@ from dataclasses import dataclass
 import torch
 import torch.fx
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
+
+from ..compat import BatchNormBase, conv_forward, conv_pads, stock_conv
 
 __all__ = ["FoldPair", "border_map", "fold_pairs", "folded_weights"]
 
@@ -43,12 +45,14 @@ _BN_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,),
 @dataclass(frozen=True)
 class FoldPair:
     """``first`` feeds ``second``; ``kind`` is ``conv-bn``, ``linear-bn`` or ``bn-conv``; ``rank`` is the input
-    rank at which the fold holds (a batched call: the channel dimension is 1 for both modules)."""
+    rank at which the fold holds (a batched call: the channel dimension is 1 for both modules); ``paths`` are the
+    two modules' names in the layer, where they must still be for the fold to hold."""
 
     kind: str
     first: nn.Module
     second: nn.Module
     rank: int
+    paths: tuple[str, str] = ("", "")
 
     @property
     def bn(self) -> nn.Module:
@@ -68,14 +72,13 @@ class FoldPair:
 def _conv_rank(m: nn.Module) -> int | None:
     for base, rank in _CONVS.items():
         if isinstance(m, base):
-            stock = type(m).forward is base.forward and type(m)._conv_forward is base._conv_forward
-            return rank if stock else None
+            return rank if stock_conv(m, base) else None
     return None
 
 
 def _bn_ranks(m: nn.Module) -> tuple[int, ...]:
     """Input ranks at which ``m`` is a fixed affine map in eval mode (none if it uses batch statistics)."""
-    if not isinstance(m, _BatchNorm) or not m.track_running_stats or m.running_var is None:
+    if not isinstance(m, BatchNormBase) or not m.track_running_stats or m.running_var is None:
         return ()
     for base, ranks in _BN_RANKS.items():
         if isinstance(m, base) and type(m).forward is base.forward:
@@ -84,20 +87,20 @@ def _bn_ranks(m: nn.Module) -> tuple[int, ...]:
 
 
 def _conv_pads_with_zeros(conv: nn.Module) -> bool:
-    return conv.padding_mode == "zeros" and any(p for p in conv._reversed_padding_repeated_twice)
+    return conv.padding_mode == "zeros" and conv_pads(conv)
 
 
-def _pair(a: nn.Module, b: nn.Module) -> FoldPair | None:
+def _pair(a: nn.Module, b: nn.Module, paths: tuple[str, str] = ("", "")) -> FoldPair | None:
     """The fold of ``a`` feeding ``b``, if the two make an exact one."""
     rank = _conv_rank(a)
     if rank in _bn_ranks(b) and b.num_features == a.out_channels:
-        return FoldPair("conv-bn", a, b, rank)
+        return FoldPair("conv-bn", a, b, rank, paths)
     linear = isinstance(a, nn.Linear) and type(a).forward is nn.Linear.forward
     if linear and 2 in _bn_ranks(b) and b.num_features == a.out_features:
-        return FoldPair("linear-bn", a, b, 2)
+        return FoldPair("linear-bn", a, b, 2, paths)
     rank = _conv_rank(b)
     if rank in _bn_ranks(a) and a.num_features == b.in_channels:
-        return FoldPair("bn-conv", a, b, rank)
+        return FoldPair("bn-conv", a, b, rank, paths)
     return None
 
 
@@ -109,10 +112,13 @@ class _Tracer(torch.fx.Tracer):
 
 def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
     graph = _Tracer().trace(layer)
-    calls = Counter(n.target for n in graph.nodes if n.op == "call_module")
+    # counted per module object: one registered under two names is one module called twice
+    calls = Counter(id(layer.get_submodule(n.target)) for n in graph.nodes if n.op == "call_module")
 
     def single(node: torch.fx.Node) -> bool:  # a module called once, on one input
-        return node.op == "call_module" and calls[node.target] == 1 and len(node.args) == 1 and not node.kwargs
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            return False
+        return calls[id(layer.get_submodule(node.target))] == 1
 
     pairs, used = [], set()
     for node in graph.nodes:
@@ -121,39 +127,27 @@ def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
         (user,) = node.users
         if not single(user) or user.args[0] is not node or user.target in used:
             continue
-        pair = _pair(layer.get_submodule(node.target), layer.get_submodule(user.target))
+        pair = _pair(layer.get_submodule(node.target), layer.get_submodule(user.target), (node.target, user.target))
         if pair is not None:  # graph order: in Conv -> BN -> Conv the first (exact at any padding) wins
             pairs.append(pair)
             used |= {node.target, user.target}
     return pairs
 
 
-def _sequential_pairs(layer: nn.Module) -> list[FoldPair]:
-    """Pairs of consecutive children of stock ``nn.Sequential`` containers: their order is their dataflow."""
-    seen = Counter(id(m) for _, m in layer.named_modules(remove_duplicate=False))
-    pairs, used = [], set()
-    for seq in layer.modules():
-        if not isinstance(seq, nn.Sequential) or type(seq).forward is not nn.Sequential.forward:
-            continue
-        kids = list(seq)
-        for a, b in itertools.pairwise(kids):
-            if seen[id(a)] == 1 and seen[id(b)] == 1 and id(a) not in used and id(b) not in used:
-                pair = _pair(a, b)
-                if pair is not None:
-                    pairs.append(pair)
-                    used |= {id(a), id(b)}
-    return pairs
-
-
-def fold_pairs(layer: nn.Module, traceable: bool = True) -> list[FoldPair]:
-    """The BatchNorm folds of ``layer``, found by an fx trace of its class ``forward`` (when ``traceable``),
-    else from ``nn.Sequential`` order."""
-    if traceable:
-        try:
-            return _traced_pairs(layer)
-        except Exception as exc:  # data-dependent control flow and the like: fx cannot follow it
-            log.debug("fx cannot trace %s (%s): folding by nn.Sequential order", type(layer).__name__, exc)
-    return _sequential_pairs(layer)
+def fold_pairs(layer: nn.Module) -> list[FoldPair] | None:
+    """The BatchNorm folds of ``layer``, found by an fx trace of its class ``forward`` in eval mode (the path a
+    frozen layer runs); ``None`` if fx cannot trace it."""
+    modes = [(m, m.training) for m in layer.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        return _traced_pairs(layer)
+    except Exception as exc:  # data-dependent control flow and the like: fx cannot follow it, so nothing is proven
+        log.debug("fx cannot trace %s (%s): its own forward folds nothing", type(layer).__name__, exc)
+        return None
+    finally:
+        for m, flag in modes:
+            m.training = flag
 
 
 def _double(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -206,4 +200,4 @@ def border_map(pair: FoldPair, spatial: tuple[int, ...]) -> torch.Tensor:
     with torch.no_grad():
         _, t = _affine(bn)
         const = t.view(1, -1, *(1,) * len(spatial)).expand(1, t.numel(), *spatial)
-        return target._conv_forward(const, _double(target.weight), _double(target.bias))[0]
+        return conv_forward(target, const, _double(target.weight), _double(target.bias))[0]

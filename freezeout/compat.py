@@ -1,0 +1,135 @@
+"""Every private PyTorch API the package uses, in one place (docs/METHOD.md, "What frozen means").
+
+Each name here reads something torch does not promise to keep. ``tests/test_compat.py`` checks each against the
+installed torch and fails loudly when one moves or changes meaning; nothing here falls back silently.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.fx import _symbolic_trace
+from torch.nn.modules import batchnorm as _bn
+from torch.nn.modules import module as _module
+
+__all__ = [
+    "BatchNormBase",
+    "NormBase",
+    "child_modules",
+    "conv_forward",
+    "conv_pads",
+    "foreach_copy_",
+    "forward_hooks",
+    "fsdp_collectives",
+    "fsdp_param_groups",
+    "fsdp_state",
+    "global_hooks",
+    "in_backward",
+    "is_tracing",
+    "outermost_module",
+    "saved_tensors_hooks_outer",
+    "stock_conv",
+]
+
+# The base classes of torch's BatchNorms (Sync included) and of every norm with running statistics.
+BatchNormBase = _bn._BatchNorm
+NormBase = _bn._NormBase
+
+
+def in_backward() -> bool:
+    """Whether the autograd engine is running a backward pass on this thread (a checkpoint recomputing)."""
+    return torch._C._current_graph_task_id() != -1
+
+
+_CALL_CODES = {getattr(nn.Module, n).__code__ for n in ("_call_impl", "_wrapped_call_impl") if hasattr(nn.Module, n)}
+
+
+def outermost_module() -> nn.Module | None:
+    """The module whose call encloses this point outermost (the model the training loop called), from the stack."""
+    frame, found = sys._getframe(1), None
+    while frame is not None:
+        if frame.f_code in _CALL_CODES and isinstance(frame.f_locals.get("self"), nn.Module):
+            found = frame.f_locals["self"]
+        frame = frame.f_back
+    return found
+
+
+def saved_tensors_hooks_outer() -> tuple[Any, Any]:
+    """The saved-tensor (pack, unpack) hooks active now (a checkpoint's, an offload's), identity if none: a hook of
+    ours nested inside them must pass tensors through to them."""
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+    return outer if outer is not None else (_same, _same)
+
+
+def _same(t: Any) -> Any:
+    return t
+
+
+def is_tracing() -> bool:
+    """Inside a trace that records the model as a program: ``torch.fx.symbolic_trace``, ``torch.export``,
+    ``torch.jit.trace`` or TorchScript. Python-side state (folds, cached maps) must not leak into such a program."""
+    return (
+        _symbolic_trace._is_fx_tracing_flag
+        or torch.compiler.is_exporting()
+        or torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+    )
+
+
+def forward_hooks(module: nn.Module) -> tuple[dict[int, Any], dict[int, Any]]:
+    """``module``'s forward pre-hooks and forward hooks (the dicts torch runs them from)."""
+    return module._forward_pre_hooks, module._forward_hooks
+
+
+def global_hooks() -> int:
+    """How many module hooks are registered for every module (``nn.modules.module.register_module_forward_hook``)."""
+    return len(_module._global_forward_pre_hooks) + len(_module._global_forward_hooks)
+
+
+def child_modules(module: nn.Module) -> dict[str, nn.Module | None]:
+    """``module``'s registered children by name (cheaper than ``named_children``; read in every forward)."""
+    return module._modules
+
+
+def conv_forward(conv: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``conv``'s own convolution (its padding mode included) with other weights."""
+    return conv._conv_forward(x, weight, bias)
+
+
+def conv_pads(conv: nn.Module) -> bool:
+    """Whether ``conv`` pads its input at all (any non-zero padding, ``"same"`` included)."""
+    return any(p for p in conv._reversed_padding_repeated_twice)
+
+
+def stock_conv(module: nn.Module, base: type) -> bool:
+    """``module`` is a ``base`` conv whose forward and convolution are torch's own (a subclass may change them)."""
+    return type(module).forward is base.forward and type(module)._conv_forward is base._conv_forward
+
+
+def foreach_copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
+    """``dst[i].copy_(src[i])`` for all ``i`` in one fused call."""
+    torch._foreach_copy_(dst, src)
+
+
+def fsdp_param_groups(module: nn.Module) -> Iterator[Any]:
+    """The parameter groups of an FSDP2 module's state (FSDP2 exposes no public list of what a state manages)."""
+    from torch.distributed.fsdp import fully_shard
+
+    yield from fully_shard.state(module)._fsdp_param_groups
+
+
+def fsdp_state(module: nn.Module) -> Any:
+    from torch.distributed.fsdp import fully_shard
+
+    return fully_shard.state(module)
+
+
+def fsdp_collectives() -> tuple[type, type]:
+    """FSDP2's default all-gather and reduce-scatter classes (counted by ``accel.fsdp.CommCounter``)."""
+    from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
+
+    return DefaultAllGather, DefaultReduceScatter
