@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[cli,plot,test,lightning,transformers]'
+	$(BIN)/pip install -q -e '.[cli,plot,test,lightning,transformers,peft]'
 	touch $(STAMP)
 
 demo: venv

@@ -136,6 +136,21 @@ class FreezeOut:
                 "FreezeOut.step() takes no argument: FreezeOut is the whole LR schedule and cannot run inside "
                 "SequentialLR or ChainedScheduler; for a warmup use FreezeOut(..., warmup_steps=W)"
             )
+        self._advance(self.step_count + 1)
+
+    def step_to(self, n: int) -> None:
+        """The schedule at optimizer step ``n``, an explicit clock (timm's ``step_update(num_updates)``): after it the
+        optimizer holds the LRs for ``t = n / total_steps`` and every layer due by then is frozen, as after ``n``
+        calls of ``step()``. ``n`` may skip ahead; going back past a freeze is a ``ValueError``."""
+        n = check_int("n", n, 0)
+        if self.frozen_at(n) < self.num_frozen:
+            raise ValueError(
+                f"step_to({n}): {self.num_frozen} layers are frozen at step {self.step_count}, only "
+                f"{self.frozen_at(n)} at step {n}: the clock cannot go back past a freeze"
+            )
+        self._advance(n)
+
+    def _advance(self, n: int) -> None:
         if self.closed:
             raise RuntimeError("FreezeOut.step() after close(): build a fresh FreezeOut to train with it again")
         if self._check is not None:
@@ -144,7 +159,7 @@ class FreezeOut:
         judge(reports, self.strict)
         self._adopt_new_groups()
         self._check_lrs()
-        self.step_count += 1
+        self.step_count = n
         self._apply()
 
     def get_last_lr(self) -> list[float]:
@@ -213,7 +228,7 @@ class FreezeOut:
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, ScheduleWarning, stacklevel=3)
+            warnings.warn(message, ScheduleWarning, stacklevel=5)
 
     def _adopt_new_groups(self) -> None:
         groups = self.optimizer.param_groups

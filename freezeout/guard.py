@@ -99,7 +99,7 @@ class FirstPass:
         missing = sorted(set(range(len(self.layers))) - set(self.order) - self.unwatched)
         if missing:
             warnings.warn(f"layers{missing} never ran in the training forward pass: freezing them saves nothing",
-                          FrozenInputWarning, stacklevel=3)  # fmt: skip
+                          FrozenInputWarning, stacklevel=4)  # fmt: skip
         names = Names(root)
         if all(id(m) in names.modules for layer in self.layers for m in layer.modules):
             check_ties(root, self.layers)
@@ -116,7 +116,7 @@ def judge(reports: Sequence[Leak], strict: bool) -> None:
                 "pass still recomputes the frozen layers, whatever FreezeOut does. Checkpoint with "
                 "use_reentrant=False (Hugging Face's default) to get the saving",
                 FrozenInputWarning,
-                stacklevel=3,
+                stacklevel=4,
             )
             continue
         label = ", ".join(repr(n) for n in leak.names)
@@ -128,4 +128,4 @@ def judge(reports: Sequence[Leak], strict: bool) -> None:
         )
         if strict:
             raise ValueError(message)
-        warnings.warn(message, FrozenInputWarning, stacklevel=3)
+        warnings.warn(message, FrozenInputWarning, stacklevel=4)

@@ -103,3 +103,20 @@ def test_without_rewrap_frozen_gradients_are_still_all_reduced(tmp_path):
 def test_rewrap_errors():
     with pytest.raises(ValueError, match="ddp_model must be a DistributedDataParallel"):
         rewrap_ddp(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize(("bucket_view", "static"), [(True, True), (False, False)])
+def test_rewrap_keeps_the_wrappers_settings(tmp_path, bucket_view, static):
+    from tests.helpers.models import TinyNet, leave_process_group
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        model = TinyNet()
+        ddp = DDP(model, gradient_as_bucket_view=bucket_view, static_graph=static, bucket_cap_mb=1)
+        model.stem.requires_grad_(False)
+        new = rewrap_ddp(ddp)
+        assert new.module is model and (new.gradient_as_bucket_view, new.static_graph) == (bucket_view, static)
+        assert new.bucket_bytes_cap == ddp.bucket_bytes_cap and new.find_unused_parameters == ddp.find_unused_parameters
+        del ddp, new
+    finally:
+        leave_process_group()

@@ -276,3 +276,21 @@ def test_load_state_dict_cannot_go_back_after_a_freeze():
     with pytest.raises(ValueError, match="cannot go back to an earlier step once layers are frozen"):
         sched.load_state_dict(earlier)
     assert is_frozen(model.stem) and sched.step_count == 3
+
+
+def test_step_to_is_n_steps_and_refuses_to_go_back_past_a_freeze():
+    a, b = TinyNet(), TinyNet()
+    b.load_state_dict(a.state_dict())
+    opts = [torch.optim.SGD(param_groups(m, m.layers), lr=0.1) for m in (a, b)]
+    stepped = FreezeOut(opts[0], a.layers, 10, t0=0.3, schedule="linear")
+    clocked = FreezeOut(opts[1], b.layers, 10, t0=0.3, schedule="linear")
+    for _ in range(6):
+        stepped.step()
+    clocked.step_to(6)  # skipping ahead: every freeze due on the way
+    assert clocked.get_last_lr() == stepped.get_last_lr() and clocked.num_frozen == stepped.num_frozen > 1
+    assert clocked.step_count == 6
+    clocked.step_to(6)  # the same step again changes nothing
+    with pytest.raises(ValueError, match=r"step_to\(2\).*cannot go back past a freeze"):
+        clocked.step_to(2)
+    with pytest.raises(ValueError, match="n must be"):
+        clocked.step_to(-1)

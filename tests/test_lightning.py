@@ -190,3 +190,45 @@ def test_used_with_non_lightning_objects():
         cb.on_train_start(object(), Net())
     with pytest.raises(ValueError, match=r"needs a lightning\.pytorch\.LightningModule, got Linear"):
         cb.setup(trainer([cb]), nn.Linear(2, 2), "fit")
+
+
+class Validated(Net):
+    """With a validation loop: Lightning puts the module in eval mode for it and restores each module's mode by
+    writing ``.training`` back (no ``train()`` call)."""
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y), batch_size=BS)
+
+
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # resuming into it: intended
+def test_with_a_validation_loop_and_folding_resume_equals_the_uninterrupted_run(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(ckpt=None):
+        pl.seed_everything(0, verbose=False)
+        model = Validated()
+        fo = FreezeOutCallback(t0=0.3, schedule="linear", scale_lr=False)
+        rec = Recorder(fo)
+        save = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+        tr = trainer([fo, rec, save], enable_checkpointing=True, val_check_interval=3)
+        tr.fit(model, loader(), val_dataloaders=loader(), ckpt_path=ckpt)
+        return model, rec
+
+    straight, rec = run()
+    assert rec.fused[1] == (True, True)  # the folds ran, through the validation loop's mode restores
+    resumed, _ = run(str(tmp_path / "epoch=0.ckpt"))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), f"resumed run differs in {k}"
+
+
+def test_a_second_fit_runs_freezeout_afresh():
+    model, fo, _, _ = fit()
+    first = fo.controller
+    assert first.closed and all(p.requires_grad for p in model.parameters())
+    snapshot = {k: v.clone() for k, v in model.stem.state_dict().items()}
+    rec = Recorder(fo)
+    trainer([fo, rec]).fit(model, loader())
+    assert fo.controller is not first and fo.controller.step_count == EPOCHS * BATCHES
+    assert rec.rows[0][1] == 1  # its schedule began at step 0 again
+    assert any(not torch.equal(v, model.stem.state_dict()[k]) for k, v in snapshot.items())  # the stem trained

@@ -238,3 +238,39 @@ def test_bad_arguments_are_named(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "freezeout.integrations.transformers")
     with pytest.raises(ImportError, match=r"freezeout\[transformers\]"):
         importlib.import_module("freezeout.integrations.transformers")
+
+
+# peft 0.21 still calls transformers' deprecated is_gradient_checkpointing: not ours to fix
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
+def test_peft_lora_on_a_language_model_trains_to_the_end_with_a_nonzero_logged_lr(tmp_path):
+    peft = pytest.importorskip("peft")
+    base = tiny_gpt2(layers=3)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)  # GPT-2's Conv1D
+    model = peft.get_peft_model(base, config)
+    blocks = list(base.transformer.h)  # only the adapters inside the blocks train: nothing outside the layers
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".h." in n and "lora_" in n for n in trainable)
+    last = {n: p.detach().clone() for n, p in blocks[-1].named_parameters() if p.requires_grad}
+    trainer = Trainer(model=model, args=arguments(tmp_path, max_steps=8), train_dataset=token_data(32, lm=True))
+    handle = add_freezeout(trainer, layers=blocks, t0=T0)
+    trainer.train()  # the last freeze must not leave backward with nothing to do
+    logged = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logged) == 8 and all(e["learning_rate"] > 0 for e in logged[1:])
+    assert logged[-1]["freezeout/num_frozen"] == len(blocks) - 1  # the last block trained to the end
+    now = dict(blocks[-1].named_parameters())
+    assert any(not torch.equal(v, now[n]) for n, v in last.items())
+    assert handle.controller.closed
+
+
+def test_a_second_train_runs_freezeout_afresh(tmp_path):
+    model = tiny_bert("classify")
+    trainer = Trainer(model=model, args=arguments(tmp_path, max_steps=4), train_dataset=token_data(16))
+    handle = add_freezeout(trainer, layers=bert_layers, t0=T0)
+    trainer.train()
+    first = handle.controller
+    assert first.closed and first.num_frozen > 0 and all(p.requires_grad for p in model.parameters())
+    embeddings = {k: v.clone() for k, v in model.bert.embeddings.state_dict().items()}
+    trainer.train()
+    assert handle.controller is not first and handle.controller.step_count == 4
+    now = model.bert.embeddings.state_dict()
+    assert any(not torch.equal(v, now[k]) for k, v in embeddings.items())  # layer 0 trained again, not the head alone

@@ -129,8 +129,8 @@ class FreezeOutCallback(pl.Callback):
 
     def _catch_up(self, trainer: Any) -> None:
         # One FreezeOut step per optimizer step: global_step counts those, also under gradient accumulation.
-        while self.controller.step_count < trainer.global_step:
-            self.controller.step()
+        if self.controller.step_count != trainer.global_step:
+            self.controller.step_to(trainer.global_step)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.controller is None:
