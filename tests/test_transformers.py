@@ -274,3 +274,15 @@ def test_a_second_train_runs_freezeout_afresh(tmp_path):
     assert handle.controller is not first and handle.controller.step_count == 4
     now = model.bert.embeddings.state_dict()
     assert any(not torch.equal(v, now[k]) for k, v in embeddings.items())  # layer 0 trained again, not the head alone
+
+
+def test_the_fuse_option_reaches_freezeout(tmp_path):
+    for fuse in (True, False):
+        trainer = Trainer(
+            model=tiny_bert("classify"), args=arguments(tmp_path, max_steps=1), train_dataset=token_data(4)
+        )
+        handle = add_freezeout(trainer, layers=bert_layers, fuse=fuse)
+        trainer.train()
+        assert handle.controller.fuse is fuse
+    with pytest.raises(ValueError, match="fuse must be True or False"):
+        add_freezeout(Trainer(model=tiny_bert("classify"), args=arguments(tmp_path)), fuse="no")

@@ -186,12 +186,13 @@ def add_freezeout(
     *,
     example: Any = None,
     strict: bool = False,
+    fuse: bool = True,
 ) -> TrainerFreezeOut:
     """Make ``trainer`` (a ``transformers.Trainer`` or subclass) train with FreezeOut; see the module doc.
 
     ``layers``: a list in forward order, a callable ``model -> layers``, or None for ``find_layers`` on
     ``example`` (any input the model takes: a dict, a ``BatchEncoding``) or the first training batch.
-    ``t0``, ``schedule``, ``scale_lr``, ``strict``: as for ``freezeout.FreezeOut``; the learning rate, the
+    ``t0``, ``schedule``, ``scale_lr``, ``strict``, ``fuse``: as for ``freezeout.FreezeOut``; the learning rate, the
     warmup and the number of steps come from ``trainer.args``. Returns the installed ``TrainerFreezeOut``.
     """
     if not isinstance(trainer, transformers.Trainer):
@@ -213,7 +214,9 @@ def add_freezeout(
         if getattr(trainer, f"is_{what}_enabled", False):
             raise ValueError(f"add_freezeout does not support {what} (its optimizer holds flattened parameters)")
     options = {"t0": validate_t0(t0), "schedule": validate_schedule(schedule), "scale_lr": bool(scale_lr)}
-    handle = TrainerFreezeOut(trainer, layers, example, {**options, "strict": bool(strict)})
+    if not isinstance(fuse, bool):
+        raise ValueError(f"fuse must be True or False, got {fuse!r}")
+    handle = TrainerFreezeOut(trainer, layers, example, {**options, "strict": bool(strict), "fuse": fuse})
     trainer._freezeout = handle
     trainer.create_optimizer = handle.create_optimizer
     trainer.create_scheduler = handle.create_scheduler
