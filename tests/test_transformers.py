@@ -278,11 +278,16 @@ def test_a_second_train_runs_freezeout_afresh(tmp_path):
 
 def test_the_fuse_option_reaches_freezeout(tmp_path):
     for fuse in (True, False):
-        trainer = Trainer(
-            model=tiny_bert("classify"), args=arguments(tmp_path, max_steps=1), train_dataset=token_data(4)
-        )
+        trainer = Trainer(model=tiny_bert("classify"), args=arguments(tmp_path), train_dataset=token_data(4))
         handle = add_freezeout(trainer, layers=bert_layers, fuse=fuse)
-        trainer.train()
+        trainer.create_optimizer_and_scheduler(num_training_steps=2)  # what train() calls first
         assert handle.controller.fuse is fuse
     with pytest.raises(ValueError, match="fuse must be True or False"):
         add_freezeout(Trainer(model=tiny_bert("classify"), args=arguments(tmp_path)), fuse="no")
+
+
+def test_a_users_lr_scheduler_type_is_named_as_unused(tmp_path):
+    trainer = Trainer(model=tiny_bert("classify"), args=arguments(tmp_path, lr_scheduler_type="cosine"))
+    add_freezeout(trainer, layers=bert_layers)
+    with pytest.warns(freezeout.ScheduleWarning, match="lr_scheduler_type='cosine' is not used"):
+        trainer.create_optimizer_and_scheduler(num_training_steps=2)

@@ -17,10 +17,10 @@ How it works. ``add_freezeout`` takes over Trainer's two documented override poi
 - ``create_scheduler``: a ``FreezeOut`` over Trainer's step count (epochs or ``max_steps``, gradient
   accumulation included: the ``num_training_steps`` Trainer passes), with ``args.get_warmup_steps`` as its
   ``warmup_steps`` (``warmup_steps``, or ``warmup_ratio`` of the run). It is the LR schedule:
-  ``lr_scheduler_type`` is not used. Trainer steps it after each optimizer step (not after a step the AMP
-  scaler skipped), saves its ``state_dict`` as ``scheduler.pt`` and, on ``resume_from_checkpoint``, loads it
-  after the model's weights and the optimizer's state, so ``FreezeOut.load_state_dict`` re-freezes the layers
-  due and the run continues bit-identically.
+  ``lr_scheduler_type`` is not used (one other than the default is a ``ScheduleWarning`` naming it). Trainer
+  steps it after each optimizer step (not after a step the AMP scaler skipped), saves its ``state_dict`` as
+  ``scheduler.pt`` and, on ``resume_from_checkpoint``, loads it after the model's weights and the optimizer's
+  state, so ``FreezeOut.load_state_dict`` re-freezes the layers due and the run continues bit-identically.
 
 and wraps ``trainer.log`` (also documented for overriding): ``learning_rate`` is the head's LR (or with only
 layers training, adapters say, the last layer's still training) of the step just taken, and
@@ -50,13 +50,14 @@ build their own groups (GaLore, LOMO, layer-wise, Muon-style factories), a sched
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..controller import FreezeOut
+from ..controller import FreezeOut, ScheduleWarning
 from ..discovery import find_layers
 from ..groups import param_groups
 from ..layers import LayerLike, as_layers
@@ -108,6 +109,14 @@ class TrainerFreezeOut:
                 warmup_steps=warmup, **self.options,
             )  # fmt: skip
             t.lr_scheduler = self.controller
+            kind = getattr(t.args.lr_scheduler_type, "value", t.args.lr_scheduler_type)
+            if kind != "linear":  # Trainer's default: anything else was asked for, and is not what runs
+                warnings.warn(
+                    f"lr_scheduler_type={kind!r} is not used: FreezeOut is the LR schedule (the paper's per-layer "
+                    "cosine; warmup_steps / warmup_ratio still apply)",
+                    ScheduleWarning,
+                    stacklevel=2,
+                )
             log.info(
                 "FreezeOut: %d layers over %d steps, %d warmup steps (the LR schedule: lr_scheduler_type=%s unused)",
                 len(layers), num_training_steps, warmup, t.args.lr_scheduler_type,
