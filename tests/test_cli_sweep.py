@@ -131,6 +131,7 @@ def test_sweep_bad_input(tmp_path, extra, match):
 
 
 def test_plot_bad_input(tmp_path):
+    pytest.importorskip("matplotlib", reason="freezeout plot needs the [plot] extra")
     (tmp_path / "empty" / "half_run").mkdir(parents=True)
     one_line_error(cli("plot", "--sweep", str(tmp_path / "empty"), "--out", str(tmp_path / "f")), "no finished runs")
     one_line_error(cli("plot", "--figure", "2", "--out", str(tmp_path / "f")), "needs --sweep")
