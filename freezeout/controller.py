@@ -9,7 +9,7 @@ from typing import Any
 
 from .checks import check_int
 from .freezing import FrozenPrefix
-from .groups import group_owners
+from .groups import group_owners, split_groups
 from .guard import FirstPass, judge
 from .layers import LayerLike, as_layers, check_layers
 from .schedule import (
@@ -35,8 +35,11 @@ class FreezeOut:
     """Per-layer cosine annealing that freezes layers input side first (Brock et al., 2017): the LR schedule.
 
     ``layers``: the freezable layers in forward order, each an ``nn.Module`` or a list/tuple of modules and
-    parameters that freeze together. Each of ``optimizer``'s groups must hold parameters of one layer, or only
-    of the rest (``param_groups(model, layers)`` builds such groups; any number and order works). Each group
+    parameters that freeze together. ``optimizer`` is taken as built: a group holding parameters of several
+    layers (``AdamW(model.parameters())``, nanoGPT's decay / no-decay groups) is split into one group per layer
+    and one for the rest, each keeping the group's options (``freezeout.groups.split_groups``);
+    ``param_groups(model, layers)`` builds such groups from scratch. A group's ``lr_scale`` (timm's layer-wise
+    decay) multiplies its LR. Each group
     follows its own layer's schedule from its own base LR, its LR when FreezeOut was built (``lr / t_i`` when
     scaled); the rest's groups follow the head's cosine (``t_i = 1``, never scaled).
 
@@ -82,7 +85,13 @@ class FreezeOut:
         if not isinstance(fuse, bool):
             raise ValueError(f"fuse must be True or False, got {fuse!r}")
         self.fuse = fuse
+        if split_groups(optimizer, self._layers):
+            log.info(
+                "optimizer groups spanning several layers split per layer: %d groups now", len(optimizer.param_groups)
+            )
         self._owners = group_owners(optimizer, self._layers)
+        # timm's convention: a group's LR is the schedule's times its lr_scale (layer-wise decay)
+        self._scales = [float(g.get("lr_scale", 1.0)) for g in optimizer.param_groups]
         self.times = freeze_times(len(self._layers), self.t0, self.schedule)
         self._keep_last = not self._rest_trains()
         if self._keep_last and self.times[0] < 1.0:
@@ -202,8 +211,8 @@ class FreezeOut:
         n, t = len(self._layers), progress(step, self.total_steps)
         factor = 1.0 if self.warmup_steps == 0 else min(1.0, max(step, 0) / self.warmup_steps)
         return [
-            factor * layer_lr(t, self.times[i] if i < n else 1.0, base, self.scale_lr and i < n)
-            for i, base in zip(self._owners, self.base_lrs)
+            scale * factor * layer_lr(t, self.times[i] if i < n else 1.0, base, self.scale_lr and i < n)
+            for i, base, scale in zip(self._owners, self.base_lrs, self._scales)
         ]
 
     def frozen_at(self, step: int) -> int:
@@ -239,6 +248,7 @@ class FreezeOut:
             group.setdefault("initial_lr", group["lr"])
             self.base_lrs.append(float(group["initial_lr"]))
             self._owners.append(i)
+            self._scales.append(float(group.get("lr_scale", 1.0)))
             self._set.append(group["lr"])
             what = f"layers[{i}]" if i < len(self._layers) else "the rest (the head)"
             self._warn_once(

@@ -14,7 +14,7 @@ from torch import nn
 
 from .layers import Layer, LayerLike, as_layers, check_layers
 
-__all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "unwrap"]
+__all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
 
 NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
 _NORMS = (
@@ -148,6 +148,31 @@ def param_groups(
             if ps:
                 groups.append({"params": ps, **group_options, "weight_decay": wd})
     return groups
+
+
+def split_groups(optimizer: Any, layers: Sequence[Layer]) -> int:
+    """Split, in place, each of ``optimizer``'s groups that holds parameters of several layers (or of layers and
+    the rest) into one group per layer it touches, in layer order, then one for the rest: each a copy of the group
+    with every option it had (``lr``, ``weight_decay``, betas, ``lr_scale``, ...). Optimizer state is kept (it is
+    held per parameter). Deterministic: an optimizer built the same way splits the same way, so its state dict
+    loads. Returns how many groups were split."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    n = len(layers)
+    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    out, split = [], 0
+    for group in groups:
+        parts: dict[int, list[Any]] = {}
+        for p in group["params"]:
+            parts.setdefault(owner.get(id(p), n), []).append(p)
+        if len(parts) <= 1:
+            out.append(group)
+            continue
+        split += 1
+        out.extend({**group, "params": parts[i]} for i in sorted(parts))
+    groups[:] = out
+    return split
 
 
 def group_owners(optimizer: Any, layers: Sequence[Layer]) -> list[int]:

@@ -67,13 +67,36 @@ def test_the_same_layer_twice_straight_to_freezeout(tiny):
         FreezeOut(opt, [tiny.stem, relu, relu], total_steps=10)
 
 
-def test_a_group_mixing_layers_is_named(tiny):
-    with pytest.raises(ValueError, match=r"param group 0 holds parameters of layers\[0\], .* and the rest"):
-        FreezeOut(sgd(tiny.parameters()), tiny.layers, total_steps=10)
+def test_groups_spanning_layers_are_split_per_layer_keeping_their_options(tiny):
+    decay = [p for p in tiny.parameters() if p.dim() > 1]
+    no_decay = [p for p in tiny.parameters() if p.dim() <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}])
+    sched = FreezeOut(opt, tiny.layers, total_steps=10)
+    n = len(tiny.layers)
+    owner = {id(p): layer_index for layer_index, m in enumerate(tiny.layers) for p in m.parameters()}
+    seen = []
+    for group, i in zip(opt.param_groups, sched.group_layers):
+        assert {owner.get(id(p), n) for p in group["params"]} == {i}  # one layer, or the rest, per group
+        seen += [(id(p), group["weight_decay"]) for p in group["params"]]
+    want = [(id(p), 0.1) for p in decay] + [(id(p), 0.0) for p in no_decay]
+    assert sorted(seen) == sorted(want)  # every parameter once, with its own group's weight decay
+    again = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}])
+    FreezeOut(again, tiny.layers, total_steps=10)
+    assert [[id(p) for p in g["params"]] for g in again.param_groups] == [
+        [id(p) for p in g["params"]] for g in opt.param_groups
+    ]  # deterministic: the same split, so a saved optimizer state loads
+
+
+def test_lr_scale_multiplies_the_schedule(tiny):
     groups = param_groups(tiny, tiny.layers)
-    groups[2]["params"] = groups[2]["params"] + groups[-1]["params"][:1]  # layers[2] with a head parameter
-    with pytest.raises(ValueError, match=r"param group 2 holds parameters of layers\[2\] and the rest"):
-        FreezeOut(sgd([*groups[:-1], {"params": groups[-1]["params"][1:]}]), tiny.layers, total_steps=10)
+    for i, g in enumerate(groups):
+        g["lr_scale"] = 0.5**i
+    opt = sgd(groups)
+    sched = FreezeOut(opt, tiny.layers, total_steps=10, t0=0.5, schedule="linear")
+    plain = FreezeOut(sgd(param_groups(tiny, tiny.layers)), tiny.layers, total_steps=10, t0=0.5, schedule="linear")
+    for _ in range(3):
+        sched.step(), plain.step()
+    assert sched.get_last_lr() == pytest.approx([lr * 0.5**i for i, lr in enumerate(plain.get_last_lr())])
 
 
 def test_param_groups_layout_covers_every_parameter_once():

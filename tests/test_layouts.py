@@ -188,7 +188,7 @@ def test_a_group_added_later_is_adopted_with_a_warning():
         step(model, opt, sched, 0)
     assert opt.param_groups[-1]["lr"] == pytest.approx(paper_lr(1, total, 1.0, 0.3, scaled=False))
     assert sched.group_layers == [*range(n), n, n]
-    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1)), bn_bias]})
+    opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1)), bn_bias]})  # added later: not split
     with pytest.raises(ValueError, match=r"group 6 holds parameters of layers\[1\] and the rest"):
         step(model, opt, sched, 1)
 

@@ -172,12 +172,14 @@ def test_layout_and_configuration_errors():
 
     cases = [
         (NoFreezable, "needs a freezable_layers"),
-        (OneGroup, r"param group 0 holds parameters of layers.*freezeout\.param_groups\(self, layers\)"),
         (WithScheduler, "return no lr_scheduler"),
     ]
     for cls, msg in cases:
         with pytest.raises(ValueError, match=msg):
             trainer([FreezeOutCallback()]).fit(cls(), loader())
+    fo = FreezeOutCallback(t0=0.3)
+    trainer([fo]).fit(OneGroup(), loader())  # a single group spanning every layer: split per layer
+    assert len(fo.controller.optimizer.param_groups) == 5 and fo.controller.group_layers == [0, 1, 2, 3, 4]
     with pytest.raises(ValueError, match="needs a finite run"):
         trainer([FreezeOutCallback()], max_epochs=-1).fit(Net(), loader())
 
