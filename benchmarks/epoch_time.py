@@ -25,7 +25,7 @@ from freezeout.experiment.runfiles import atomic_json
 
 
 class _StepClock:
-    """Stands in for the progress bar: the training loop calls ``update()`` right after each step."""
+    """Each step's end: the training loop calls ``update()`` right after each step."""
 
     def __init__(self, device: torch.device) -> None:
         self.device, self.stamps = device, [time.perf_counter()]
@@ -34,9 +34,6 @@ class _StepClock:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.stamps.append(time.perf_counter())
-
-    def set_postfix_str(self, *args: object, **kwargs: object) -> None:
-        pass
 
 
 def main() -> None:
@@ -62,7 +59,7 @@ def main() -> None:
     device = resolve_device(args.device)
     run = Run(config, data, device)
     clock = _StepClock(device)
-    run.train_epoch(torch.zeros((), device=device), clock)
+    run.train_epoch(torch.zeros((), device=device), clock.update)
     steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])][args.warmup :]
     step_s = statistics.median(steps)
     per_epoch = math.ceil(args.train_size / args.batch)

@@ -99,6 +99,17 @@ def test_bench_end_to_end_writes_json(tmp_path, lockstep):
     saved = result["memory"]["saved_for_backward_bytes"]
     assert saved["all_frozen"] < saved["none_frozen"]
     assert "realized" in out.stdout and not list(path.parent.glob("*tmp"))
+    # two costs, two names: the run's step() calls with their freezes (the table), a steady step() alone (below)
+    lines = out.stdout.splitlines()
+    header = next(x for x in lines if x.startswith("schedule"))
+    assert header.split()[-1] == "step()+frz" and "sched.step" not in header
+    assert lines[lines.index(header) + 1].split()[-1] == f"{100 * row['sched_step_fraction']:.3f}%"
+    sched = result["sched_step"]
+    assert (
+        "step()+frz = the run's sched.step() calls, the freezes and BatchNorm folds included, over the rest of its "
+        f"training time; a steady sched.step() alone (no freeze): {1e6 * sched['seconds_per_call']:.1f} us "
+        f"= {100 * sched['fraction_of_step']:.4f}% of a baseline step"
+    ) in out.stdout
     # lockstep: the ideal on the baseline's own step times, and the flat integral beside it, in the JSON and printed
     assert ("ideal_saving_flat" in row) == bool(lockstep) == ("flat over the run: cubic-scaled-0.5" in out.stdout)
 

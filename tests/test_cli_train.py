@@ -1,4 +1,4 @@
-"""``freezeout train`` and ``freezeout demo`` from the command line, including every bad input."""
+"""``freezeout train`` from the command line, including every bad input."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from freezeout.cli import main
-from freezeout.experiment.demo import table
 from freezeout.experiment.lock import LOCK_FILE as LOCK
 from tests.helpers.cifar_files import ARCHIVE, one_thread, write_cifar
 from tests.helpers.models import METRIC_KEYS, RUN_FILES, SUMMARY_KEYS
@@ -117,7 +116,7 @@ def test_resume_with_other_config_leaves_the_run_alone(data, tmp_path, capsys):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK}  # the lock records its holder
     argv = ["train", "--dataset", "cifar10", "--data-dir", str(data / "c10"), *TINY, "--out", str(out)]
     one_line_error(capsys, [*argv, "--t0", "0.6", "--resume"], "t0: 0.8 -> 0.6")
-    one_line_error(capsys, argv, "already holds a run")
+    one_line_error(capsys, argv, "already holds a train run")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != LOCK} == before
     assert main([*argv, "--resume"]) == 0 and (out / "summary.json").exists()
 
@@ -127,30 +126,3 @@ def test_bad_input_in_a_real_process(data, tmp_path):
         r = cli("train", *TINY, "--out", tmp_path / "out", *args)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
         assert not (tmp_path / "out").exists()
-
-
-def test_demo_table():
-    def summary(seconds, acc, t0):
-        return {"train_seconds": seconds, "test_accuracy": acc, "config": {"schedule": "cubic", "t0": t0}}
-
-    text = table({"baseline": summary(10.0, 0.95, 1.0), "freezeout": summary(7.5, 0.94, 0.8)})
-    rows = text.splitlines()
-    assert len(rows) == 3 and "t0=0.8" in rows[2]
-    assert rows[1].split()[-3:] == ["10.0", "0.0%", "95.00%"] and rows[2].split()[-3:] == ["7.5", "25.0%", "94.00%"]
-
-
-def test_demo_runs_both_and_writes_results(tmp_path, capsys):
-    assert main(["demo", "--epochs", "1", "--out", str(tmp_path), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
-    results = json.loads((tmp_path / "demo.json").read_text())
-    assert set(results) == {"baseline", "freezeout"}
-    assert results["baseline"]["config"]["t0"] == 1.0
-    frozen = results["freezeout"]["config"]
-    assert (frozen["schedule"], frozen["scale_lr"], frozen["t0"]) == ("cubic", True, 0.8)  # the paper's pick
-    assert (
-        results["freezeout"]["num_frozen"] == results["freezeout"]["num_layers"]
-        and results["baseline"]["num_frozen"] == 0
-    )
-    assert table(results) in printed
-    for name in results:
-        assert json.loads((tmp_path / name / "summary.json").read_text()) == results[name]

@@ -75,8 +75,8 @@ def test_stop_catches_non_finite_state_behind_a_finite_loss(tmp_path, monkeypatc
     real = engine.Run.train_epoch
     kept = {}
 
-    def last_step_leaves_inf(self, loss_sum, bar, label=""):
-        result = real(self, loss_sum, bar, label)
+    def last_step_leaves_inf(self, loss_sum, on_step=None):
+        result = real(self, loss_sum, on_step)
         if self.sched.step_count == 2 * self.steps_per_epoch:  # epoch 2 done: its loss is already summed
             kept["checkpoint"] = (tmp_path / "checkpoint.pt").read_bytes()
             if where == "parameter":  # the head: it trains to the end, so its weights move every step

@@ -120,6 +120,11 @@ def run_bench(
     floating tensors redrawn, the others, token ids and masks, kept). ``loss_fn(output, target)`` defaults to
     ``model_loss``: the model's own loss if it computes one, else cross-entropy on random labels.
 
+    Two costs of FreezeOut's own, apart: each row's ``sched_step_fraction`` is the run's ``sched.step()`` calls,
+    the freezes (and BatchNorm folds) included, over the rest of its training time; ``sched_step`` is a steady
+    ``sched.step()`` alone (one that freezes nothing), ``seconds_per_call`` and ``fraction_of_step`` of a baseline
+    step.
+
     ``progress(k)`` reports ``k`` more steps done (for a progress bar); ``total_work(config, n)``
     says how many there will be. ``flops``: ``layer_flops``' result, if already counted (``layer_flops_meta``
     counts a big batch without its activations' memory).

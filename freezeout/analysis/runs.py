@@ -23,7 +23,7 @@ from ..controller import FreezeOut
 from ..measure import sync
 from .workload import copy_model, make_optimizer, train_step
 
-__all__ = ["BenchRun", "lockstep_runs", "sched_step_seconds", "timed_run"]
+__all__ = ["BenchRun", "lockstep", "lockstep_runs", "sched_step_seconds", "timed_run"]
 
 Template = tuple[nn.Module, list[nn.Module]]
 Data = Sequence[tuple[Any, Any]]
@@ -64,6 +64,38 @@ def timed_run(
     return out
 
 
+def lockstep(
+    steppers: Sequence[Callable[[], Any]],
+    steps: int,
+    device: Any = "cpu",
+    *,
+    before: Callable[[int], None] | None = None,
+    after: Callable[[int, float], None] | None = None,
+) -> list[list[float]]:
+    """Step ``s`` of every stepper, then step ``s + 1`` of every one, in an order that rotates by one each step
+    (see the module doc); each call ``steppers[i]()`` timed between device syncs, so that on a GPU the queue
+    holds one run's work at a time. Returns each stepper's seconds, step by step.
+
+    ``before(i)`` runs before stepper ``i``'s step and ``after(i, seconds)`` after it, both outside the timing.
+    """
+    seconds: list[list[float]] = [[] for _ in steppers]
+    order = list(range(len(steppers)))
+    for s in range(steps):
+        shift = s % len(order) if order else 0
+        for i in order[shift:] + order[:shift]:
+            if before is not None:
+                before(i)
+            sync(device)
+            start = time.perf_counter()
+            steppers[i]()
+            sync(device)
+            took = time.perf_counter() - start
+            seconds[i].append(took)
+            if after is not None:
+                after(i, took)
+    return seconds
+
+
 def lockstep_runs(
     template: Template,
     data: Data,
@@ -74,11 +106,9 @@ def lockstep_runs(
     device: Any = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every run of ``specs`` in lockstep (see the module doc): ``timed_run``'s result per run name, plus
+    """Every run of ``specs`` in lockstep (``lockstep``): ``timed_run``'s result per run name, plus
     ``step_seconds`` (each step's seconds, ``sched.step()`` included) and ``step_frozen`` (layers frozen during
     each step), so that a run's own step at ``k`` can be set beside the baseline's step of the same seconds.
-
-    Each step is timed between device syncs, so on a GPU the queue holds one run's work at a time.
     ``progress(1)`` after each step of each run.
     """
     runs = [(spec[0], *_start(template, steps, lr, spec)) for spec in specs]
@@ -86,31 +116,38 @@ def lockstep_runs(
         name: {"seconds": 0.0, "sched_seconds": 0.0, "step_seconds": [], "step_frozen": []} for name, *_ in runs
     }
     cuda = torch.device(device).type == "cuda"
-    for s in range(steps):
-        x, y = data[s % len(data)]
-        shift = s % len(runs)
-        for name, model, optimizer, sched in runs[shift:] + runs[:shift]:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats(device)
-            frozen = sched.num_frozen  # what this step runs with (its own sched.step() may freeze more)
-            sync(device)
-            start = time.perf_counter()
+    done = [0] * len(runs)  # steps each run has taken: which batch is next
+
+    def stepper(i: int) -> Callable[[], None]:
+        name, model, optimizer, sched = runs[i]
+
+        def step() -> None:
+            x, y = data[done[i] % len(data)]
             train_step(model, optimizer, x, y, loss_fn)
             sync(device)
             mark = time.perf_counter()
             sched.step()
             sync(device)
-            end = time.perf_counter()
-            total = totals[name]
-            total["step_frozen"].append(frozen)
-            total["step_seconds"].append(end - start)
-            total["seconds"] += end - start
-            total["sched_seconds"] += end - mark
-            if cuda:  # this run's peak, with every run's model resident: an upper bound on running it alone
-                peak = torch.cuda.max_memory_allocated(device)
-                total["peak_memory_bytes"] = max(total.get("peak_memory_bytes", 0), peak)
-            if progress:
-                progress(1)
+            totals[name]["sched_seconds"] += time.perf_counter() - mark
+
+        return step
+
+    def before(i: int) -> None:
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        totals[runs[i][0]]["step_frozen"].append(runs[i][3].num_frozen)  # what this step runs with
+
+    def after(i: int, seconds: float) -> None:
+        total = totals[runs[i][0]]
+        done[i] += 1
+        total["step_seconds"].append(seconds)
+        total["seconds"] += seconds
+        if cuda:  # this run's peak, with every run's model resident: an upper bound on running it alone
+            total["peak_memory_bytes"] = max(total.get("peak_memory_bytes", 0), torch.cuda.max_memory_allocated(device))
+        if progress:
+            progress(1)
+
+    lockstep([stepper(i) for i in range(len(runs))], steps, device, before=before, after=after)
     for name, _, _, sched in runs:
         totals[name]["num_frozen"] = sched.num_frozen
     return totals

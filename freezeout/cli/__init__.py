@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from .. import __version__
 from .common import CLIError, OneLineParser
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "no_command"]
 
 # (module, command) pairs; a module provides add_parser(subparsers) that sets `func` on its parser.
 _COMMANDS = ("demo", "train", "estimate", "bench", "sweep", "plot")
@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="freezeout", description="Accelerate training by progressively freezing layers.")
     parser.add_argument("--version", action="version", version=f"freezeout {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    # not required: with no command, main prints the usage, the commands and where to start, not a bare error
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
-    sub.required = True
     import importlib
 
     for name in _COMMANDS:
@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        print(no_command(parser), file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
@@ -49,6 +52,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def no_command(parser: argparse.ArgumentParser) -> str:
+    """What ``freezeout`` alone prints: the usage, each command in a line, and the command to try first."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = [f"  {a.dest:<9} {a.help}" for a in sub._choices_actions]
+    return "\n".join(
+        [
+            parser.format_usage().rstrip(),
+            "",
+            "commands:",
+            *commands,
+            "",
+            "freezeout: error: no command given; try `freezeout demo` (baseline vs FreezeOut on the embedded digits, "
+            "about a minute, no download), or `freezeout COMMAND --help`",
+        ]
+    )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,6 +14,7 @@ __all__ = [
     "add_model_arguments",
     "config_from_args",
     "int_in",
+    "notifier",
     "path",
     "pct",
     "unit_interval",
@@ -69,6 +70,16 @@ def unit_interval(text: str) -> float:
         return validate_t0(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}") from None
+
+
+def notifier(command: str) -> Any:
+    """Where the library's lines for the user go (a clipped batch, a resume, a repaired file): stderr, one line
+    each, named after the command like its errors."""
+
+    def notify(line: str) -> None:
+        print(f"freezeout {command}: {line}", file=sys.stderr, flush=True)
+
+    return notify
 
 
 def path(text: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from typing import Any
 
 __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"]
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
         from ..analysis.timing import default_ks, step_time_curve
 
         ks = default_ks(len(layers), args.curve_points)
-        with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=args.json) as bar:
+        quiet = args.json or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
+        with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=quiet) as bar:
             curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
     rows = [
         predict(

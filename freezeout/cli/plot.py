@@ -37,17 +37,21 @@ def run(args: argparse.Namespace) -> int:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CLIError("plotting needs matplotlib: pip install 'freezeout[plot]'") from None
+    from ..experiment.folders import check_not_file
     from ..experiment.plot import plot_figure1, plot_figure2
+    from ..experiment.runfiles import check_writable
 
     out = Path(args.out)
-    written = []
-    if figure in ("2", "all"):  # first: a folder with nothing to plot fails before any file is written
+    check_not_file(out)  # the wording of every command's refusal of a file for a folder
+    table = None
+    if figure in ("2", "all"):  # first: a folder with nothing to plot fails before anything is created
         from ..experiment.aggregate import aggregate
 
         table = aggregate(args.sweep, paper=False)
+    check_writable(out, "--out")  # a read-only folder named as the user gave it, before any figure is drawn
+    written = [plot_figure1(out / "figure1.png")] if figure in ("1", "all") else []
+    if table is not None:
         written.append(plot_figure2(out / "figure2.png", table))
-    if figure in ("1", "all"):
-        written.insert(0, plot_figure1(out / "figure1.png"))
     for written_path in written:
         print(f"wrote {written_path}")
     return 0

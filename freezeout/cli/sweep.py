@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from ..schedule import STRATEGIES
-from .common import MAX_REPEATS, MAX_SEED, add_config_arguments, config_from_args, int_in, path, pct
+from .common import MAX_REPEATS, MAX_SEED, add_config_arguments, config_from_args, int_in, notifier, path, pct
 
 __all__ = ["add_parser", "format_table"]
 
@@ -66,14 +66,32 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _fit_batch(config: Any, dry_run: bool) -> tuple[Any, str | None]:
+    """The base config with its batch clipped to the training set, and the line that says so
+    (``config.fit_batch``). A dry run may plan a sweep whose data is not there yet: it plans with the batch given."""
+    from ..experiment.config import fit_batch, train_examples
+
+    try:
+        examples = train_examples(config)
+    except ValueError:
+        if dry_run:
+            return config, None
+        raise
+    return fit_batch(config, examples)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..experiment.plan import dry_run
     from ..experiment.sweep import Grid, run_sweep
 
     config = config_from_args(args)
     grid = Grid(tuple(args.strategies), tuple(args.t0s), tuple(args.seeds)).validate()
+    config, clipped = _fit_batch(config, args.dry_run)
+    notify = notifier("sweep")
     if args.dry_run:
         plan = dry_run(config, grid, args.out, timing_steps=args.timing_steps)
+        if clipped:  # after the checks: a refusal is the one line on stderr
+            notify(clipped)
         for row in plan["runs"]:
             print(f"{row['name']:<36} {row['status']:<12} {row['epochs']} epochs")
         print(f"{plan['num_runs']} runs, {plan['num_to_run']} to run, {plan['epochs_to_run']} epochs to run")
@@ -82,7 +100,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"estimated time: {e['seconds'] / 3600:.2f} h ({e['seconds']:.0f} s; {e['method']})")
         return 0
     from ..experiment.aggregate import aggregate, write_aggregate
+    from ..experiment.folders import check_folder
     from ..experiment.lock import run_lock
+
+    check_folder(args.out, "sweep")
+    if clipped:
+        notify(clipped)
 
     with run_lock(args.out):  # the sweep and its aggregate: no other process writes in the folder meanwhile
         run_sweep(config, grid, args.out, progress=not args.no_progress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import warnings
 
-from .common import add_config_arguments, config_from_args, path
+from .common import add_config_arguments, config_from_args, notifier, path
 
 __all__ = ["add_parser", "print_summary"]
 
@@ -22,7 +22,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--out", type=path, required=True, help="run folder (created; must not hold another run unless --resume)"
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar and no line per epoch (by default: a bar on a terminal, a line per epoch on stderr)",
+    )
     p.set_defaults(func=run)
 
 
@@ -44,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.compile:  # dynamo reads a non-leaf .grad while tracing each layer: harmless (docs/COMPILE.md)
         warnings.filterwarnings("ignore", "The .grad attribute of a Tensor that is not a leaf", UserWarning)
-    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress)
-    if launch_from_env().is_main:  # under torchrun: one summary, not one per process
+    main = launch_from_env().is_main  # under torchrun: one summary and one of each note, not one per process
+    notify = notifier("train") if main else lambda line: None
+    summary = train(config, args.out, resume=args.resume, progress=not args.no_progress, notify=notify)
+    if main:
         print_summary(summary, args.out)
     return 0

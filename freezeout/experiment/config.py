@@ -12,7 +12,16 @@ from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
 from .models import get_model
 
-__all__ = ["DEVICES", "FLOAT32_MAX", "NONFINITE", "TrainConfig", "config_differences", "run_identity"]
+__all__ = [
+    "DEVICES",
+    "FLOAT32_MAX",
+    "NONFINITE",
+    "TrainConfig",
+    "config_differences",
+    "fit_batch",
+    "run_identity",
+    "train_examples",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
@@ -114,6 +123,29 @@ class TrainConfig:
         """The fields in which the runs of the two configs differ, as ``name: self -> other`` (see ``run_identity``;
         ``device``/``other_device``: the device each run really used, where known)."""
         return config_differences(self.to_dict(), other.to_dict(), device, other_device)
+
+
+def fit_batch(config: TrainConfig, train_examples: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
+    """``config`` with a batch no larger than its training set of ``train_examples``, and the line that says so
+    when it had to be clipped (``None`` otherwise). Clipped, the config records the batch that ran, so that a
+    resume or a sweep compares what really ran; under torchrun, a multiple of ``world_size``."""
+    check_int("train_examples", train_examples, 1)
+    check_int("world_size", world_size, 1)
+    if config.batch_size <= train_examples:
+        return config, None
+    clipped = max(world_size, train_examples // world_size * world_size)
+    line = (
+        f"batch size {config.batch_size} is larger than the training set ({train_examples} examples of "
+        f"{config.dataset}): clipped to {clipped}, one step per epoch"
+    )
+    return replace(config, batch_size=clipped), line
+
+
+def train_examples(config: TrainConfig) -> int:
+    """How many examples ``config`` trains on per epoch (its data set loaded, less the validation split)."""
+    from .data import load_dataset
+
+    return len(load_dataset(config.dataset, config.data_dir, config.val_split).train_y)
 
 
 def _device_kind(name: Any, used: str | None) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -95,6 +96,7 @@ class Run:
         # "skip" mode: BatchNorm updates its running stats in the forward pass; a skipped batch restores them.
         self.buffers = list(self.model.buffers())
         self.backup = [b.clone() for b in self.buffers] if c.nonfinite == "skip" else []
+        self.skipped = self.skipped_examples = 0  # this epoch's, so far (epoch_steps)
 
     def state(self, epoch: int, extra: dict[str, Any]) -> dict[str, Any]:
         rng = {"torch": torch.get_rng_state(), "generator": self.generator.get_state()}
@@ -123,18 +125,29 @@ class Run:
         if "cuda" in ckpt["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
-    def train_epoch(self, loss_sum: torch.Tensor, bar: Any, label: str = "") -> tuple[int, int]:
-        """One pass over the training data: the hot path, with no host sync inside in "stop" mode.
+    def train_epoch(self, loss_sum: torch.Tensor, on_step: Callable[[], None] | None = None) -> tuple[int, int]:
+        """One pass over the training data (``epoch_steps`` to the end); ``on_step()`` after each step.
 
         Returns the (batches, examples) this process skipped for a non-finite loss: only "skip" mode skips, at
         the price of two host syncs per step. A skipped batch is still a step of the FreezeOut schedule.
+        """
+        for _ in self.epoch_steps(loss_sum):
+            if on_step is not None:
+                on_step()
+        return self.skipped, self.skipped_examples
+
+    def epoch_steps(self, loss_sum: torch.Tensor) -> Iterator[None]:
+        """The steps of one pass over the training data, one per ``next()``: the hot path, with no host sync
+        inside in "stop" mode. A lockstep (``analysis.runs.lockstep``) interleaves two runs' steps this way.
+
+        ``loss_sum`` and the counts ``skipped``/``skipped_examples`` are kept up to date after every step, so that
+        they are right as soon as the last step has run (a lockstep never asks for the step after it).
         """
         model, opt, sched, net, after_step = self.model, self.opt, self.sched, self.net, self.launch.after_step
         skip = self.config.nonfinite == "skip"
         model.train()  # frozen layers stay in eval mode
         loss_sum.zero_()
-        frozen = sched.num_frozen
-        skipped = skipped_examples = 0
+        self.skipped = self.skipped_examples = 0
         for i, (x, y) in enumerate(self.train_batches):
             if skip:
                 foreach_copy_(self.backup, self.buffers)
@@ -143,7 +156,7 @@ class Run:
             opt.zero_grad(set_to_none=True)
             if skip:
                 if not self._guarded_step(loss):
-                    skipped, skipped_examples = skipped + 1, skipped_examples + y.shape[0]
+                    self.skipped, self.skipped_examples = self.skipped + 1, self.skipped_examples + y.shape[0]
                     loss = None
             else:
                 loss.backward()
@@ -153,12 +166,7 @@ class Run:
             after_step()
             if loss is not None:
                 loss_sum.add_(loss.detach(), alpha=y.shape[0])
-            if bar is not None:
-                bar.update()
-                if sched.num_frozen != frozen:
-                    frozen = sched.num_frozen
-                    bar.set_postfix_str(f"{label} frozen={frozen}", refresh=False)
-        return skipped, skipped_examples
+            yield
 
     def _guarded_step(self, loss: torch.Tensor) -> bool:
         """ "skip" mode: update only if the loss and the gradients are finite; otherwise leave no trace."""

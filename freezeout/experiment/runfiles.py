@@ -26,10 +26,12 @@ __all__ = [
     "PAUSE_ENV",
     "SUMMARY",
     "TEMP_SUFFIX",
+    "WriteError",
     "append_jsonl",
     "atomic_bytes",
     "atomic_json",
     "atomic_torch_save",
+    "check_creatable",
     "check_writable",
     "read_json",
     "remove_stale_temps",
@@ -47,6 +49,19 @@ CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoi
 PAUSE_ENV = "FREEZEOUT_TEST_PAUSE_BEFORE_REPLACE"
 
 TEMP_SUFFIX = ".freezeout-tmp"
+
+
+class WriteError(OSError):
+    """A write of ``path`` failed: its message names the file asked for, never the temp file it went through
+    (a name the user never gave), and keeps the cause's ``errno`` (``ENOSPC``: the disk is full); ``hint``: what
+    the caller knows of what is kept and what to do, after the cause."""
+
+    def __init__(self, path: str | os.PathLike, cause: OSError, hint: str = "") -> None:
+        super().__init__(cause.errno, cause.strerror or str(cause))
+        self.filename, self.hint = str(path), hint
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}" + (f"; {self.hint}" if self.hint else "")
 
 
 def _test_pause(path: Path) -> None:
@@ -72,8 +87,12 @@ def _create_temp(folder: Path, stem: str) -> tuple[int, str]:
 
 
 def _atomic(path: Path, write: Any) -> None:
-    """Write via a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half."""
-    fd, tmp = _create_temp(path.parent, path.name)
+    """Write via a temp file in the same folder, fsync, then ``os.replace``: readers see old or new, never half.
+    An ``OSError`` comes out as ``WriteError`` naming ``path``."""
+    try:
+        fd, tmp = _create_temp(path.parent, path.name)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -81,8 +100,10 @@ def _atomic(path: Path, write: Any) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from None
         raise
 
 
@@ -109,10 +130,13 @@ def read_json(path: Path) -> Any:
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """One line per record, on disk before returning (a crash loses at most the line being written)."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise WriteError(path, exc) from None
 
 
 def truncate_jsonl(path: Path, keep: Any) -> list[dict[str, Any]]:
@@ -152,3 +176,15 @@ def check_writable(out: Path, name: str = "out_dir") -> None:
         os.unlink(tmp)
     except OSError as exc:
         raise ValueError(f"{name} {out} is not writable: {exc.strerror or exc}") from None
+
+
+def check_creatable(out: Path, name: str = "out_dir") -> None:
+    """What ``check_writable`` proves, without creating anything (a dry run): ``out`` is a writable folder, or
+    could be created in its nearest existing parent."""
+    here = Path(os.path.abspath(out))
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    if not here.is_dir():
+        raise ValueError(f"{name} {out} is not writable: {here} is not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {out} is not writable: {here} is read-only")

@@ -18,9 +18,11 @@ from typing import Any
 
 from ..checks import check_int
 from ..schedule import STRATEGIES, parse_strategy, strategy_name, validate_t0
-from .config import config_differences
+from .config import TrainConfig, config_differences, fit_batch, train_examples
+from .folders import SWEEP_FILE, check_folder
 from .lock import run_lock
-from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, atomic_json, remove_stale_temps
+from .progress import Display
+from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, atomic_json, check_creatable, remove_stale_temps
 
 __all__ = [
     "PER_RUN_FIELDS",
@@ -28,6 +30,7 @@ __all__ = [
     "RunSpec",
     "base_dict",
     "expand",
+    "fit_base",
     "prepare_sweep_dir",
     "read_summary",
     "run_config",
@@ -41,7 +44,6 @@ log = logging.getLogger(__name__)
 
 # What the sweep sets per run; everything else in the training config is the sweep's base config.
 PER_RUN_FIELDS = ("schedule", "scale_lr", "t0", "seed")
-SWEEP_FILE = "sweep.json"
 
 
 def run_name(strategy: str, t0: float, seed: int) -> str:
@@ -144,6 +146,9 @@ def prepare_sweep_dir(
     grow: ``sweep.json`` keeps the union.
     """
     out = Path(sweep_dir)
+    check_folder(out, "sweep")
+    if not write:  # a dry run creates nothing, but plans nothing that could not happen either
+        check_creatable(out, "--out")
     base = base_dict(base_config)
     record = {"version": 1, "base_config": base, "grid": grid.validate().to_dict()}
     path = out / SWEEP_FILE
@@ -220,14 +225,12 @@ def run_sweep(
     specs = expand(grid)  # the grid is valid before the folder is created
     if train_fn is None:
         from .trainer import train as train_fn
+    base_config = fit_base(base_config)
+    check_folder(sweep_dir, "sweep")  # a file, or another kind of run: refused before the lock creates anything
     with run_lock(sweep_dir):  # one sweep per folder; each run's folder is locked too, by the trainer and here
         record = prepare_sweep_dir(base_config, grid, sweep_dir)
         remove_stale_temps(Path(sweep_dir))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(specs), unit="run", dynamic_ncols=True)
+        bar = Display(len(specs), unit="run", leave=True) if progress else None  # a bar on a terminal only
         summaries = []
         try:
             for spec in specs:
@@ -238,6 +241,18 @@ def run_sweep(
             if bar is not None:
                 bar.close()
     return summaries
+
+
+def fit_base(base_config: Any) -> Any:
+    """A ``TrainConfig`` base with its batch clipped to the training set (``config.fit_batch``), so that
+    ``sweep.json`` and every run record the batch that runs, and a finished run is recognised as the grid's."""
+    if not isinstance(base_config, TrainConfig):
+        return base_config
+    base_config = base_config.validate()
+    fitted, line = fit_batch(base_config, train_examples(base_config))
+    if line:
+        log.warning("%s", line)
+    return fitted
 
 
 def _clear_run(run_dir: Path) -> None:
@@ -262,7 +277,7 @@ def _one_run(
     with run_lock(run_dir):  # held from the status check to the end: nobody else may change the run meanwhile
         status = run_status(run_dir, expected)
         if bar is not None:
-            bar.set_postfix_str(f"{spec.name} ({status})")
+            bar.set_info(f"{spec.name} ({status})")
         if status == "finished":
             log.info("%s finished already: skipped", spec.name)
             return read_summary(run_dir, expected)
