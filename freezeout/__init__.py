@@ -16,6 +16,7 @@ from .freezing import freeze_layer, is_frozen
 from .groups import param_groups, unwrap
 from .guard import FrozenInputWarning
 from .measure import saved_tensor_bytes
+from .options import FreezeOutOptions
 from .schedule import STRATEGIES, freeze_times, layer_lr, learning_rates, num_frozen_at, progress
 
 __version__ = "0.1.0"
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STRATEGIES",
     "FreezeOut",
+    "FreezeOutOptions",
     "FrozenInputWarning",
     "ScheduleWarning",
     "__version__",

@@ -12,19 +12,19 @@ from .freezing import FrozenPrefix
 from .groups import group_owners, split_groups
 from .guard import FirstPass, judge
 from .layers import LayerLike, as_layers, check_layers
+from .options import FreezeOutOptions
 from .schedule import (
     freeze_times,
     layer_lr,
     num_frozen_at,
     progress,
-    validate_schedule,
-    validate_t0,
     validate_total_steps,
 )
 
 __all__ = ["FreezeOut", "ScheduleWarning"]
 
 log = logging.getLogger(__name__)
+_DEFAULT = FreezeOutOptions()  # the signature's defaults are the options' own: one definition
 
 
 class ScheduleWarning(UserWarning):
@@ -65,26 +65,22 @@ class FreezeOut:
         optimizer: Any,
         layers: Sequence[LayerLike],
         total_steps: int,
-        t0: float = 0.8,
-        schedule: str = "cubic",
-        scale_lr: bool = True,
+        t0: float = _DEFAULT.t0,
+        schedule: str = _DEFAULT.schedule,
+        scale_lr: bool = _DEFAULT.scale_lr,
         *,
-        warmup_steps: int = 0,
-        strict: bool = False,
-        fuse: bool = True,
+        warmup_steps: int = _DEFAULT.warmup_steps,
+        strict: bool = _DEFAULT.strict,
+        fuse: bool = _DEFAULT.fuse,
     ) -> None:
         self.optimizer = optimizer
         self.layers = check_layers(layers)
         self._layers = as_layers(self.layers)
         self.total_steps = validate_total_steps(total_steps)
-        self.t0 = validate_t0(t0)
-        self.schedule = validate_schedule(schedule)
-        self.scale_lr = bool(scale_lr)
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, 0)
-        self.strict = bool(strict)
-        if not isinstance(fuse, bool):
-            raise ValueError(f"fuse must be True or False, got {fuse!r}")
-        self.fuse = fuse
+        self.options = FreezeOutOptions(t0, schedule, scale_lr, warmup_steps=warmup_steps, strict=strict, fuse=fuse)
+        o = self.options
+        self.t0, self.schedule, self.scale_lr = o.t0, o.schedule, o.scale_lr
+        self.warmup_steps, self.strict, self.fuse = o.warmup_steps, o.strict, o.fuse
         if split_groups(optimizer, self._layers):
             log.info(
                 "optimizer groups spanning several layers split per layer: %d groups now", len(optimizer.param_groups)
@@ -108,6 +104,15 @@ class FreezeOut:
         self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
         self._check: FirstPass | None = FirstPass(self._layers)  # the first training forward: order and ties
         self._apply()
+
+    @classmethod
+    def from_options(
+        cls, optimizer: Any, layers: Sequence[LayerLike], total_steps: int, options: FreezeOutOptions
+    ) -> FreezeOut:
+        """``FreezeOut(optimizer, layers, total_steps, **options.as_dict())``."""
+        if not isinstance(options, FreezeOutOptions):
+            raise ValueError(f"options must be a freezeout.FreezeOutOptions, got {type(options).__name__}")
+        return cls(optimizer, layers, total_steps, **options.as_dict())
 
     def _rest_trains(self) -> bool:
         n = len(self._layers)

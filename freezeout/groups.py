@@ -33,9 +33,11 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
-    """The common rule (nanoGPT, timm, Hugging Face): no weight decay for biases and other 1-d parameters,
-    normalisation layers and embeddings (``nn.Embedding``, and position embeddings or class tokens held by a
-    module of their own class, which timm lists in ``no_weight_decay()``)."""
+    """timm's and Hugging Face's rule: no weight decay for biases and other 1-d parameters, normalisation layers
+    and embeddings (``nn.Embedding``, and position embeddings or class tokens held by a module of their own class,
+    which timm lists in ``no_weight_decay()``). nanoGPT's rule differs: it decays every parameter of 2 or more
+    dimensions, embeddings included; pass ``no_decay=lambda name, p, module: p.dim() < 2`` for it, or give
+    FreezeOut the optimizer nanoGPT's ``configure_optimizers`` builds, which it takes as it is."""
     if param.dim() <= 1 or isinstance(module, (*_NORMS, nn.Embedding)) or type(module).__name__.endswith("Norm"):
         return True
     leaf = name.rsplit(".", 1)[-1]

@@ -234,3 +234,15 @@ def test_a_second_fit_runs_freezeout_afresh():
     assert fo.controller is not first and fo.controller.step_count == EPOCHS * BATCHES
     assert rec.rows[0][1] == 1  # its schedule began at step 0 again
     assert any(not torch.equal(v, model.stem.state_dict()[k]) for k, v in snapshot.items())  # the stem trained
+
+
+def test_the_callbacks_options_reach_its_controller_with_the_users_single_group_optimizer():
+    class OneGroup(Net):
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)  # as built: split per layer
+
+    callback = FreezeOutCallback(None, 0.5, "linear", warmup_steps=2, fuse=False)
+    trainer([callback], max_epochs=1).fit(OneGroup(), loader())
+    c = callback.controller
+    assert c.options == freezeout.FreezeOutOptions(0.5, "linear", warmup_steps=2, fuse=False)
+    assert c.times == freezeout.freeze_times(4, 0.5, "linear") and c.closed

@@ -23,7 +23,8 @@ def test_readme_example_runs_and_freezes_everything(capsys):
     sched, opt = namespace["sched"], namespace["opt"]
     assert sched.num_frozen == len(model.layers)  # t0 = 0.8 < 1: every layer frozen by the end
     times = freeze_times(len(model.layers), 0.8, "cubic")
-    want = learning_rates(15, 15, times, [0.1] * (len(times) + 1), scale_lr=True)  # warmup over by step 15
+    want = learning_rates(15, 15, times, [0.1] * (len(times) + 1), scale_lr=True)
     assert [g["lr"] for g in opt.param_groups] == [want[i] for i in sched.group_layers]
-    assert {g["weight_decay"] for g in opt.param_groups} == {1e-4, 0.0} and sched.warmup_steps == len(loader)
+    assert len(opt.param_groups) == len(model.layers) + 1  # the user's one group, split per layer then the rest
+    assert {(g["weight_decay"], g["momentum"], g["nesterov"]) for g in opt.param_groups} == {(1e-4, 0.9, True)}
     assert "layers frozen" in capsys.readouterr().out

@@ -7,7 +7,7 @@ Usage::
             return [self.stem, *self.blocks]
 
         def configure_optimizers(self):  # FreezeOut is the LR schedule: configure no scheduler
-            return torch.optim.SGD(freezeout.param_groups(self, self.freezable_layers()), lr=0.1, momentum=0.9)
+            return torch.optim.SGD(self.parameters(), lr=0.1, momentum=0.9)  # as built: split per layer
 
     L.Trainer(max_epochs=100, callbacks=[FreezeOutCallback(t0=0.8)]).fit(Net(), loader)
 
@@ -26,6 +26,7 @@ from typing import Any
 from torch import nn
 
 from ..controller import FreezeOut
+from ..options import FreezeOutOptions, options_from
 
 try:
     import lightning.pytorch as pl
@@ -40,25 +41,17 @@ LayersArg = Sequence[nn.Module] | Callable[[Any], Sequence[nn.Module]] | None
 class FreezeOutCallback(pl.Callback):
     """Applies FreezeOut to the single optimizer of a ``LightningModule`` (see the module doc).
 
-    ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to
-    call ``pl_module.freezable_layers()``. The optimizer must be built from
-    ``freezeout.param_groups(pl_module, layers)`` with the same layers. ``fuse``: as ``FreezeOut``'s (validation
-    runs in eval mode, so it always sees the real modules). When training ends the callback closes its
+    ``layers``: the freezable layers in forward order, or a callable ``pl_module -> layers``, or None to call
+    ``pl_module.freezable_layers()``. The optimizer ``configure_optimizers`` returns is taken as built (groups
+    spanning layers are split per layer, see ``FreezeOut``). Then FreezeOut's options, exactly as
+    ``freezeout.FreezeOut`` takes them (``t0``, ``schedule``, ``scale_lr`` by position or name; ``warmup_steps``,
+    ``strict``, ``fuse`` by name: ``freezeout.FreezeOutOptions``), or ``options=FreezeOutOptions(...)``.
+    Validation runs in eval mode, so it always sees the real modules. When training ends the callback closes its
     ``FreezeOut``: the module is as it was handed in, with its trained weights. Logs ``freezeout/num_frozen``,
     ``freezeout/lr_max``, ``freezeout/lr_min`` (over the groups still training) and ``freezeout/lr_head``.
     """
 
-    def __init__(
-        self,
-        layers: LayersArg = None,
-        t0: float = 0.8,
-        schedule: str = "cubic",
-        scale_lr: bool = True,
-        *,
-        warmup_steps: int = 0,
-        strict: bool = False,
-        fuse: bool = True,
-    ):
+    def __init__(self, layers: LayersArg = None, *args: Any, options: FreezeOutOptions | None = None, **kwargs: Any):
         super().__init__()
         if not (layers is None or callable(layers) or isinstance(layers, Sequence)):
             raise ValueError(
@@ -66,8 +59,7 @@ class FreezeOutCallback(pl.Callback):
                 f"pl_module -> list, got {type(layers).__name__}"
             )
         self.layers_arg = layers
-        self.t0, self.schedule, self.scale_lr, self.fuse = t0, schedule, scale_lr, fuse
-        self.warmup_steps, self.strict = warmup_steps, strict
+        self.options = options_from(kwargs, args, options=options, where="FreezeOutCallback")
         self.controller: FreezeOut | None = None
         self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
 
@@ -106,21 +98,13 @@ class FreezeOutCallback(pl.Callback):
         if total == float("inf"):
             raise ValueError("FreezeOutCallback needs a finite run: set max_epochs or max_steps on the Trainer")
         try:
-            self.controller = FreezeOut(
-                trainer.optimizers[0],
-                self._resolve_layers(pl_module),
-                int(total),
-                t0=self.t0,
-                schedule=self.schedule,
-                scale_lr=self.scale_lr,
-                warmup_steps=self.warmup_steps,
-                strict=self.strict,
-                fuse=self.fuse,
+            self.controller = FreezeOut.from_options(
+                trainer.optimizers[0], self._resolve_layers(pl_module), int(total), self.options
             )
         except ValueError as exc:
             raise ValueError(
-                f"FreezeOutCallback: {exc}. In configure_optimizers build the optimizer from "
-                "freezeout.param_groups(self, layers) with the layers given to the callback"
+                f"FreezeOutCallback: {exc} (the layers are the callback's, the optimizer configure_optimizers' "
+                "single one)"
             ) from exc
         if self._pending is not None:
             self.controller.load_state_dict(self._pending)

@@ -16,7 +16,7 @@ How it works. ``add_freezeout`` takes over Trainer's two documented override poi
   ``args.weight_decay``): every group holds parameters of one layer, or only of the rest (those first).
 - ``create_scheduler``: a ``FreezeOut`` over Trainer's step count (epochs or ``max_steps``, gradient
   accumulation included: the ``num_training_steps`` Trainer passes), with ``args.get_warmup_steps`` as its
-  ``warmup_steps`` (``warmup_steps``, or ``warmup_ratio`` of the run). It is the LR schedule:
+  ``warmup_steps`` (``warmup_steps``; a fraction below 1 of the run). It is the LR schedule:
   ``lr_scheduler_type`` is not used (one other than the default is a ``ScheduleWarning`` naming it). Trainer
   steps it after each optimizer step (not after a step the AMP scaler skipped), saves its ``state_dict`` as
   ``scheduler.pt`` and, on ``resume_from_checkpoint``, loads it after the model's weights and the optimizer's
@@ -61,7 +61,7 @@ from ..controller import FreezeOut, ScheduleWarning
 from ..discovery import find_layers
 from ..groups import param_groups
 from ..layers import LayerLike, as_layers
-from ..schedule import validate_schedule, validate_t0
+from ..options import FreezeOutOptions, options_from
 
 try:
     import transformers
@@ -82,7 +82,7 @@ class TrainerFreezeOut:
     """What ``add_freezeout`` installs on a ``Trainer`` (see the module doc). ``controller`` is the ``FreezeOut``
     of the current ``train()`` (None before), ``layers`` the layers it drives."""
 
-    def __init__(self, trainer: Any, layers: LayersArg, example: Any, options: dict[str, Any]) -> None:
+    def __init__(self, trainer: Any, layers: LayersArg, example: Any, options: FreezeOutOptions) -> None:
         self.trainer = trainer
         self.layers_arg, self.example, self.options = layers, example, options
         self.layers: list[LayerLike] | None = None
@@ -103,17 +103,17 @@ class TrainerFreezeOut:
         t = self.trainer
         if t.lr_scheduler is None or (t.lr_scheduler is self.controller and self.controller.closed):
             layers = self._layers_for(t.model)
-            warmup = t.args.get_warmup_steps(num_training_steps)
-            self.controller = FreezeOut(
+            warmup = self.options.warmup_steps or t.args.get_warmup_steps(num_training_steps)
+            self.controller = FreezeOut.from_options(
                 t.optimizer if optimizer is None else optimizer, layers, num_training_steps,
-                warmup_steps=warmup, **self.options,
+                self.options.replace(warmup_steps=warmup),
             )  # fmt: skip
             t.lr_scheduler = self.controller
             kind = getattr(t.args.lr_scheduler_type, "value", t.args.lr_scheduler_type)
             if kind != "linear":  # Trainer's default: anything else was asked for, and is not what runs
                 warnings.warn(
                     f"lr_scheduler_type={kind!r} is not used: FreezeOut is the LR schedule (the paper's per-layer "
-                    "cosine; warmup_steps / warmup_ratio still apply)",
+                    "cosine; the trainer's warmup_steps still applies)",
                     ScheduleWarning,
                     stacklevel=2,
                 )
@@ -189,21 +189,21 @@ class TrainerFreezeOut:
 def add_freezeout(
     trainer: Any,
     layers: LayersArg = None,
-    t0: float = 0.8,
-    schedule: str = "cubic",
-    scale_lr: bool = True,
-    *,
+    *args: Any,
     example: Any = None,
-    strict: bool = False,
-    fuse: bool = True,
+    options: FreezeOutOptions | None = None,
+    **kwargs: Any,
 ) -> TrainerFreezeOut:
     """Make ``trainer`` (a ``transformers.Trainer`` or subclass) train with FreezeOut; see the module doc.
 
     ``layers``: a list in forward order, a callable ``model -> layers``, or None for ``find_layers`` on
-    ``example`` (any input the model takes: a dict, a ``BatchEncoding``) or the first training batch.
-    ``t0``, ``schedule``, ``scale_lr``, ``strict``, ``fuse``: as for ``freezeout.FreezeOut``; the learning rate, the
-    warmup and the number of steps come from ``trainer.args``. Returns the installed ``TrainerFreezeOut``.
+    ``example`` (any input the model takes: a dict, a ``BatchEncoding``) or the first training batch. Then
+    FreezeOut's options, exactly as ``freezeout.FreezeOut`` takes them (``t0``, ``schedule``, ``scale_lr`` by
+    position or name; ``warmup_steps``, ``strict``, ``fuse`` by name: ``freezeout.FreezeOutOptions``), or
+    ``options=FreezeOutOptions(...)``. The learning rate and the number of steps come from ``trainer.args``, and
+    the warmup too unless ``warmup_steps`` is given here. Returns the installed ``TrainerFreezeOut``.
     """
+    opts = options_from(kwargs, args, options=options, where="add_freezeout")
     if not isinstance(trainer, transformers.Trainer):
         raise ValueError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
     if isinstance(getattr(trainer, "_freezeout", None), TrainerFreezeOut):
@@ -222,10 +222,14 @@ def add_freezeout(
     for what in ("deepspeed", "fsdp"):
         if getattr(trainer, f"is_{what}_enabled", False):
             raise ValueError(f"add_freezeout does not support {what} (its optimizer holds flattened parameters)")
-    options = {"t0": validate_t0(t0), "schedule": validate_schedule(schedule), "scale_lr": bool(scale_lr)}
-    if not isinstance(fuse, bool):
-        raise ValueError(f"fuse must be True or False, got {fuse!r}")
-    handle = TrainerFreezeOut(trainer, layers, example, {**options, "strict": bool(strict), "fuse": fuse})
+    theirs = {k: getattr(trainer.args, k, 0) for k in ("warmup_steps", "warmup_ratio")}  # 5.x: a ratio is < 1 steps
+    if opts.warmup_steps and any(theirs.values()):
+        asked = ", ".join(f"{k}={v}" for k, v in theirs.items() if v)
+        raise ValueError(
+            f"add_freezeout(warmup_steps={opts.warmup_steps}) and the trainer's own warmup ({asked}): give the warmup "
+            "once"
+        )
+    handle = TrainerFreezeOut(trainer, layers, example, opts)
     trainer._freezeout = handle
     trainer.create_optimizer = handle.create_optimizer
     trainer.create_scheduler = handle.create_scheduler

@@ -1,0 +1,165 @@
+"""docs/RECIPES.md: every recipe runs as written on a tiny configuration, with the names it leaves to the user's
+script given here, and does what the page says of it."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import freezeout
+from tests.helpers.drop_in import NanoGPT, closed_form_lr, create_optimizer_v2, get_batch
+from tests.helpers.lookalikes import VisionTransformer
+from tests.helpers.models import TinyNet, batch
+
+RECIPES = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
+
+
+def recipe(title: str) -> str:
+    """The python block under the section whose heading starts with ``title``."""
+    text = RECIPES.read_text()
+    section = re.search(rf"^## {re.escape(title)}.*?(?=^## |\Z)", text, re.S | re.M)
+    assert section, f"no section {title!r} in RECIPES.md"
+    blocks = re.findall(r"```python\n(.*?)```", section.group(0), re.S)
+    assert len(blocks) == 1, title
+    return blocks[0]
+
+
+def run(title: str, **names):
+    exec(compile(recipe(title), f"{RECIPES}:{title}", "exec"), names)
+    return names
+
+
+def test_every_python_block_is_a_recipe_run_here():
+    titles = re.findall(r"^## (.*)$", RECIPES.read_text(), re.M)
+    assert len(re.findall(r"```python", RECIPES.read_text())) == len(titles) == 5
+
+
+def nanogpt_names(**overrides):
+    torch.manual_seed(0)
+    calls = iter(range(10**6))
+    names = dict(
+        model=NanoGPT(), weight_decay=0.1, learning_rate=1e-3, beta1=0.9, beta2=0.95, device_type="cpu",
+        max_iters=12, warmup_iters=2, gradient_accumulation_steps=3, grad_clip=1.0, dtype="float32",
+        ctx=contextlib.nullcontext(), get_batch=lambda split: get_batch(next(calls)),
+    )  # fmt: skip
+    return {**names, **overrides}
+
+
+def test_the_nanogpt_recipe_keeps_nanogpts_groups_and_freezes_every_block():
+    names = run("A nanoGPT-style loop", **nanogpt_names())
+    sched, opt, model = names["sched"], names["optimizer"], names["model"]
+    assert sched.closed and sched.num_frozen == len(names["layers"]) == 4
+    wte = model.transformer.wte.weight
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay[id(wte)] == 0.1 and decay[id(model.transformer.wpe.weight)] == 0.1  # nanoGPT decays embeddings
+    assert all(decay[id(p)] == (0.1 if p.dim() >= 2 else 0.0) for p in model.parameters())
+    assert {g["betas"] for g in opt.param_groups} == {(0.9, 0.95)}
+
+
+def test_a_step_the_scaler_skips_moves_the_clock_but_not_the_weights(monkeypatch):
+    names = nanogpt_names(dtype="float16", max_iters=6, warmup_iters=0, gradient_accumulation_steps=1)
+    model, skipped = names["model"], []
+    real = torch.amp.GradScaler.unscale_
+
+    def unscale_(self, optimizer):
+        if len(skipped) == 0 and self.is_enabled():  # the first optimizer step overflows
+            skipped.append([p.detach().clone() for p in model.parameters()])
+            for p in model.parameters():
+                if p.grad is not None:
+                    p.grad.fill_(float("inf"))
+        return real(self, optimizer)
+
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", unscale_)
+    seen = []
+    monkeypatch.setattr(freezeout.FreezeOut, "step", lambda self, real=freezeout.FreezeOut.step: (
+        seen.append([p.detach().clone() for p in model.parameters()]), real(self))[1])  # fmt: skip
+    sched = run("A nanoGPT-style loop", **names)["sched"]
+    assert skipped and all(torch.equal(a, b) for a, b in zip(skipped[0], seen[0]))  # the skipped step moved nothing
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0], seen[1]))  # the next one did
+    assert sched.step_count == 6 and sched.num_frozen == 4  # the clock counted the skipped step: on plan
+
+
+def test_the_timm_recipe_honours_layer_decay_and_ends_all_frozen():
+    torch.manual_seed(0)
+    model = VisionTransformer(depth=3)
+    images = [torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    loader = [(x, torch.arange(4) % 5) for x in images]
+    names = run("A timm-style loop", model=model, images=images[0], loader=loader, epochs=3,
+                loss_fn=F.cross_entropy, create_optimizer_v2=create_optimizer_v2)  # fmt: skip
+    sched, opt = names["sched"], names["optimizer"]
+    assert sched.num_frozen == len(names["layers"]) == 4 and sched.step_count == 9
+    layer_of = dict(zip(map(id, opt.param_groups), sched.group_layers))
+    n = len(names["layers"])
+    for g in opt.param_groups:  # the LR the last step_to set: lr_scale x the paper's at step 9 of 9
+        i = layer_of[id(g)]
+        want = g["lr_scale"] * closed_form_lr(9, 9, i if i < n else None, n, g["initial_lr"])
+        assert g["lr"] == pytest.approx(want, abs=1e-18)
+    head = [g for g in opt.param_groups if layer_of[id(g)] == n]
+    assert head and {g["lr_scale"] for g in head} == {1.0}
+
+
+@pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*is deprecated:FutureWarning")  # peft 0.21's call
+def test_the_peft_recipe_trains_only_adapters_and_the_classifier():
+    pytest.importorskip("peft")
+    pytest.importorskip("transformers")
+    from tests.helpers.hf import tiny_bert
+
+    base = tiny_bert("classify", layers=2)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(99, (4, 8), generator=g)
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor([0, 1, 2, 0])}
+    before = {n: p.detach().clone() for n, p in base.named_parameters()}
+    names = run("PEFT / LoRA", base_model=base, example=example, loader=[example] * 3, epochs=2)
+    sched, model = names["sched"], names["model"]
+    assert sched.closed and sched.num_frozen == len(names["layers"]) == 3
+    moved = {n for n, p in model.named_parameters() if n.replace("base_model.model.", "") in before
+             and not torch.equal(p, before[n.replace("base_model.model.", "")])}  # fmt: skip
+    assert not moved  # the base weights stay as they were: only adapters and the saved classifier copy train
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n or "modules_to_save" in n for n in trained)
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")  # CPU only here
+def test_the_trainer_recipe_installs_freezeout_as_the_schedule(tmp_path):
+    pytest.importorskip("transformers")
+    from torch.utils.data import Dataset
+
+    from tests.helpers.hf import tiny_bert
+
+    class Data(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            ids = torch.randint(99, (8,), generator=torch.Generator().manual_seed(i))
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": i % 3}
+
+    names = run("Hugging Face", model=tiny_bert("classify", layers=2), out_dir=str(tmp_path), train_dataset=Data())
+    trainer = names["trainer"]
+    sched = trainer.lr_scheduler
+    assert isinstance(sched, freezeout.FreezeOut) and sched.closed
+    assert sched.num_frozen == 3 and sched.step_count == trainer.state.max_steps == 4
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers.*")
+@pytest.mark.filterwarnings("ignore:.*GPU available but not used.*")
+@pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:Starting from v1.9.0, `tensorboardX` has been removed")  # logger=True, no TB
+@pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval.*")
+def test_the_lightning_recipe_takes_the_users_optimizer_under_accumulation(tmp_path, monkeypatch):
+    pytest.importorskip("lightning")
+    monkeypatch.chdir(tmp_path)  # Lightning writes its logs and checkpoints under the working folder
+    torch.manual_seed(0)
+    net = TinyNet()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch(0, n=16)), batch_size=4)
+    names = run("Lightning", net=net, loader=loader, epochs=3)
+    c = names["callback"].controller
+    assert c.closed and c.total_steps == 6 and c.step_count == 6  # 12 batches, 2 per optimizer step
+    assert c.num_frozen == len(net.layers)
+    assert {g["weight_decay"] for g in c.optimizer.param_groups} == {0.01}  # the user's options, kept per group
+    assert len(c.optimizer.param_groups) == len(net.layers) + 1
