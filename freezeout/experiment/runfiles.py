@@ -40,7 +40,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# The files of a run folder (README, "freezeout train"): the resolved config at the start, one JSON line per
+# The files of a run folder (docs/CLI.md, "freezeout train"): the resolved config at the start, one JSON line per
 # epoch, the checkpoint after every epoch, and the summary whose presence means the run finished.
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
 
