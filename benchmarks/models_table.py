@@ -32,6 +32,7 @@ from freezeout.experiment.models import DenseNetBC, ResNet
 from freezeout.experiment.runfiles import atomic_bytes, atomic_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+TIMM_MARK = "<!-- the timm section: written by benchmarks/timm_table.py -->"
 BATCH, SEQ, IMAGE, VOCAB = 16, 128, 32, 2048
 # GPT-2's LM head is ~27 % of its forward FLOPs (vocabulary 50257, width 768, 12 blocks, 1024 tokens); at width
 # 128 and 4 blocks a vocabulary of 2048 keeps the head's share near that (~22 %), 8192 would make it half.
@@ -82,13 +83,13 @@ def abbreviate(names: list[str]) -> str:
     out: list[list[Any]] = []  # [prefix, first, last] or [name]
     for name in names:
         name = name.split("+")[0] + ("+..." if "+" in name else "")
-        m = re.fullmatch(r"(.*)\.(\d+)", name)
+        m = re.fullmatch(r"(.*\D)(\d+)", name)  # blocks.3, s4.b7, denselayer12
         if m and out and len(out[-1]) == 3 and out[-1][0] == m[1] and out[-1][2] + 1 == int(m[2]):
             out[-1][2] += 1
         else:
             out.append([m[1], int(m[2]), int(m[2])] if m else [name])
     return ", ".join(
-        x[0] if len(x) == 1 else f"{x[0]}.{x[1]}" if x[1] == x[2] else f"{x[0]}.{{{x[1]}..{x[2]}}}" for x in out
+        x[0] if len(x) == 1 else f"{x[0]}{x[1]}" if x[1] == x[2] else f"{x[0]}{{{x[1]}..{x[2]}}}" for x in out
     )
 
 
@@ -183,6 +184,12 @@ Reproduce: `PYTHONPATH=. .venv/bin/python benchmarks/models_table.py` (about {mi
 """
 
 
+def with_timm_section(page: str, path: Path) -> bytes:
+    """``page`` followed by the timm section already in ``path`` (``benchmarks/timm_table.py`` writes it)."""
+    old = path.read_text() if path.exists() else ""
+    return (page + ("\n" + TIMM_MARK + old.split(TIMM_MARK, 1)[1] if TIMM_MARK in old else "")).encode()
+
+
 def busy(load: list[float], cpus: int) -> str:
     if max(load) <= 0.5 * cpus:
         return f"The machine was idle (1-minute load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)."
@@ -204,7 +211,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.render:
         saved = json.loads(args.json.read_text())
-        atomic_bytes(args.markdown, markdown(saved["rows"], saved["meta"]).encode())
+        atomic_bytes(args.markdown, with_timm_section(markdown(saved["rows"], saved["meta"]), args.markdown))
         return
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -222,7 +229,7 @@ def main() -> None:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(args.json, {"meta": meta, "rows": rows})
-    atomic_bytes(args.markdown, markdown(rows, meta).encode())
+    atomic_bytes(args.markdown, with_timm_section(markdown(rows, meta), args.markdown))
     print(f"wrote {args.json} and {args.markdown} in {meta['minutes']:.1f} min", file=sys.stderr)
 
 

@@ -19,6 +19,7 @@ from torch.nn.modules import module as _module
 __all__ = [
     "BatchNormBase",
     "NormBase",
+    "calling_module",
     "child_modules",
     "conv_forward",
     "conv_pads",
@@ -56,6 +57,21 @@ def outermost_module() -> nn.Module | None:
             found = frame.f_locals["self"]
         frame = frame.f_back
     return found
+
+
+def calling_module(module: nn.Module) -> nn.Module | None:
+    """The module whose call encloses the running call of ``module`` innermost (the one whose forward called it),
+    from the stack; ``None`` if ``module`` is not being called or was called from outside any module."""
+    frame, inside = sys._getframe(1), False
+    while frame is not None:
+        if frame.f_code in _CALL_CODES:
+            owner = frame.f_locals.get("self")
+            if owner is module:
+                inside = True
+            elif inside and isinstance(owner, nn.Module):
+                return owner
+        frame = frame.f_back
+    return None
 
 
 def saved_tensors_hooks_outer() -> tuple[Any, Any]:

@@ -9,8 +9,9 @@ The rule (``granularity="auto"``):
    its members show up as children of the module looping over it.
 2. Find the *blocks* (``freezeout.structure``): members of a run of two or more consecutive sibling calls of
    one class, each holding a submodule with parameters, that hold no such run themselves. A transformer's
-   stack of layers is one run; a CNN's stages give one run each. This reads structure and execution only,
-   never class or module names.
+   stack of layers is one run; a CNN's stages give one run each, and a stage of one block beside them its
+   block; a residual block made of conv-norm-act units is a block, its units are not. This reads structure
+   and execution only, never class or module names.
 3. The layers: the *input group* (every module with parameters that the data meets before the first block:
    an embedding, a stem; one layer, a list when it has several members), then each block, and each other
    call with parameters between blocks (a DenseNet's transitions), in the order they ran. Every module

@@ -20,6 +20,7 @@ from .effects import (
     GraphCut,
     InferenceMode,
     Prefix,
+    StemFold,
     StopGradients,
     has_effects,
     in_inference_mode,
@@ -40,6 +41,8 @@ def _effects(
         effects.append(GraphCut(prefix, layer))
     if fuse:
         effects.extend(BatchNormFold(m) for m in layer.modules)
+        if len(layer.modules) > 1:
+            effects.append(StemFold(list(layer.modules)))
     return effects
 
 

@@ -5,7 +5,11 @@ composite module (it holds a submodule with parameters: a transformer or residua
 least two of them distinct modules, none holding a run itself (in a run of stages the stages' blocks are the
 blocks). For a plain ``Sequential``/``ModuleList``/``ModuleDict``, whose class says nothing, "one class" also
 means the same classes of children. Siblings run one after the other, so a run is a stack executed in
-sequence. Found from execution and class identity only, never from names: Hugging Face's ``BertLayer``,
+sequence. Two refinements for how timm builds CNNs: the conv-norm-act *units* (a composite module of leaf modules
+that chains them, ``ConvNormAct``) of a residual block are not blocks, the block is (RegNet's ``Bottleneck``); and
+a stage holding one block beside stages of the same class holding runs is a stage too, its block a block
+(EfficientNet's last stage ``blocks.6``, MobileNetV3's ``blocks.5``, RegNet's ``s1``). Found from execution and
+class identity only, never from names: Hugging Face's ``BertLayer``,
 ``GPT2Block``, ``ViTLayer``, ``T5Block``, timm's ``Block``, ``nn.TransformerEncoderLayer``, torchvision's
 ``BasicBlock`` and ``_DenseLayer`` are all found so.
 """
@@ -84,6 +88,19 @@ def _runs(call: Call) -> list[list[Call]]:
     return [r for r in runs if len({id(c.module) for c in r}) >= 2]
 
 
+def _unit(call: Call) -> bool:
+    """A conv-norm-act unit: a composite module of leaf modules that only chains them (timm's ``ConvNormAct``)."""
+    return _composite(call.module) and not any(_composite(c.module) for c in call.children) and _chains(call)
+
+
+def _lone_blocks(call: Call, inner: dict[Call, bool], blocks: set[Call]) -> list[Call]:
+    """The composite children of ``call``'s children that are stages of one block: siblings of the same class as a
+    stage of blocks (timm's EfficientNet ``blocks.6``, RegNet's ``s1``), that hold no block themselves."""
+    stages = {type(c.module) for c in call.children if any(x in blocks for x in c.children)}
+    lone = [c for c in call.children if type(c.module) in stages and not inner[c]]
+    return [x for c in lone if not any(x in blocks for x in c.children) for x in c.children if _composite(x.module)]
+
+
 def _blocks(root: Call) -> tuple[set[Call], set[Call]]:
     """The block calls, and the calls that hold one beneath them."""
     blocks: set[Call] = set()
@@ -92,8 +109,11 @@ def _blocks(root: Call) -> tuple[set[Call], set[Call]]:
     def walk(call: Call) -> bool:
         inner = {c: walk(c) for c in call.children}
         for run in _runs(call):
+            if all(_unit(c) for c in run) and not _chains(call):
+                continue  # the conv-norm-act units of a residual block (RegNet's): the block is the layer
             if not any(inner[c] for c in run):  # a run of stages is not one of blocks: their blocks are
                 blocks.update(run)
+        blocks.update(_lone_blocks(call, inner, blocks))
         found = any(inner.values()) or any(c in blocks for c in call.children)
         if found:
             above.add(call)

@@ -44,6 +44,32 @@ def test_outermost_module_is_the_model_the_loop_called():
     assert found == [outer, inner] and compat.outermost_module() is None
 
 
+def test_calling_module_is_the_one_whose_forward_called():
+    found = []
+
+    class Inner(nn.Module):
+        def forward(self, x):
+            found.append(compat.calling_module(self))
+            return x
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = Inner()
+
+        def forward(self, x):
+            return self.helper(x)
+
+        def helper(self, x):  # a method of the caller's forward, not a module call: still the caller
+            return self.inner(x)
+
+    inner, outer = Inner(), Outer()
+    nn.Sequential(outer)(torch.ones(1))
+    inner(torch.ones(1))
+    assert found == [outer, None]
+    assert compat.calling_module(inner) is None
+
+
 def test_saved_tensors_hooks_outer_are_the_active_pair():
     pack, unpack = compat.saved_tensors_hooks_outer()
     t = torch.ones(1)

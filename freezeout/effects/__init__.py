@@ -8,7 +8,8 @@ frozen layer (``FrozenLayer``), and removed by ``FreezeOut.close()``:
 - ``GraphCut``: what flows into the frozen layers is cut when it is a tied weight or a hooked activation, so
   they stay out of autograd in every forward;
 - ``BatchNormFold`` (``fuse=True``, the default): BatchNorms folded into the adjacent convolutions for training
-  forwards, only where the traced dataflow proves the fold exact.
+  forwards, only where the traced dataflow proves the fold exact; ``StemFold`` the same across the modules of a
+  layer that is a list (a stem held by the model), proven from the forward that calls them.
 """
 
 from .base import Effect, FrozenLayer, OwnedHook, has_effects, remove_effects
@@ -16,6 +17,7 @@ from .cut import GraphCut, Leak, Prefix
 from .folding import BatchNormFold, active_fold, find_fold, folds_running
 from .grads import StopGradients
 from .mode import InferenceMode, in_inference_mode, requested_training
+from .stem import StemFold
 
 __all__ = [
     "BatchNormFold",
@@ -26,6 +28,7 @@ __all__ = [
     "Leak",
     "OwnedHook",
     "Prefix",
+    "StemFold",
     "StopGradients",
     "active_fold",
     "find_fold",

@@ -16,16 +16,22 @@ A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` 
 The pairs come from the layer's dataflow, proven by a ``torch.fx`` trace of its eval-mode forward (a pair folds
 only if the first module's output feeds the second alone and each is called once). Registration order says nothing
 about what a forward calls: in a layer fx cannot trace, only the pairs inside children it can trace fold, and only
-within calls of those children. Only stock ``torch.nn`` modules fold (a
-subclass that overrides ``forward`` computes something else). The arithmetic runs in float64 and is rounded once
-to the weight's dtype.
+within calls of those children. Only stock ``torch.nn`` convolutions and linear maps fold (a subclass that
+overrides ``forward`` computes something else); a BatchNorm subclass that overrides it folds only where its traced
+forward is the batch norm followed by a *tail* that never reads the input again (timm's ``BatchNormAct2d``: drop,
+then an activation; ``effects.tail``): the BatchNorm folds into the conv before it, and the tail runs on the
+folded output. Such a BatchNorm's output is not an affine map, so it never folds into a conv after it. The
+arithmetic runs in float64 and is rounded once to the weight's dtype.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.fx
@@ -33,8 +39,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..compat import BatchNormBase, conv_forward, conv_pads, stock_conv
+from .tail import Tail, find_tail
 
-__all__ = ["FoldPair", "border_map", "fold_pairs", "folded_weights"]
+__all__ = ["FoldPair", "border_map", "caller_pairs", "candidate_pairs", "fold_pairs", "folded_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +60,7 @@ class FoldPair:
     second: nn.Module
     rank: int
     paths: tuple[str, str] = ("", "")
+    tail: Tail | None = None  # what the BatchNorm's forward does after normalising (``effects.tail``)
 
     @property
     def bn(self) -> nn.Module:
@@ -76,42 +84,69 @@ def _conv_rank(m: nn.Module) -> int | None:
     return None
 
 
-def _bn_ranks(m: nn.Module) -> tuple[int, ...]:
-    """Input ranks at which ``m`` is a fixed affine map in eval mode (none if it uses batch statistics)."""
-    if not isinstance(m, BatchNormBase) or not m.track_running_stats or m.running_var is None:
+class _Norms:
+    """Which modules of a layer are BatchNorms with fixed statistics, and the tail of each subclass (traced once)."""
+
+    def __init__(self) -> None:
+        self.tails: dict[int, Tail | None] = {}
+
+    def ranks(self, m: nn.Module) -> tuple[int, ...]:
+        """Input ranks at which ``m`` normalises by fixed statistics in eval mode (none: batch statistics, or a
+        subclass whose forward is not the batch norm then a tail)."""
+        if not isinstance(m, BatchNormBase) or not m.track_running_stats or m.running_var is None:
+            return ()
+        for base, ranks in _BN_RANKS.items():
+            if isinstance(m, base):
+                return ranks if type(m).forward is base.forward or self.tail(m) is not None else ()
         return ()
-    for base, ranks in _BN_RANKS.items():
-        if isinstance(m, base) and type(m).forward is base.forward:
-            return ranks
-    return ()
+
+    def tail(self, m: nn.Module) -> Tail | None:
+        if id(m) not in self.tails:
+            self.tails[id(m)] = find_tail(m)
+        return self.tails[id(m)]
 
 
 def _conv_pads_with_zeros(conv: nn.Module) -> bool:
     return conv.padding_mode == "zeros" and conv_pads(conv)
 
 
-def _pair(a: nn.Module, b: nn.Module, paths: tuple[str, str] = ("", "")) -> FoldPair | None:
+def _pair(a: nn.Module, b: nn.Module, norms: _Norms, paths: tuple[str, str] = ("", "")) -> FoldPair | None:
     """The fold of ``a`` feeding ``b``, if the two make an exact one."""
     rank = _conv_rank(a)
-    if rank in _bn_ranks(b) and b.num_features == a.out_channels:
-        return FoldPair("conv-bn", a, b, rank, paths)
+    if rank in norms.ranks(b) and b.num_features == a.out_channels:
+        return FoldPair("conv-bn", a, b, rank, paths, norms.tail(b))
     linear = isinstance(a, nn.Linear) and type(a).forward is nn.Linear.forward
-    if linear and 2 in _bn_ranks(b) and b.num_features == a.out_features:
-        return FoldPair("linear-bn", a, b, 2, paths)
+    if linear and 2 in norms.ranks(b) and b.num_features == a.out_features:
+        return FoldPair("linear-bn", a, b, 2, paths, norms.tail(b))
     rank = _conv_rank(b)
-    if rank in _bn_ranks(a) and a.num_features == b.in_channels:
+    if rank in norms.ranks(a) and a.num_features == b.in_channels and norms.tail(a) is None:
         return FoldPair("bn-conv", a, b, rank, paths)
     return None
 
 
 class _Tracer(torch.fx.Tracer):
+    def __init__(self, norms: _Norms) -> None:
+        super().__init__()
+        self.norms = norms
+
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         # stock subclasses from other packages are folded too, so keep them whole in the graph
-        return _conv_rank(m) is not None or bool(_bn_ranks(m)) or super().is_leaf_module(m, qualname)
+        return _conv_rank(m) is not None or bool(self.norms.ranks(m)) or super().is_leaf_module(m, qualname)
 
 
-def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
-    graph = _Tracer().trace(layer)
+class _QuietTracer(_Tracer):
+    """Traces through submodules without running their hooks: a proof taken inside a forward leaves no trace."""
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        return super().call_module(m, lambda *a, **k: m.forward(*a, **k), args, kwargs)
+
+
+def _traced_pairs(layer: nn.Module, tracer: type[_Tracer] = _Tracer) -> list[FoldPair]:
+    norms = _Norms()
+    with _eval(layer.modules()):  # as a frozen BatchNorm runs; each subclass's own trace first, not nested
+        for m in layer.modules():
+            norms.ranks(m)
+    graph = tracer(norms).trace(layer)
     # counted per module object: one registered under two names is one module called twice
     calls = Counter(id(layer.get_submodule(n.target)) for n in graph.nodes if n.op == "call_module")
 
@@ -127,7 +162,8 @@ def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
         (user,) = node.users
         if not single(user) or user.args[0] is not node or user.target in used:
             continue
-        pair = _pair(layer.get_submodule(node.target), layer.get_submodule(user.target), (node.target, user.target))
+        first, second = layer.get_submodule(node.target), layer.get_submodule(user.target)
+        pair = _pair(first, second, norms, (node.target, user.target))
         if pair is not None:  # graph order: in Conv -> BN -> Conv the first (exact at any padding) wins
             pairs.append(pair)
             used |= {node.target, user.target}
@@ -137,17 +173,46 @@ def _traced_pairs(layer: nn.Module) -> list[FoldPair]:
 def fold_pairs(layer: nn.Module) -> list[FoldPair] | None:
     """The BatchNorm folds of ``layer``, found by an fx trace of its class ``forward`` in eval mode (the path a
     frozen layer runs); ``None`` if fx cannot trace it."""
-    modes = [(m, m.training) for m in layer.modules()]
     try:
-        for m, _ in modes:
-            m.training = False
-        return _traced_pairs(layer)
+        with _eval(layer.modules()):
+            return _traced_pairs(layer)
     except Exception as exc:  # data-dependent control flow and the like: fx cannot follow it, so nothing is proven
         log.debug("fx cannot trace %s (%s): its own forward folds nothing", type(layer).__name__, exc)
         return None
+
+
+@contextmanager
+def _eval(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Every module in eval mode (the path a frozen layer runs), each flag restored after."""
+    modes = [(m, m.training) for m in modules]
+    try:
+        for m, _ in modes:
+            m.training = False
+        yield
     finally:
         for m, flag in modes:
             m.training = flag
+
+
+def candidate_pairs(modules: list[nn.Module]) -> list[FoldPair]:
+    """The pairs among a layer's separate modules (a stem held by the model: ``conv1``, ``bn1``) that would fold
+    if one fed the other alone; the forward that calls them must still prove it (``caller_pairs``)."""
+    norms = _Norms()
+    with _eval(m for module in modules for m in module.modules()):
+        modules = [m for m in modules if _conv_rank(m) is not None or isinstance(m, nn.Linear) or norms.ranks(m)]
+        pairs = [_pair(a, b, norms) for a in modules for b in modules if a is not b]
+    return [p for p in pairs if p is not None]
+
+
+def caller_pairs(caller: nn.Module) -> list[FoldPair]:
+    """The folds proven by an fx trace of ``caller``'s forward in the modes its modules have now (its hooks not
+    run); none if fx cannot trace it. ``fold_pairs`` for a module that is not frozen: the model holding a stem."""
+    try:
+        with torch.no_grad():
+            return _traced_pairs(caller, _QuietTracer)
+    except Exception as exc:  # control flow fx cannot follow, a forward taking more than tensors: nothing proven
+        log.debug("fx cannot trace %s (%s): the modules it calls do not fold", type(caller).__name__, exc)
+        return []
 
 
 def _double(t: torch.Tensor | None) -> torch.Tensor | None:

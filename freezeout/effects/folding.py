@@ -18,7 +18,8 @@ training forward of the layer. An edit through ``.data`` bypasses the version co
 seen: edit frozen weights in place under ``torch.no_grad()`` instead, or load them with ``load_state_dict``.
 
 Mechanics: each folded conv/linear gets an instance-level ``forward`` that runs the folded weights while its fold
-is active, and the BatchNorm one that passes its input through; both call the module's own forward otherwise. The
+is active, and the BatchNorm one that passes its input through (or runs its tail: an activation after it, as in
+timm's ``BatchNormAct2d``); both call the module's own forward otherwise. The
 layer's own ``forward`` stays in place, so its glue (concatenation, residual sums) runs as written.
 """
 
@@ -54,6 +55,8 @@ class _Fold:
         self._sources: list[torch.Tensor] = []
         self._stamp: tuple = ()
         self._maps: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.proof: Any = None  # a layer of several modules: decides at each call of ``first`` (``effects.stem``)
+        self.pending: torch.Tensor | None = None  # there: what ``first`` returned, the only input ``second`` folds
 
     def sources(self) -> list[torch.Tensor]:
         bn, target = self.pair.bn, self.pair.target
@@ -69,7 +72,8 @@ class _Fold:
                 return False
             if any(p.requires_grad for p in m.parameters(recurse=False)):
                 return False
-        return self.pair.bn.running_var is not None
+        tail = self.pair.tail
+        return self.pair.bn.running_var is not None and (tail is None or tail.eps == self.pair.bn.eps)
 
     def refresh(self) -> None:
         sources = self.sources()
@@ -100,7 +104,8 @@ class _Fold:
 
     def __getstate__(self) -> dict[str, Any]:
         # a pickled or copied model rebuilds its folds from its own tensors on its first training forward
-        return {**self.__dict__, "weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": OrderedDict()}
+        cleared = {"weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": OrderedDict(), "pending": None}
+        return {**self.__dict__, **cleared}
 
 
 def _lookup(layer: nn.Module, path: str) -> nn.Module | None:
@@ -161,11 +166,32 @@ class _FoldedForward(OwnedHook):
         self.previous = module.__dict__.get("forward")  # an instance forward to restore and call, or None
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: module(input=x) works too
-        x, fold = input, self.fold
+        fold = self.fold
+        if fold.proof is None:
+            return self._run(input)
+        # a layer of several modules: the pair folds in this call if its caller's forward proves it, and the
+        # second half only on what the first returned
+        if self.module is fold.pair.first:
+            fold.proof.enter(fold)
+            fold.active = self._folds(input)
+            out = self._run(input)
+            fold.pending = out if fold.active else None
+            return out
+        fold.active = fold.active and input is fold.pending
+        out = self._run(input)
+        fold.active, fold.pending = False, None
+        return out
+
+    def _folds(self, x: torch.Tensor) -> bool:
+        fold = self.fold
         # a border fold's per-size map cache is Python state a compiled graph would not keep: eager only
-        if fold.active and x.dim() == fold.pair.rank and not (fold.border and torch.compiler.is_compiling()):
+        return fold.active and x.dim() == fold.pair.rank and not (fold.border and torch.compiler.is_compiling())
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        fold = self.fold
+        if self._folds(x):
             if self.module is fold.pair.bn:
-                return x
+                return x if fold.pair.tail is None else fold.pair.tail(self.module, x)
             if fold.pair.kind == "linear-bn":
                 return nn.functional.linear(x, fold.weight, fold.bias)
             if fold.border:
@@ -212,21 +238,31 @@ class BatchNormFold(Effect):
             # after the hooks already there: a sharded layer (FSDP2) has its weights gathered by then
             self.hook(scope.module, _Enter(self, scope), _Leave(scope), first=False)
             for fold in scope.folds:
-                fold.forwards = [_FoldedForward(fold, m) for m in (fold.pair.first, fold.pair.second)]
-                for forward in fold.forwards:
-                    forward.module.__dict__["forward"] = forward
+                patch_forwards(fold)
 
     def remove(self) -> None:
         super().remove()
-        for fold in self.folds:
-            for forward in fold.forwards:
-                module = forward.module
-                if module.__dict__.get("forward") is forward:
-                    del module.__dict__["forward"]
-                    if forward.previous is not None:
-                        module.__dict__["forward"] = forward.previous
-            fold.active = False
+        unpatch_forwards(self.folds)
         self.scopes = []
+
+
+def patch_forwards(fold: _Fold) -> None:
+    """Give both modules of ``fold``'s pair the folded ``forward``."""
+    fold.forwards = [_FoldedForward(fold, m) for m in (fold.pair.first, fold.pair.second)]
+    for forward in fold.forwards:
+        forward.module.__dict__["forward"] = forward
+
+
+def unpatch_forwards(folds: list[_Fold]) -> None:
+    """Give the modules of ``folds`` their own ``forward`` back (or the instance one they had before)."""
+    for fold in folds:
+        for forward in fold.forwards:
+            module = forward.module
+            if module.__dict__.get("forward") is forward:
+                del module.__dict__["forward"]
+                if forward.previous is not None:
+                    module.__dict__["forward"] = forward.previous
+        fold.active, fold.pending = False, None
 
 
 def _enter(module: nn.Module) -> _Enter | None:
