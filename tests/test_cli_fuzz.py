@@ -214,8 +214,9 @@ def fuzz(command: str, examples: int, derandomize: bool):
     return check
 
 
-# demo trains twice per valid example: fewer of them keep make test fast; the slow exploring run does more.
-EXAMPLES = {"demo": 8, "sweep": 25}
+# demo trains twice per valid example and bench runs real loops: fewer of them keep make test fast; the slow
+# exploring run does more.
+EXAMPLES = {"demo": 5, "sweep": 25, "bench": 20}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -224,6 +225,7 @@ def test_fuzzed_arguments_end_cleanly(command):
     fuzz(command, EXAMPLES.get(command, 40), derandomize=True)()
 
 
+@pytest.mark.slow  # the drawn examples it once failed on are pinned, fast, in test_huge_sizes_are_refused_...
 @pytest.mark.parametrize("command", ["bench", "estimate"])
 def test_seed_17_regression(command):
     """Seed 17 once drew `bench --steps 99999999999999999999`, which ran for ever, and `estimate --num-classes` huge."""
