@@ -291,3 +291,19 @@ def test_a_users_lr_scheduler_type_is_named_as_unused(tmp_path):
     add_freezeout(trainer, layers=bert_layers)
     with pytest.warns(freezeout.ScheduleWarning, match="lr_scheduler_type='cosine' is not used"):
         trainer.create_optimizer_and_scheduler(num_training_steps=2)
+
+
+def test_a_users_own_single_group_optimizer_is_split_and_keeps_its_options(tmp_path):
+    model = tiny_bert("classify")
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.8, 0.9), weight_decay=0.03)  # one group, as built
+    trainer = Trainer(model=model, args=arguments(tmp_path, max_steps=6), train_dataset=token_data(24),
+                      optimizers=(opt, None))  # fmt: skip
+    handle = add_freezeout(trainer, layers=bert_layers, t0=T0)
+    trainer.train()
+    c, layers = handle.controller, bert_layers(model)
+    assert c.optimizer.param_groups is opt.param_groups and len(opt.param_groups) == len(layers) + 1  # accelerate wraps it
+    assert [owner(g["params"], layers) for g in opt.param_groups] == c.group_layers == [*range(len(layers)), 3]
+    assert {(g["betas"], g["weight_decay"]) for g in opt.param_groups} == {((0.8, 0.9), 0.03)}
+    n = len(layers)
+    for g, i in zip(opt.param_groups, c.group_layers):
+        assert g["lr"] == pytest.approx(closed_form(6, 6, i, n, 0), abs=1e-18)
