@@ -301,7 +301,8 @@ def test_a_users_own_single_group_optimizer_is_split_and_keeps_its_options(tmp_p
     handle = add_freezeout(trainer, layers=bert_layers, t0=T0)
     trainer.train()
     c, layers = handle.controller, bert_layers(model)
-    assert c.optimizer.param_groups is opt.param_groups and len(opt.param_groups) == len(layers) + 1  # accelerate wraps it
+    assert c.optimizer.param_groups is opt.param_groups  # accelerate wraps the optimizer, its groups are the user's
+    assert len(opt.param_groups) == len(layers) + 1
     assert [owner(g["params"], layers) for g in opt.param_groups] == c.group_layers == [*range(len(layers)), 3]
     assert {(g["betas"], g["weight_decay"]) for g in opt.param_groups} == {((0.8, 0.9), 0.03)}
     n = len(layers)
