@@ -43,8 +43,9 @@ training batch (taken with the RNG state restored after). A weight tied to the h
 embedding) must stay out of the layers: it trains with the head. An optimizer passed as
 ``optimizers=(optimizer, None)`` is taken as built, like any optimizer ``FreezeOut`` takes (groups spanning layers
 are split per layer, each keeping its options). Under DDP set ``ddp_find_unused_parameters=True`` (Trainer
-turns it off under checkpointing): frozen parameters stop having gradients. Not supported: DeepSpeed, FSDP, optimizers that
-build their own groups (GaLore, LOMO, layer-wise, Muon-style factories), a scheduler in ``optimizers=``.
+turns it off under checkpointing): frozen parameters stop having gradients. Not supported: DeepSpeed, FSDP,
+optimizers that build their own groups (GaLore, LOMO, layer-wise, Muon-style factories), a scheduler in
+``optimizers=``.
 """
 
 from __future__ import annotations
