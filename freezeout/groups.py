@@ -13,16 +13,11 @@ from typing import Any
 from torch import nn
 
 from .layers import Layer, LayerLike, as_layers, check_layers
+from .norms import is_norm
 
 __all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
 
 NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -36,7 +31,7 @@ def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     """The common rule (nanoGPT, timm, Hugging Face): no weight decay for biases and other 1-d parameters,
     normalisation layers and embeddings (``nn.Embedding``, and position embeddings or class tokens held by a
     module of their own class, which timm lists in ``no_weight_decay()``)."""
-    if param.dim() <= 1 or isinstance(module, (*_NORMS, nn.Embedding)) or type(module).__name__.endswith("Norm"):
+    if param.dim() <= 1 or is_norm(module) or isinstance(module, nn.Embedding):
         return True
     leaf = name.rsplit(".", 1)[-1]
     return any(word in leaf for word in ("embed", "token", "pos_"))
