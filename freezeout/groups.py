@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from .layers import Layer, LayerLike, as_layers, check_layers
+from .layers import Layer, LayerLike, as_layers
 from .norms import is_norm
 
-__all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
+__all__ = ["check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
 
 NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
 

@@ -116,3 +116,21 @@ def test_the_checks_see_a_violation(monkeypatch):
     monkeypatch.setitem(GRAPH, "freezeout.checks", {"freezeout.schedule"})  # schedule imports checks
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycles()
+
+
+def exported_imports(source: str) -> list[str]:
+    """The names in a module's ``__all__`` that it imports from another freezeout module instead of defining."""
+    tree = ast.parse(source)
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.level for a in n.names}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return sorted(set(ast.literal_eval(node.value)) & imported)
+    return []
+
+
+def test_helpers_are_exported_only_where_they_live():
+    # a package's __init__ is its facade; any other module's __all__ lists what it defines
+    wrong = {m: names for m, p in MODULES.items() if p.name != "__init__.py" and (names := exported_imports(p.read_text()))}
+    assert not wrong, f"re-exported through __all__: {wrong}"
+    seeded = (ROOT / "accel" / "fuse.py").read_text().replace('__all__ = ["', '__all__ = ["find_fold", "')
+    assert exported_imports(seeded) == ["find_fold"]  # the check sees one

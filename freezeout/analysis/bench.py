@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from ..checks import check_int
-from ..groups import check_layers
-from ..layers import LayerLike
+from ..hooks import map_tensors
+from ..layers import LayerLike, check_layers
 from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
-from ..tracing import map_tensors
 from .cost import integrate_on_baseline, integrate_step_times, interpolate_step_times
 from .estimate import predict
 from .flops import batch_size_of, layer_flops

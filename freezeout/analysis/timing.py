@@ -20,9 +20,10 @@ from torch import nn
 
 from ..checks import check_int
 from ..freezing import FrozenPrefix
+from ..hooks import map_tensors
 from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
-from ..tracing import first_tensor, map_tensors, run_model
+from ..tracing import first_tensor, run_model
 from .cost import interpolate_step_times
 from .flops import batch_size_of
 from .workload import LossFn, copy_model, make_optimizer, model_loss, random_targets, train_step
