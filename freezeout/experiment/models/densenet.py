@@ -10,10 +10,10 @@ transition pools before its 1 x 1 conv: 2 x 2 average pooling commutes with per-
 the 1 x 1 conv), so the conv runs on a quarter of the pixels. The trainable path is the plain one, unchanged.
 
 Frozen dense layers of a block also share one channels-last buffer with room for the block's every channel, in
-place of a concatenation per layer, which copies all features so far each time (a quarter of the frozen forward,
-measured): each layer writes only its new channels, hands on a channel prefix of the buffer (a view), and runs its
-folded 1 x 1 bottleneck as one matrix product straight on that view (every pixel's channels a row, the buffer's
-width the row stride), the same product the 1 x 1 conv computes.
+place of a concatenation per layer, which copies all features so far each time (docs/BENCHMARKS.md, "One
+buffer per dense block"): each layer writes only its new channels, hands on a channel prefix of the buffer (a
+view), and runs its folded 1 x 1 bottleneck as one matrix product straight on that view (every pixel's channels a
+row, the buffer's width the row stride), the same product the 1 x 1 conv computes.
 
 What a frozen layer hands on (its rectified output, and the block buffer that output is a prefix of) travels in
 the ``FrozenPath`` each forward of ``DenseNetBC`` makes and passes to its blocks and transitions, never on the
