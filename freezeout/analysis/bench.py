@@ -109,7 +109,12 @@ class BenchResult:
     ``ideal_saving``, ``realized_saving``, ``seconds``, ``runs_seconds``, ``sched_step_fraction``,
     ``num_frozen_at_end``; with ``lockstep`` also ``ideal_saving_flat``, ``step_frozen`` and
     ``runs_step_seconds``; ``peak_memory_bytes`` on CUDA). ``step_times``, ``curve_ks`` and ``curve_samples``:
-    the first fuse setting's step-time curve; ``curves``: each setting's."""
+    the first fuse setting's step-time curve; ``curves``: each setting's.
+
+    Two costs of FreezeOut's own, apart: each row's ``sched_step_fraction`` is the run's ``sched.step()`` calls,
+    the freezes (and BatchNorm folds) included, over the rest of its training time; ``sched_step`` is a steady
+    ``sched.step()`` alone (one that freezes nothing), ``seconds_per_call`` and ``fraction_of_step`` of a baseline
+    step."""
 
     config: dict[str, Any]
     num_layers: int
@@ -263,16 +268,11 @@ def run_bench(
     flops: tuple[Sequence[int], int] | None = None,
 ) -> BenchResult:
     """Benchmark FreezeOut on ``model``: paper, calibrated, ideal and realized saving for every strategy
-    and t0 of ``config``, plus memory and the cost of ``sched.step()``. The model is not changed.
+    and t0 of ``config``, plus memory and the cost of ``sched.step()`` (``BenchResult``). The model is not changed.
 
     ``example_input`` is a tensor, tuple or mapping (``run_model``); the runs see random batches like it (its
     floating tensors redrawn, the others, token ids and masks, kept). ``loss_fn(output, target)`` defaults to
     ``model_loss``: the model's own loss if it computes one, else cross-entropy on random labels.
-
-    Two costs of FreezeOut's own, apart: each row's ``sched_step_fraction`` is the run's ``sched.step()`` calls,
-    the freezes (and BatchNorm folds) included, over the rest of its training time; ``sched_step`` is a steady
-    ``sched.step()`` alone (one that freezes nothing), ``seconds_per_call`` and ``fraction_of_step`` of a baseline
-    step.
 
     ``progress(k)`` reports ``k`` more steps done (for a progress bar); ``total_work(config, n)``
     says how many there will be. ``flops``: ``layer_flops``' result, if already counted (``layer_flops_meta``

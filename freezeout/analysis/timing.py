@@ -66,7 +66,8 @@ class Rounds:
     "Notes behind the defaults") and ``repeats`` timed ones, alternating direction so that a drift hits every k
     alike; ``settle`` untimed steps after every change of ``k`` (a run changes ``k`` a few dozen times in
     thousands of steps: what it pays per step is the steady cost). ``paired``: each timed step beside one of a
-    copy with nothing frozen, which of the two goes first alternating.
+    copy with nothing frozen, which of the two goes first alternating: a drift within a round then moves both
+    steps of a pair alike and leaves the curve's shape, what every saving is.
     """
 
     repeats: int = 3
@@ -182,11 +183,9 @@ def step_time_curve(
     Each ``k`` is set up as ``FreezeOut`` leaves it (a tied embedding's flow into frozen layers cut).
     ``repeats``, ``warmup``, ``warm_rounds``, ``settle`` and ``paired``: the rounds that keep noise out
     (``Rounds``). ``progress(1)`` is called after every step of a round.
-    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``effects.folding``), or plain.
-    ``paired``: ``T(k)`` is the median of the ratios to the unfrozen neighbour times the neighbour's median step:
-    a machine whose speed drifts within a round moves both steps of a pair alike, so the drift leaves the
-    curve's shape (what every saving is) even when it is faster than a round; the result adds the neighbours'
-    times as ``neighbour_samples`` (``curve_from_samples``).
+    ``fuse``: frozen layers fused as ``FreezeOut``'s default does (``effects.folding``), or plain. ``paired``:
+    ``T(k)`` from the ratios to the unfrozen neighbour (``curve_from_samples``), which a machine's drift moves
+    alike; the result adds the neighbours' times as ``neighbour_samples``.
     Returns ``step_times`` (k = 0 .. n), the measured ``ks``, raw samples and saved-for-backward bytes of the
     forward pass (``saved_bytes``: none and all frozen; ``saved_bytes_by_k``: also half, ``n // 2``, if measured).
     """
