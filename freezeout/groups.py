@@ -12,17 +12,12 @@ from typing import Any
 
 from torch import nn
 
-from .layers import Layer, LayerLike, as_layers, check_layers
+from .layers import Layer, LayerLike, as_layers
+from .norms import is_norm
 
-__all__ = ["check_layers", "check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
+__all__ = ["check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
 
 NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
-_NORMS = (
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -38,7 +33,7 @@ def default_no_decay(name: str, param: nn.Parameter, module: nn.Module) -> bool:
     which timm lists in ``no_weight_decay()``). nanoGPT's rule differs: it decays every parameter of 2 or more
     dimensions, embeddings included; pass ``no_decay=lambda name, p, module: p.dim() < 2`` for it, or give
     FreezeOut the optimizer nanoGPT's ``configure_optimizers`` builds, which it takes as it is."""
-    if param.dim() <= 1 or isinstance(module, (*_NORMS, nn.Embedding)) or type(module).__name__.endswith("Norm"):
+    if param.dim() <= 1 or is_norm(module) or isinstance(module, nn.Embedding):
         return True
     leaf = name.rsplit(".", 1)[-1]
     return any(word in leaf for word in ("embed", "token", "pos_"))

@@ -9,25 +9,35 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "saved_tensor_bytes", "sync"]
+__all__ = ["SavedStorages", "eval_mode", "saved_tensor_bytes", "sync"]
+
+
+class SavedStorages:
+    """The storages autograd saves for backward, each counted once however many saved tensors share it (a ReLU
+    output that is also a conv input): the memory the graph really pins. ``add`` is a saved-tensor pack hook's
+    bookkeeping; every count of saved bytes in the package goes through it."""
+
+    def __init__(self) -> None:
+        self.sizes: dict[tuple[int, int], int] = {}  # (data pointer, bytes) of a storage -> its bytes
+
+    def add(self, t: torch.Tensor) -> torch.Tensor:
+        """Count ``t``'s storage (once) and return ``t``."""
+        s = t.untyped_storage()
+        self.sizes.setdefault((s.data_ptr(), s.nbytes()), s.nbytes())
+        return t
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes.values())
 
 
 def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``fn`` (a forward pass) and return ``(its result, bytes autograd saved for backward)``.
-
-    Storages saved by several ops (a ReLU output that is also a conv input) are counted once, so the
-    number is the memory the graph really pins, parameters included.
-    """
-    storages: dict[tuple[int, int], int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        storages[(s.data_ptr(), s.nbytes())] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    """Run ``fn`` (a forward pass) and return ``(its result, bytes autograd saved for backward)``, parameters
+    included, each storage counted once (``SavedStorages``)."""
+    saved = SavedStorages()
+    with torch.autograd.graph.saved_tensors_hooks(saved.add, lambda t: t):
         out = fn()
-    return out, sum(storages.values())
+    return out, saved.nbytes
 
 
 def sync(device: torch.device | str) -> None:

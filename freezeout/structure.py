@@ -20,13 +20,12 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .norms import is_norm
 from .tracing import Call
 
 __all__ = ["auto_units", "depth_units", "has_params"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
-_NORM_NAMES = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "LayerNorm", "GroupNorm", "RMSNorm")
-_NORMS = (*(getattr(nn, n) for n in _NORM_NAMES if hasattr(nn, n)), nn.modules.instancenorm._InstanceNorm)
 
 Units = list[list[Call]]  # the layers to be: each a list of calls that freeze together
 
@@ -125,7 +124,7 @@ def _blocks(root: Call) -> tuple[set[Call], set[Call]]:
 
 def _norm_only(module: nn.Module) -> bool:
     owners = [m for m in module.modules() if next(m.parameters(recurse=False), None) is not None]
-    return bool(owners) and all(isinstance(m, _NORMS) or type(m).__name__.endswith("Norm") for m in owners)
+    return bool(owners) and all(is_norm(m) for m in owners)
 
 
 def _head_off(calls: list[Call]) -> list[Call]:

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .hooks import map_tensors, tensors
+from .hooks import tensors
 from .measure import eval_mode
 
-__all__ = ["Call", "Trace", "first_tensor", "map_tensors", "run_model", "tensors", "trace"]
+__all__ = ["Call", "Trace", "first_tensor", "run_model", "trace"]
 
 
 @dataclass(eq=False)

@@ -116,3 +116,43 @@ def test_the_checks_see_a_violation(monkeypatch):
     monkeypatch.setitem(GRAPH, "freezeout.checks", {"freezeout.schedule"})  # schedule imports checks
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycles()
+
+
+def exported_imports(source: str) -> list[str]:
+    """The names in a module's ``__all__`` that it imports from another freezeout module instead of defining."""
+    tree = ast.parse(source)
+    imported = {a.asname or a.name for n in tree.body if isinstance(n, ast.ImportFrom) and n.level for a in n.names}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return sorted(set(ast.literal_eval(node.value)) & imported)
+    return []
+
+
+def test_helpers_are_exported_only_where_they_live():
+    # a package's __init__ is its facade; any other module's __all__ lists what it defines
+    sources = {m: p.read_text() for m, p in MODULES.items() if p.name != "__init__.py"}
+    wrong = {m: names for m, text in sources.items() if (names := exported_imports(text))}
+    assert not wrong, f"re-exported through __all__: {wrong}"
+    seeded = (ROOT / "accel" / "fuse.py").read_text().replace('__all__ = ["', '__all__ = ["find_fold", "')
+    assert exported_imports(seeded) == ["find_fold"]  # the check sees one
+
+
+MAX_FUNCTION_LINES = 60  # a function fits on a screen, its docstring included
+
+
+def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """Each function (or method) of ``source`` longer than ``limit`` lines, from ``def`` to its last line."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > limit:
+                found.append((node.name, lines))
+    return found
+
+
+def test_every_function_fits_on_a_screen():
+    wrong = {m: found for m, p in MODULES.items() if (found := long_functions(p.read_text()))}
+    assert not wrong, f"functions over {MAX_FUNCTION_LINES} lines: {wrong}"
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    assert long_functions(f"def f():\n{body}\n") == [("f", MAX_FUNCTION_LINES + 1)]  # the check sees one

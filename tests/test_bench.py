@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 
 import pytest
@@ -10,6 +11,11 @@ import torch
 from freezeout import freeze_times, num_frozen_at
 from freezeout.analysis.bench import BenchConfig, run_bench, total_work
 from freezeout.analysis.timing import default_ks, step_time_curve
+
+JSON_KEYS = (
+    "config", "num_layers", "batch_size", "input_shape", "threads", "device", "layer_flops", "rest_flops",
+    "step_times", "curve_ks", "curve_samples", "curves", "baseline", "sched_step", "memory", "rows",
+)  # fmt: skip
 
 
 def test_run_bench_rows_and_model_untouched(tiny):
@@ -37,6 +43,13 @@ def test_run_bench_rows_and_model_untouched(tiny):
         assert row["calibrated_saving"] == pytest.approx(1 - sum(w * tk for w, tk in zip(weights, t)) / t[0])
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
     assert all(p.requires_grad for p in tiny.parameters())
+    # the JSON `freezeout bench --out` writes: these keys, `model` only once the command line named it
+    record = result.to_dict()
+    assert set(record) == set(JSON_KEYS) and set(json.loads(json.dumps(record))) == set(JSON_KEYS)
+    result.model = {"name": "tiny"}
+    assert list(result.to_dict())[-1] == "model" and result["model"] == {"name": "tiny"}
+    with pytest.raises(KeyError):
+        result["rows_"]
 
 
 def test_curve_is_measured_in_slices_between_the_repeats(tiny, monkeypatch):

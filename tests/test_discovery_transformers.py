@@ -12,7 +12,7 @@ from freezeout.layers import as_layers
 from freezeout.tracing import run_model
 from tests.helpers.lookalikes import VisionTransformer
 
-hf = pytest.importorskip("tests.helpers.hf", exc_type=ImportError)  # needs transformers
+hf = pytest.importorskip("tests.helpers.hf", exc_type=ImportError, reason="needs the [transformers] extra")
 
 # name -> (builder, input builder, the layers expected, modules with parameters left to the rest that run first)
 CASES = {

@@ -15,7 +15,7 @@ from freezeout.analysis.flops import batch_size_of, check_forward_path, layer_fl
 from freezeout.analysis.timing import step_time_curve
 from freezeout.analysis.workload import model_loss, random_targets
 
-hf = pytest.importorskip("tests.helpers.hf", exc_type=ImportError)  # needs transformers
+hf = pytest.importorskip("tests.helpers.hf", exc_type=ImportError, reason="needs the [transformers] extra")
 
 
 def test_batch_size_of_tensor_tuple_mapping():

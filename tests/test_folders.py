@@ -93,6 +93,8 @@ def test_a_sweep_no_longer_writes_beside_a_train_run_in_a_real_process(folders):
     ],
 )
 def test_a_file_given_for_a_folder_is_one_refusal_in_one_wording(tmp_path, argv):
+    if argv[0] == "plot":
+        pytest.importorskip("matplotlib", reason="freezeout plot needs the [plot] extra")
     afile = tmp_path / "afile"
     afile.write_text("mine")
     with one_thread():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from freezeout import FreezeOut, freeze_times, learning_rates, param_groups, saved_tensor_bytes
+from freezeout.measure import SavedStorages
 from tests.helpers.models import OPTIMIZERS, batch, modes_in_call, train_step
 
 
@@ -130,3 +131,14 @@ def test_t0_one_is_plain_cosine_and_never_freezes(tiny, schedule, scale_lr):
             assert all(m.training for m in tiny.modules())  # no layer was switched to eval mode
             assert all(p.grad is not None and p in opt.state for p in tiny.parameters())
     assert sched.step_count == total and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_saved_bytes_count_each_storage_once_whoever_counts():
+    # exp saves its result b, b * b saves b twice (one storage), a * a saves a twice: two storages of 1 KiB
+    a = torch.randn(256, requires_grad=True)
+    saved = SavedStorages()
+    with torch.autograd.graph.saved_tensors_hooks(saved.add, lambda t: t):
+        b = a.exp()
+        (b * b + a * a).sum()
+    assert saved.nbytes == 2 * 256 * 4 and len(saved.sizes) == 2
+    assert saved_tensor_bytes(lambda: (lambda b: (b * b + a * a).sum())(a.exp()))[1] == saved.nbytes

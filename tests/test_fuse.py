@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import FreezeOut, freeze_layer
-from freezeout.accel.fuse import active_fold, fuse_layer, is_fused, unfuse_layer
-from freezeout.effects import OwnedHook, find_fold
+from freezeout.accel.fuse import fuse_layer, is_fused, unfuse_layer
+from freezeout.effects import OwnedHook, active_fold, find_fold
 from freezeout.experiment.models import ResNet
 from tests.helpers.models import randomise_batchnorm
 

@@ -167,16 +167,22 @@ def test_densenet_fast_path_is_exact_and_leaves_the_trainable_path_alone():
     assert not torch.equal(a, b) and (a - b).abs().max() <= 1e-5 * b.abs().max()
 
 
+def frozen_channels_last(depth: int, frozen: int):
+    """A channels-last DenseNet-BC trained until ``frozen`` layers froze; the next step to train."""
+    model, opt, sched = build(lambda: DenseNetBC(depth, 4))
+    model.to(memory_format=torch.channels_last)
+    step = 0
+    while sched.num_frozen < frozen:
+        train_step(model, opt, sched, step, memory_format=torch.channels_last)
+        step += 1
+    assert sched.num_frozen == frozen
+    return model, opt, sched, step
+
+
 def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
     # DenseNet-BC-22: 3 dense layers per block. Frozen: the stem and block 1's first two dense layers
-    model, opt, sched = build(lambda: DenseNetBC(22, 4))
+    model, opt, sched, step = frozen_channels_last(22, 3)
     cl = torch.channels_last
-    model.to(memory_format=cl)
-    step = 0
-    while sched.num_frozen < 3:
-        train_step(model, opt, sched, step, memory_format=cl)
-        step += 1
-    assert sched.num_frozen == 3
     block = model.blocks[0]
     outputs: dict[int, torch.Tensor] = {}
     hooks = [
@@ -204,6 +210,36 @@ def test_densenet_frozen_dense_layers_share_one_block_buffer_channels_last():
         step += 1
     (a, _), (b, _) = step_grads(model, x, y, True), step_grads(model, x, y, False)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_densenet_frozen_layers_take_the_fast_path_inside_the_model_and_only_there():
+    # DenseNet-BC-16 (2 dense layers per block), channels-last. Frozen: the stem, block 1 and its transition
+    model, _, _, _ = frozen_channels_last(16, 4)
+    cl = torch.channels_last
+    frozen = [*model.blocks[0], model.transitions[0]]
+    calls: list[int] = []  # each frozen unit's leading ReLU module: the plain path runs it, the fast path never
+    hooks = [m[0].register_forward_hook(lambda *a: calls.append(1)) for m in (*(d.body for d in frozen[:2]), frozen[2])]
+    outputs: dict[int, torch.Tensor] = {}
+    hooks += [m.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o)) for i, m in enumerate(frozen)]
+    x, y = torch.randn(4, 3, 8, 8).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
+    plain, plain_grads = step_grads(model, x, y, False)
+    assert len(calls) == 3 and outputs[1].min() < 0  # the plain path: every ReLU runs, the features as they are
+    calls.clear()
+    fast, fast_grads = step_grads(model, x, y, True)
+    assert not calls, "a frozen DenseNet-BC layer left the fast path"
+    assert outputs[0]._base is outputs[1]._base is not None  # the block's one buffer, a prefix view each
+    assert min(o.min() for o in outputs.values()) >= 0  # what each hands on is rectified
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)  # the same function, up to float rounding
+    assert len(fast_grads) == len(plain_grads)
+    for u, v in zip(fast_grads, plain_grads):
+        torch.testing.assert_close(u, v, rtol=1e-4, atol=1e-6)
+    # a frozen layer called on its own, outside the model's forward, is the plain layer
+    calls.clear()
+    with torch.enable_grad():
+        alone = model.blocks[0][0](torch.randn(4, 8, 8, 8).contiguous(memory_format=cl))
+    assert len(calls) == 1 and alone.min() < 0
+    for h in hooks:
+        h.remove()
 
 
 def test_the_fuse_setting_reaches_freezeout_from_the_command_line():

@@ -1,4 +1,5 @@
-"""A plain ``pip install`` (no extras) into a fresh virtual environment gives a working ``freezeout`` command."""
+"""A plain ``pip install`` (no extras) into a fresh virtual environment gives a working ``freezeout`` command, and
+``pip install '.[test]'`` alone a green suite (what needs another extra skipped, saying which)."""
 
 from __future__ import annotations
 
@@ -21,18 +22,27 @@ def run(*cmd: object, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
 
-@pytest.mark.slow
-def test_pip_install_without_extras_runs_every_command(tmp_path):
+def fresh_venv(tmp_path: Path, extras: str = "", folders: tuple[str, ...] = ("freezeout",)) -> tuple[Path, Path]:
+    """A new virtual environment with the CPU torch and a copy of the project (``folders`` of it) installed with
+    ``extras`` (``"[test]"``); its python and the copy."""
     src = tmp_path / "src"  # a copy: building in the checkout would leave build/ and *.egg-info there
-    shutil.copytree(ROOT / "freezeout", src / "freezeout", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in folders:
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     venv = tmp_path / "venv"
     assert run(sys.executable, "-m", "venv", venv, cwd=tmp_path).returncode == 0
-    python, freezeout = venv / "bin" / "python", venv / "bin" / "freezeout"
-    for requirement in (TORCH, src):
+    python = venv / "bin" / "python"
+    for requirement in (TORCH, f"{src}{extras}"):
         r = run(python, "-m", "pip", "install", "-q", requirement, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
+    return python, src
+
+
+@pytest.mark.slow
+def test_pip_install_without_extras_runs_every_command(tmp_path):
+    python, _ = fresh_venv(tmp_path)
+    venv, freezeout = python.parents[1], python.parent / "freezeout"
     where = run(python, "-c", "import freezeout; print(freezeout.__file__)", cwd=tmp_path)
     assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
 
@@ -48,3 +58,17 @@ def test_pip_install_without_extras_runs_every_command(tmp_path):
         assert r.returncode == 0, (args, r.stderr)
         assert "NumPy" not in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     assert (tmp_path / "demo" / "demo.json").is_file() and (tmp_path / "run" / "summary.json").is_file()
+
+
+@pytest.mark.slow  # a fresh venv and the whole default suite in it: ~3-4 min
+def test_the_test_extra_alone_gives_a_green_suite(tmp_path):
+    python, src = fresh_venv(tmp_path, "[test]", folders=("freezeout", "tests", "docs", "benchmarks", ".ci"))
+    for name in ("Makefile", "CONTRIBUTING.md"):
+        if (ROOT / name).exists():
+            shutil.copy(ROOT / name, src / name)
+    missing = run(python, "-c", "import lightning", cwd=src)
+    assert missing.returncode != 0  # the extras really are absent
+    r = run(python, "-m", "pytest", "-q", "-x", "-rs", "-p", "no:cacheprovider", cwd=src)
+    assert r.returncode == 0, r.stdout[-3000:]
+    skips = [line for line in r.stdout.splitlines() if line.startswith("SKIPPED")]
+    assert any("[lightning] extra" in line for line in skips) and any("[transformers] extra" in line for line in skips)

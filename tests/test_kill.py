@@ -17,9 +17,10 @@ import torch
 
 from freezeout.experiment.config import TrainConfig
 from freezeout.experiment.lock import LOCK_FILE
-from freezeout.experiment.runfiles import PAUSE_ENV, TEMP_SUFFIX
+from freezeout.experiment.runfiles import TEMP_SUFFIX
 from freezeout.experiment.trainer import train
 from tests.helpers.cifar_files import one_thread
+from tests.helpers.seams import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
 # 4 epochs of 140 steps; linear t0 = 0.5: layers freeze from epoch 3 on, so resumes cross frozen layers too
@@ -33,10 +34,10 @@ PAUSE = 0.4  # seconds each atomic write waits before its rename, in the process
 
 
 def start(out: Path, pause: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", PAUSE_ENV: str(pause)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     resume = ["--resume"] if (out / "checkpoint.pt").exists() else []  # killed before any checkpoint: start over
     return subprocess.Popen(
-        [sys.executable, "-m", "freezeout", *ARGS, "--out", str(out), *resume],
+        [sys.executable, SCRIPT, *(["--pause", str(pause)] if pause else []), *ARGS, "--out", str(out), *resume],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

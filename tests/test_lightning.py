@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-pl = pytest.importorskip("lightning.pytorch")
+pl = pytest.importorskip("lightning.pytorch", reason="the Lightning callback needs the [lightning] extra")
 
 import freezeout  # noqa: E402
 from freezeout.accel.fuse import is_fused  # noqa: E402

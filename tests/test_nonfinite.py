@@ -17,7 +17,8 @@ import freezeout.experiment.engine as engine
 from freezeout.cli import main
 from freezeout.experiment.config import TrainConfig
 from freezeout.experiment.data.batches import Batches
-from freezeout.experiment.trainer import NonFiniteLossError, train
+from freezeout.experiment.engine import NonFiniteLossError
+from freezeout.experiment.trainer import train
 from tests.helpers.cifar_files import one_thread
 from tests.helpers.nan_inject import plant
 

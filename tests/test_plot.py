@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-pytest.importorskip("matplotlib")
+pytest.importorskip("matplotlib", reason="freezeout plot needs the [plot] extra")
 
 from test_aggregate import sweep_dir  # noqa: F401  (fixture: hand-made summaries)
 

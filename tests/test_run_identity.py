@@ -12,8 +12,9 @@ import torch
 
 from freezeout.cli import main
 from freezeout.experiment.config import TrainConfig, config_differences
+from freezeout.experiment.recover import ResumeError
 from freezeout.experiment.sweep import Grid, prepare_sweep_dir, run_sweep
-from freezeout.experiment.trainer import ResumeError, train
+from freezeout.experiment.trainer import train
 from tests.helpers.cifar_files import one_thread, write_cifar
 from tests.helpers.sweep_fakes import FakeTrainer
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from freezeout.experiment.launch import DUMP_ENV, SingleProcess, Torchrun, launch_from_env, state_checksums
+from freezeout.experiment.launch import SingleProcess, Torchrun, launch_from_env, state_checksums
 from freezeout.experiment.models import build_model
 from freezeout.schedule import freeze_times, num_frozen_at
 from tests.helpers.models import RUN_FILES
+from tests.helpers.seams import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS, STEPS = 3, 30  # digits: 1497 training examples, global batch 50 -> 30 steps per epoch
@@ -30,10 +31,13 @@ def env(**extra):
     return {**base, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **extra}
 
 
-def torchrun(logs: Path, *args, nproc=2, **extra):
-    """``python -m torch.distributed.run --standalone`` (a free port), each rank's stdout/stderr in its own file."""
+def torchrun(logs: Path, *args, nproc=2, dump: Path | None = None, **extra):
+    """``python -m torch.distributed.run --standalone`` (a free port), each rank's stdout/stderr in its own file;
+    ``dump``: each rank saves its final model state there (helpers.seams)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    cmd += ["--log-dir", str(logs), "--redirects", "3", "-m", "freezeout", "train", *map(str, args)]
+    cmd += ["--log-dir", str(logs), "--redirects", "3"]
+    cmd += [SCRIPT, "--dump", str(dump)] if dump is not None else ["-m", "freezeout"]
+    cmd += ["train", *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(**extra), timeout=300)
     outputs = {}
     for rank in range(nproc):
@@ -46,7 +50,7 @@ def torchrun(logs: Path, *args, nproc=2, **extra):
 def two_ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("torchrun")
     (root / "dump").mkdir()
-    proc, outputs = torchrun(root / "logs", *ARGS, "--out", root / "run", **{DUMP_ENV: str(root / "dump")})
+    proc, outputs = torchrun(root / "logs", *ARGS, "--out", root / "run", dump=root / "dump")
     assert proc.returncode == 0, "\n".join(err[-2000:] for _, err in outputs.values()) + proc.stderr[-1000:]
     return root, outputs
 

@@ -14,8 +14,8 @@ from functools import partial
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-pytest.importorskip("accelerate")  # Trainer needs it
+pytest.importorskip("transformers", reason="add_freezeout needs the [transformers] extra")
+pytest.importorskip("accelerate", reason="Trainer needs accelerate: the [transformers] extra")
 
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
@@ -243,7 +243,7 @@ def test_bad_arguments_are_named(tmp_path, monkeypatch):
 # peft 0.21 still calls transformers' deprecated is_gradient_checkpointing: not ours to fix
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_peft_lora_on_a_language_model_trains_to_the_end_with_a_nonzero_logged_lr(tmp_path):
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip("peft", reason="LoRA adapters need the [peft] extra")
     base = tiny_gpt2(layers=3)
     config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["c_attn"], fan_in_fan_out=True)  # GPT-2's Conv1D
     model = peft.get_peft_model(base, config)

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..effects import BatchNormFold, active_fold, find_fold, folds_running, in_inference_mode
+from ..effects import (
+    BatchNormFold,
+    active_fold,  # noqa: F401  (deprecated here: it lives in freezeout.effects)
+    find_fold,
+    folds_running,
+    in_inference_mode,
+)
 
-__all__ = ["active_fold", "fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
+__all__ = ["fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
 
 shadow_active = folds_running  # the name it had before folding moved into the core
 

@@ -7,7 +7,7 @@ against the baseline, next to the predictions; ``memory``: a step's peak memory 
 small ones, against the memory available.
 """
 
-from .bench import BenchConfig, run_bench
+from .bench import BenchConfig, BenchResult, run_bench
 from .estimate import estimate_saving, predict
 
-__all__ = ["BenchConfig", "estimate_saving", "predict", "run_bench"]
+__all__ = ["BenchConfig", "BenchResult", "estimate_saving", "predict", "run_bench"]

@@ -5,8 +5,8 @@ a fresh copy of the template model. Its seconds are the wall-clock of its own st
 
 Lockstep: step ``s`` of every run, then step ``s + 1`` of every run, in an order that rotates each step. Each run
 still does exactly its own loop on its own model; only the time between its steps belongs to the others. On a
-machine whose speed drifts (a shared CPU, measured here swinging by ±15 % with a period of ~20 s, several runs
-long), runs that alternate as wholes see different phases of the drift, while in lockstep every run's step ``s``
+machine whose speed drifts (a shared CPU, over periods several runs long: docs/BENCHMARKS.md, "Notes behind the
+defaults"), runs that alternate as wholes see different phases of the drift, while in lockstep every run's step ``s``
 is measured within a few seconds of every other's, so the drift cancels out of their ratio.
 """
 

@@ -17,11 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..groups import param_groups, unwrap
+from ..hooks import map_tensors
 from ..layers import LayerLike, as_layers
 from ..measure import eval_mode
 from ..tracing import first_tensor, run_model
 
-__all__ = ["LossFn", "copy_model", "logits_of", "make_optimizer", "model_loss", "random_targets", "train_step"]
+__all__ = [
+    "LossFn",
+    "copy_model",
+    "logits_of",
+    "make_optimizer",
+    "model_loss",
+    "random_batches",
+    "random_targets",
+    "train_step",
+]
 
 LossFn = Callable[[Any, Any], torch.Tensor]  # (the model's output, the target) -> loss
 
@@ -105,3 +115,25 @@ def train_step(model: nn.Module, optimizer: Any, x: Any, y: torch.Tensor | None,
     optimizer.zero_grad(set_to_none=True)
     loss_fn(run_model(model, x), y).backward()
     optimizer.step()
+
+
+def random_batches(
+    example_input: Any, model: nn.Module, target: torch.Tensor | None, count: int, seed: int, device: Any
+) -> list[tuple[Any, Any]]:
+    """``count`` distinct random batches like ``example_input`` on ``device`` (content does not change the cost):
+    its floating tensors redrawn in their own memory layout (channels-last or not: what a step-time curve times),
+    the others (token ids, masks) kept; each with ``target``, or random labels for ``model``'s output."""
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+
+    def redraw(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point():
+            return t.to(device)
+        x = torch.randn(t.shape, generator=g, dtype=t.dtype)
+        return torch.empty_like(t, device=device).copy_(x)
+
+    batches = []
+    for i in range(count):
+        x = map_tensors(example_input, redraw)
+        batches.append((x, random_targets(model, x, seed=seed + i) if target is None else target.to(device)))
+    return batches

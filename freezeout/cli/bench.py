@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .common import pct
 from .estimate import add_model_args, build, model_record, strategies
+
+if TYPE_CHECKING:
+    from ..analysis.bench import BenchResult
 
 __all__ = ["add_parser", "print_result"]
 
@@ -87,15 +91,15 @@ def run(args: argparse.Namespace) -> int:
     quiet = args.quiet or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
     with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=quiet) as bar:
         result = run_bench(model, layers, x, config, progress=bar.update, flops=layer_flops_meta(model, layers, x))
-    result["model"] = model_record(args)
+    result.model = model_record(args)
     print_result(result, args)
     if args.out:
-        atomic_json(args.out, result)
+        atomic_json(args.out, result.to_dict())
         print(f"wrote {args.out}")
     return 0
 
 
-def print_result(result: dict, args: argparse.Namespace) -> None:
+def print_result(result: BenchResult, args: argparse.Namespace) -> None:
     """The benchmark as a table, a row per strategy and t0, and its footnotes."""
     base = result["baseline"]
     print(

@@ -114,13 +114,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     ``per_run=False`` leaves out what a sweep sets for each run (schedule, scale-lr, t0, seed), so that
     ``freezeout train`` and ``freezeout sweep`` share one definition of the rest.
     """
-    from ..experiment.config import NONFINITE, TrainConfig
-    from ..experiment.data import DATASETS
-    from ..schedule import SCHEDULES
+    from ..experiment.config import TrainConfig
 
     d = TrainConfig()
     groups = {name: parser.add_argument_group(name) for name in ("data", "model", "optimisation")}
-    g = groups["data"]
+    _data_arguments(groups["data"], d)
+    add_model_arguments(groups["model"], default_model=d.model)
+    _optimisation_arguments(groups["optimisation"], d)
+    if per_run:
+        groups["FreezeOut schedule"] = parser.add_argument_group("FreezeOut schedule")
+        _schedule_arguments(groups["FreezeOut schedule"], d)
+    groups["run"] = parser.add_argument_group("run")
+    _run_arguments(groups["run"], d, per_run)
+    return groups
+
+
+def _data_arguments(g: Any, d: Any) -> None:
+    from ..experiment.data import DATASETS
+
     g.add_argument(
         "--dataset", choices=list(DATASETS), default=d.dataset, help="digits is embedded (default: %(default)s)"
     )
@@ -132,9 +143,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
     g.add_argument(
         "--val-split", type=int_in(0, MAX_EXAMPLES), default=d.val_split, help="training examples held out (0)"
     )
-    g = groups["model"]
-    add_model_arguments(g, default_model=d.model)
-    g = groups["optimisation"]
+
+
+def _optimisation_arguments(g: Any, d: Any) -> None:
+    from ..experiment.config import NONFINITE
+
     g.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=d.epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")
@@ -152,14 +165,19 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         default=d.nonfinite,
         help="on a NaN/inf loss: stop (keep the last good checkpoint) or skip the batch (default: %(default)s)",
     )
-    if per_run:
-        g = groups["FreezeOut schedule"] = parser.add_argument_group("FreezeOut schedule")
-        g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
-        g.add_argument(
-            "--scale-lr", action=argparse.BooleanOptionalAction, default=d.scale_lr, help="lr_i(0) = lr / t_i (on)"
-        )
-        g.add_argument("--t0", type=unit_interval, default=d.t0, help="in (0, 1]; 1 = baseline (default: %(default)s)")
-    g = groups["run"] = parser.add_argument_group("run")
+
+
+def _schedule_arguments(g: Any, d: Any) -> None:
+    from ..schedule import SCHEDULES
+
+    g.add_argument("--schedule", choices=SCHEDULES, default=d.schedule, help="(default: %(default)s)")
+    g.add_argument(
+        "--scale-lr", action=argparse.BooleanOptionalAction, default=d.scale_lr, help="lr_i(0) = lr / t_i (on)"
+    )
+    g.add_argument("--t0", type=unit_interval, default=d.t0, help="in (0, 1]; 1 = baseline (default: %(default)s)")
+
+
+def _run_arguments(g: Any, d: Any, per_run: bool) -> None:
     if per_run:
         g.add_argument("--seed", type=int_in(0, MAX_SEED), default=d.seed, help="(default: %(default)s)")
     g.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: %(default)s)")
@@ -182,7 +200,6 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, per_run: bool = Tru
         help="fold frozen layers' BatchNorms into their convs for training steps, exact up to float rounding "
         "(default: on)",
     )
-    return groups
 
 
 def config_from_args(args: argparse.Namespace) -> Any:

@@ -138,23 +138,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..analysis.estimate import predict
     from ..analysis.flops import layer_flops_meta
-    from .common import pct
 
     # --calibrate: the step-time curve trains a copy of the model
     model, layers, x = build(args, training=args.calibrate, copies=int(args.calibrate))
     flops, rest = layer_flops_meta(model, layers, x)
-    curve = None
-    if args.calibrate:
-        from ..analysis.timing import default_ks, step_time_curve
-
-        ks = default_ks(len(layers), args.curve_points)
-        quiet = args.json or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
-        with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=quiet) as bar:
-            curve = step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
+    curve = _curve(args, model, layers, x) if args.calibrate else None
     rows = [
         predict(
             flops,
@@ -179,9 +169,30 @@ def run(args: argparse.Namespace) -> int:
     }
     if args.json:
         print(json.dumps(result, indent=2))
-        return 0
+    else:
+        _print_table(args, result)
+    return 0
+
+
+def _curve(args: argparse.Namespace, model: Any, layers: list, x: Any) -> dict[str, Any]:
+    """The step-time curve of ``--calibrate``, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    from ..analysis.timing import default_ks, step_time_curve
+
+    ks = default_ks(len(layers), args.curve_points)
+    quiet = args.json or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
+    with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=quiet) as bar:
+        return step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
+
+
+def _print_table(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    from .common import pct
+
+    flops, rest, rows, curve = result["layer_flops"], result["rest_flops"], result["rows"], result["step_times"]
+    shape, n = tuple(result["input_shape"]), result["num_layers"]
     total = 2 * (sum(flops) + rest)
-    print(f"{args.model}-{args.depth} (width {args.growth}), input {tuple(x.shape)}: {len(layers)} freezable layers,")
+    print(f"{args.model}-{args.depth} (width {args.growth}), input {shape}: {n} freezable layers,")
     print(
         f"{sum(flops) / 1e9:.2f} GFLOP forward in layers + {rest / 1e9:.3f} in the rest; paper step {total / 1e9:.2f}"
     )
@@ -199,4 +210,3 @@ def run(args: argparse.Namespace) -> int:
         print(line)
     if args.linear_correction:
         print("x1.3: the authors' empirical correction for the linear schedule (not applied to cubic)")
-    return 0

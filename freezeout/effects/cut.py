@@ -35,6 +35,7 @@ from ..compat import in_backward, is_tracing, outermost_module, saved_tensors_ho
 from ..groups import unwrap
 from ..hooks import Names, leaves, map_tensors, tensors
 from ..layers import Layer
+from ..measure import SavedStorages
 from .base import Effect, OwnedHook
 
 __all__ = ["GraphCut", "Leak", "Prefix"]
@@ -43,17 +44,17 @@ __all__ = ["GraphCut", "Leak", "Prefix"]
 @dataclass
 class Leak:
     """Trainable parameters found flowing into frozen ``layers[index]``, and what autograd saved for backward in the
-    frozen layers from there on in that forward (storage -> bytes, each storage counted once)."""
+    frozen layers from there on in that forward (each storage counted once)."""
 
     index: int
     params: list[torch.Tensor]
     names: list[str]
-    saved: dict[tuple[int, int], int] = field(default_factory=dict)
+    saved: SavedStorages = field(default_factory=SavedStorages)
     reentrant: bool = False
 
     @property
     def nbytes(self) -> int:
-        return sum(self.saved.values())
+        return self.saved.nbytes
 
 
 class Prefix:
@@ -117,12 +118,7 @@ class Prefix:
             return
         outer_pack, outer_unpack = saved_tensors_hooks_outer()
 
-        def pack(t: torch.Tensor) -> Any:
-            storage = t.untyped_storage()
-            leak.saved.setdefault((storage.data_ptr(), storage.nbytes()), storage.nbytes())
-            return outer_pack(t)
-
-        ctx = torch.autograd.graph.saved_tensors_hooks(pack, outer_unpack)
+        ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: outer_pack(leak.saved.add(t)), outer_unpack)
         try:
             ctx.__enter__()
         except RuntimeError:  # saved-tensor hooks are disabled here

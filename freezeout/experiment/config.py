@@ -53,8 +53,8 @@ class TrainConfig:
     seed: int = 0  # fixed so that two runs of one config agree
     val_split: int = 0  # training examples held out for validation (0 = none: the paper reports test error)
     device: str = "auto"  # CUDA when present: that is where the time savings matter
-    # NHWC: DenseNet-BC steps measured 1.47x faster on CPU (BC-76) and 1.26x on the digits demo's shape
-    # (benchmarks/cpu_channels_last.py), and the usual layout for CUDA's tensor cores.
+    # NHWC: faster DenseNet-BC steps on CPU (docs/BENCHMARKS.md, "Notes behind the defaults"), and the usual
+    # layout for CUDA's tensor cores.
     channels_last: bool = True
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
     compile: bool = False  # per-layer torch.compile (compile_blocks): a speed option that costs compile time up front

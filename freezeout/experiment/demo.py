@@ -1,7 +1,7 @@
 """The demo: the baseline and the paper's recommended FreezeOut on the embedded digits, trained in lockstep.
 
-Two runs that follow each other see different phases of a shared machine's speed (this project's 2-core CPU
-drifts by ±15 % over tens of seconds): one ``make demo`` printed a saving of 43 %, the next 17 %. Here the two
+Two runs that follow each other see different phases of a shared machine's speed, which drifts over tens of
+seconds (docs/BENCHMARKS.md, "Notes behind the defaults"): two ``make demo`` in a row disagreed. Here the two
 runs step in lockstep (``analysis.runs.lockstep``: step ``s`` of one, then of the other, in one process), so
 that each step of FreezeOut is timed within milliseconds of the baseline's; the evaluations run between epochs,
 outside the timing. The saving is the ratio of their training seconds, with its spread over the epochs, and
@@ -187,7 +187,7 @@ def run_demo(
     check_folder(out, "demo")
     threads = torch.get_num_threads()
     # One thread: ops this small gain nothing from intra-op parallelism, and on a busy machine OpenMP
-    # barriers wait for descheduled threads (measured on 2 shared cores: 9 ms per step vs 2 s).
+    # barriers wait for descheduled threads (docs/BENCHMARKS.md, "Notes behind the defaults").
     torch.set_num_threads(1)
     try:
         with run_lock(out), contextlib.ExitStack() as held:  # one demo per folder; each run's is locked too

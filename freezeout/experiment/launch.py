@@ -36,12 +36,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
 from ..checks import resolve_device
 
-__all__ = ["DUMP_ENV", "Launch", "SingleProcess", "Torchrun", "launch_from_env", "state_checksums"]
+__all__ = ["Launch", "SingleProcess", "Torchrun", "launch_from_env", "state_checksums"]
 
 log = logging.getLogger(__name__)
-
-# A test hook: every rank saves its final model state to <dir>/rank<R>.pt, to compare ranks bit for bit.
-DUMP_ENV = "FREEZEOUT_DUMP_RANK_STATE"
 
 
 class Launch:
@@ -113,9 +110,6 @@ class Launch:
 
     def close(self, ok: bool) -> None:
         """Leave the other processes (``ok``: every one finished)."""
-
-    def dump_state(self) -> None:
-        """The test hook of ``DUMP_ENV``."""
 
 
 class SingleProcess(Launch):
@@ -276,9 +270,3 @@ class Torchrun(Launch):
         if error is not None:
             self.agreed_failure = True
             raise ValueError(error if self.is_main else f"on rank 0: {error}")
-
-    def dump_state(self) -> None:
-        folder = os.environ.get(DUMP_ENV)
-        if folder:
-            state = {k: v.detach().cpu() for k, v in self.ddp.module.state_dict().items()}
-            torch.save(state, os.path.join(folder, f"rank{self.rank}.pt"))

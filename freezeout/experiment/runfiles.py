@@ -10,10 +10,8 @@ created with mode ``0o666`` less the umask (0644 under the usual 022), like any 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +21,6 @@ __all__ = [
     "CHECKPOINT",
     "CONFIG",
     "METRICS",
-    "PAUSE_ENV",
     "SUMMARY",
     "TEMP_SUFFIX",
     "WriteError",
@@ -38,15 +35,10 @@ __all__ = [
     "truncate_jsonl",
 ]
 
-log = logging.getLogger(__name__)
 
 # The files of a run folder (docs/CLI.md, "freezeout train"): the resolved config at the start, one JSON line per
 # epoch, the checkpoint after every epoch, and the summary whose presence means the run finished.
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
-
-# Test hook: seconds to wait between writing a temp file and renaming it into place, so that a kill -9
-# test can land inside a write (otherwise a window of microseconds). Unset in real use.
-PAUSE_ENV = "FREEZEOUT_TEST_PAUSE_BEFORE_REPLACE"
 
 TEMP_SUFFIX = ".freezeout-tmp"
 
@@ -64,11 +56,9 @@ class WriteError(OSError):
         return f"cannot write {self.filename}: {self.strerror}" + (f"; {self.hint}" if self.hint else "")
 
 
-def _test_pause(path: Path) -> None:
-    seconds = float(os.environ.get(PAUSE_ENV) or 0)
-    if seconds > 0:
-        log.warning("test pause: writing %s, %.2f s before it is replaced", path.name, seconds)
-        time.sleep(seconds)
+def _before_replace(path: Path) -> None:
+    """Called in every atomic write of ``path`` between writing its temp file and renaming it into place. Does
+    nothing: a seam where the tests wait, so that a kill -9 lands inside a write (else a window of microseconds)."""
 
 
 def _create_temp(folder: Path, stem: str) -> tuple[int, str]:
@@ -96,7 +86,7 @@ def _atomic(path: Path, write: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
-            _test_pause(path)
+            _before_replace(path)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

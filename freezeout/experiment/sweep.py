@@ -270,7 +270,7 @@ def _one_run(
     make_config: Callable,
     bar: Any,
 ) -> dict[str, Any] | None:
-    from .trainer import ResumeError
+    from .recover import ResumeError
 
     run_dir = sweep_dir / spec.name
     expected = run_config(record["base_config"], spec)

@@ -16,7 +16,7 @@ import torch
 from . import engine
 from .config import TrainConfig, fit_batch
 from .data import load_dataset
-from .engine import EVAL_BATCH, NonFiniteLossError, evaluate
+from .engine import EVAL_BATCH, NonFiniteLossError, evaluate  # noqa: F401  (deprecated here: they live in .engine)
 from .folders import check_folder
 from .launch import Launch, launch_from_env
 from .lock import run_lock
@@ -24,7 +24,7 @@ from .recover import ResumeError, repair_config, repair_metrics
 from .runfiles import CHECKPOINT, SUMMARY, check_writable, read_json, remove_stale_temps
 from .session import Notify, Session, note
 
-__all__ = ["EVAL_BATCH", "NonFiniteLossError", "ResumeError", "evaluate", "open_run", "train"]
+__all__ = ["open_run", "train"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from freezeout.experiment.runfiles import PAUSE_ENV
+from tests.helpers.seams import SCRIPT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,8 +23,8 @@ with run_lock(sys.argv[1]):
 """
 
 
-def env(pause: float = 0.0) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", PAUSE_ENV: str(pause)}
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
 @contextlib.contextmanager
@@ -45,10 +45,10 @@ def lock_holder(folder: Path) -> Iterator[subprocess.Popen]:
 
 
 def start_paused(args: list[str], pause: float) -> subprocess.Popen:
-    """``python -m freezeout *args`` whose atomic writes each wait ``pause`` s before their rename (logged)."""
+    """``freezeout *args`` whose atomic writes each wait ``pause`` s before their rename (logged; helpers.seams)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "freezeout", *args],
-        env=env(pause),
+        [sys.executable, SCRIPT, "--pause", str(pause), *args],
+        env=env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

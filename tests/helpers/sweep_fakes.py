@@ -33,7 +33,7 @@ class FakeTrainer:
         self.calls.append((out.name, resume))
         start = 0
         if resume:  # like the trainer: a torn checkpoint, or a summary of another config, cannot be resumed
-            from freezeout.experiment.trainer import ResumeError
+            from freezeout.experiment.recover import ResumeError
 
             try:
                 summary = json.loads((out / "summary.json").read_text())

@@ -10,15 +10,21 @@ transition pools before its 1 x 1 conv: 2 x 2 average pooling commutes with per-
 the 1 x 1 conv), so the conv runs on a quarter of the pixels. The trainable path is the plain one, unchanged.
 
 Frozen dense layers of a block also share one channels-last buffer with room for the block's every channel, in
-place of a concatenation per layer, which copies all features so far each time (a quarter of the frozen forward,
-measured): each layer writes only its new channels, hands on a channel prefix of the buffer (a view), and runs its
-folded 1 x 1 bottleneck as one matrix product straight on that view (every pixel's channels a row, the buffer's
-width the row stride), the same product the 1 x 1 conv computes.
+place of a concatenation per layer, which copies all features so far each time (docs/BENCHMARKS.md, "One
+buffer per dense block"): each layer writes only its new channels, hands on a channel prefix of the buffer (a
+view), and runs its folded 1 x 1 bottleneck as one matrix product straight on that view (every pixel's channels a
+row, the buffer's width the row stride), the same product the 1 x 1 conv computes.
+
+What a frozen layer hands on (its rectified output, and the block buffer that output is a prefix of) travels in
+the ``FrozenPath`` each forward of ``DenseNetBC`` makes and passes to its blocks and transitions, never on the
+tensors; a consumer trusts it only for the very tensor it was handed. A layer called on its own, outside the
+model's forward, takes the plain path.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +33,7 @@ from torch import nn
 from ...checks import check_int
 from ...effects import active_fold, folds_running
 
-__all__ = ["DenseNetBC", "check_depth", "densenet_bc"]
+__all__ = ["DenseBlock", "DenseLayer", "DenseNetBC", "FrozenPath", "Transition", "check_depth", "densenet_bc"]
 
 
 MAX_DEPTH = 1000  # far beyond the paper's 186; a typo must not build a model that cannot fit anywhere
@@ -46,31 +52,43 @@ def _unit(cin: int, cout: int, kernel: int) -> list[nn.Module]:
     return [nn.ReLU(), nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)]
 
 
-_RECTIFIED = "_freezeout_rectified"  # set on a tensor the frozen fast path rectified (every value >= 0)
-
-
 def _fast(layer: nn.Module, x: torch.Tensor) -> bool:
-    # eager only: the tensor mark below is Python state that a compiled graph would not carry; and never on an
-    # input that requires grad (a trainable stem left out of the layers): the block buffer is written in place
-    return folds_running(layer) and not x.requires_grad and not torch.compiler.is_compiling()
+    # frozen and fused, in a training forward; eager only (the hand-on below is Python state a compiled graph would
+    # not carry), and never on an input that requires grad (a trainable stem left out of the layers): the block
+    # buffer is written in place
+    return not torch.compiler.is_compiling() and folds_running(layer) and not x.requires_grad
 
 
-def _relu_once(x: torch.Tensor) -> torch.Tensor:
-    return x if getattr(x, _RECTIFIED, False) else F.relu(x)
+class FrozenPath:
+    """What the frozen fast path hands from one layer to the next within one forward of ``DenseNetBC``: the
+    tensor the last frozen layer or transition handed on, rectified (every value >= 0), and the block buffer it is
+    a channel prefix of (``None``: a concatenation, or a transition's output). A consumer reads it only for that
+    very tensor: anything else (an input, a tensor a hook replaced) takes the plain path."""
+
+    __slots__ = ("buffer", "out")
+
+    def __init__(self) -> None:
+        self.out: torch.Tensor | None = None
+        self.buffer: torch.Tensor | None = None
+
+    def rectified(self, x: torch.Tensor) -> bool:
+        return x is self.out
+
+    def relu_once(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.rectified(x) else F.relu(x)
+
+    def buffer_of(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The block buffer ``x`` is a channel prefix of, if a frozen dense layer handed it on."""
+        return self.buffer if self.rectified(x) else None
+
+    def hand_on(self, out: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        self.out, self.buffer = out, buffer
+        return out
 
 
-def _rectified(x: torch.Tensor) -> torch.Tensor:
-    setattr(x, _RECTIFIED, True)
-    return x
-
-
-_BLOCK = "_freezeout_block"  # on a frozen dense layer's output: the block buffer it is a channel prefix of
-
-
-def _block_buffer(r: torch.Tensor, capacity: int) -> torch.Tensor:
-    """The channels-last buffer whose first channels ``r`` is (a frozen dense layer's output), or a new one with
-    ``r`` copied in: the one copy of the block's input that every later frozen layer builds on."""
-    buf = getattr(r, _BLOCK, None)
+def _block_buffer(r: torch.Tensor, buf: torch.Tensor | None, capacity: int) -> torch.Tensor:
+    """``buf``, the channels-last buffer whose first channels ``r`` is (a frozen dense layer's output), or a new one
+    with ``r`` copied in: the one copy of the block's input that every later frozen layer builds on."""
     if buf is not None and buf.shape[1] == capacity:
         return buf
     n, c, h, w = r.shape
@@ -88,6 +106,12 @@ def _pointwise(buf: torch.Tensor, c: int, weight: torch.Tensor, bias: torch.Tens
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)  # channels-last, as the conv's output
 
 
+def _chain(modules: Iterable[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    for m in modules:
+        x = m(x)
+    return x
+
+
 class DenseLayer(nn.Module):
     """Bottleneck dense layer: 1x1 conv to 4k channels, 3x3 conv to k, output concatenated to the input."""
 
@@ -97,26 +121,35 @@ class DenseLayer(nn.Module):
         # channels at the end of the block (DenseNetBC sets it): the frozen path's shared buffer; None: concatenate
         self.capacity = capacity
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fast(self, x):  # frozen (see the module doc): rectified features in and out
-            return _rectified(self._frozen(_relu_once(x)))
+    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
+        if _fast(self, x) and path is not None:  # frozen, called by its block (see the module doc)
+            return self._frozen(path.relu_once(x), path)
         return torch.cat([x, self.body(x)], dim=1)
 
-    def _frozen(self, r: torch.Tensor) -> torch.Tensor:
-        b = self.body
-        fold, capacity = active_fold(b[2]), getattr(self, "capacity", None)  # a model pickled before it: None
-        buffered = getattr(r, _BLOCK, None) is not None or r.is_contiguous(memory_format=torch.channels_last)
-        if fold is None or fold[0] is not b[1] or capacity is None or r.dim() != 4 or not buffered:
-            new = b[5](b[4](b[3](b[2](b[1](r)))))  # body without its first ReLU; BatchNorms folded by effects.folding
-            return torch.cat([r, new.relu_()], dim=1)
+    def _frozen(self, r: torch.Tensor, path: FrozenPath) -> torch.Tensor:
+        """The layer on rectified features ``r``, its own new channels rectified: what it hands on."""
+        _, bn, conv, *unit3x3 = self.body  # ReLU -> BN -> 1x1 conv, then ReLU -> BN -> 3x3 conv
+        fold, capacity = active_fold(conv), getattr(self, "capacity", None)  # a model pickled before it: None
+        buf = path.buffer_of(r)
+        buffered = buf is not None or r.is_contiguous(memory_format=torch.channels_last)
+        if fold is None or fold[0] is not bn or capacity is None or r.dim() != 4 or not buffered:
+            new = _chain(unit3x3, conv(bn(r)))  # the body without its first ReLU; BatchNorms folded by effects
+            return path.hand_on(torch.cat([r, new.relu_()], dim=1))
         c = r.shape[1]
-        buf = _block_buffer(r, capacity)
-        new = b[5](b[4](b[3](_pointwise(buf, c, fold[1], fold[2]))))
+        buf = _block_buffer(r, buf, capacity)
+        new = _chain(unit3x3, _pointwise(buf, c, fold[1], fold[2]))
         end = c + new.shape[1]
         torch.clamp_min(new, 0, out=buf[:, c:end])  # the ReLU every consumer applies, written in place
-        out = buf[:, :end]
-        setattr(out, _BLOCK, buf)
-        return out
+        return path.hand_on(buf[:, :end], buf)
+
+
+class DenseBlock(nn.Sequential):
+    """A block's dense layers, run in order; in a forward of ``DenseNetBC`` they share its ``FrozenPath``."""
+
+    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, path)
+        return x
 
 
 class Transition(nn.Sequential):
@@ -125,9 +158,10 @@ class Transition(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(*_unit(cin, cout, 1), nn.AvgPool2d(2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fast(self, x):  # frozen (see the module doc): pool first, rectified out
-            return _rectified(F.relu(self[2](self[1](self[3](_relu_once(x))))))
+    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
+        if _fast(self, x) and path is not None:  # frozen (see the module doc): pool first, rectified out
+            _, bn, conv, pool = self
+            return path.hand_on(F.relu(conv(bn(pool(path.relu_once(x))))))
         return super().forward(x)
 
 
@@ -148,7 +182,7 @@ class DenseNetBC(nn.Module):
         self.blocks = nn.ModuleList()
         self.transitions = nn.ModuleList()
         for b in range(3):
-            block = nn.Sequential()
+            block = DenseBlock()
             end = channels + per_block * growth
             for _ in range(per_block):
                 block.append(DenseLayer(channels, growth, end))
@@ -184,11 +218,12 @@ class DenseNetBC(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = FrozenPath()  # this forward's alone: what its frozen layers hand on lives no longer than it
         x = self.stem(x)
         for b, block in enumerate(self.blocks):
-            x = block(x)
+            x = block(x, path) if isinstance(block, DenseBlock) else block(x)  # a model pickled before DenseBlock
             if b < len(self.transitions):
-                x = self.transitions[b](x)
+                x = self.transitions[b](x, path)
         return self.fc(self.head(x))
 
 
