@@ -249,6 +249,12 @@ class PrefixCache:
             self._commit(fwd, [leaf for leaves in fwd.staged for leaf in leaves])
         elif fwd.broken is not None:
             self._proofs.pop((fwd.depth, fwd.key), None)
+            if fwd.placeholders:  # their outputs were never computed: this forward's result cannot be trusted
+                raise RuntimeError(
+                    f"PrefixCache: the model's frozen calls changed from one forward to the next ({fwd.broken}), "
+                    "so this forward's result cannot be trusted: run the step again (the cache checks the model "
+                    "again first), or train without the cache"
+                )
             self._say("broken", f"the frozen calls changed between forwards ({fwd.broken}): checking again")
         else:
             self._commit(fwd, None)

@@ -37,6 +37,7 @@ class Forward:
     calls: int = 0
     inside: int = 0
     broken: str | None = None
+    placeholders: bool = False  # some call returned a placeholder for some row
     store: torch.Tensor | None = None  # positions of the rows stored at ``depth`` once the forward ends
     slab: Slab | None = None  # where they go
     book: Rows | None = None
@@ -67,12 +68,14 @@ def record(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
         out = run(fwd, stub, args, kwargs)
     finally:
         rec.inside -= 1
-    rec.leave(stub.layer, out, b)
+    always = rec.leave(stub.layer, (args, kwargs), out, b)
     if fwd.proof is None:
         fwd.proof = Proof(fwd.depth)
     call = CallRecord(stub.module, stub.layer, call_signature((args, kwargs), b), leaf_specs(out), skeleton(out))
-    if stub.layer == fwd.depth - 1:
-        call.offset = sum(len(c.specs) for c in fwd.proof.calls if c.layer == stub.layer)
+    call.always = always
+    # where its leaves sit in its layer's slab, whichever depth that slab is (the layer is the frontier at one)
+    call.offset = sum(len(c.specs) for c in fwd.proof.calls if c.layer == stub.layer and not c.always)
+    if stub.layer == fwd.depth - 1 and not always:
         fwd.staged.append([t.detach() for t in tensors(out)])
     fwd.proof.calls.append(call)
     return out
@@ -84,13 +87,14 @@ def serve(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
     calls = fwd.proof.calls
     rec = calls[c] if c < len(calls) else None
     if fwd.broken is None and (rec is None or rec.module is not stub.module):
-        fwd.broken = f"call {c} is {type(stub.module).__name__}"
-    elif fwd.broken is None and call_signature((args, kwargs), b) != rec.signature:
-        fwd.broken = f"the inputs of {type(stub.module).__name__} took another form"
-    if fwd.broken is not None:  # poisoned placeholders upstream make any leak show as NaN
+        fwd.broken = f"call {c} is {type(stub.module).__name__}, not the one recorded"
+    if fwd.broken is not None or rec.always:
         return run(fwd, stub, args, kwargs)
+    # Another form of the same call (a mask left out when a batch has no padding): each served row is still its
+    # example's own output, and the poisoned placeholders would show any read of them as NaN
     j, d = rec.layer, fwd.depths
     comp, serve = d <= j, d == j + 1
+    fwd.placeholders |= bool((d > j + 1).any())
     if bool(comp.all()):
         out = run(fwd, stub, args, kwargs)
         _store(fwd, rec, list(tensors(out)), None)

@@ -100,6 +100,7 @@ class CallRecord:
     specs: list[LeafSpec]
     template: Any
     offset: int = 0  # its first leaf among the leaves of its layer's slab
+    always: bool = False  # batch-free: runs in every forward, nothing stored
 
 
 @dataclass(eq=False)
@@ -110,7 +111,7 @@ class Proof:
     calls: list[CallRecord] = field(default_factory=list)
 
     def frontier(self) -> list[LeafSpec]:
-        return [s for c in self.calls if c.layer == self.depth - 1 for s in c.specs]
+        return [s for c in self.calls if c.layer == self.depth - 1 and not c.always for s in c.specs]
 
 
 def _rng(device: torch.device | None) -> list[torch.Tensor]:
@@ -176,10 +177,20 @@ class Recorder(TorchFunctionMode):
             self.fail(f"a tensor that requires grad flows into frozen layers[{layer}] (a trainable tensor upstream)")
         odd = [v for v in _others(args) if not isinstance(v, _PLAIN)]
         if odd:
-            self.fail(f"frozen layers[{layer}] is called with a {type(odd[0]).__name__} (state it may change)")
+            what = type(odd[0]).__name__
+            self.fail(
+                f"frozen layers[{layer}] is called with a {what} (state it may change; Hugging Face: use_cache=False)"
+            )
 
-    def leave(self, layer: int, output: Any, batch: int) -> None:
+    def leave(self, layer: int, args: Any, output: Any, batch: int) -> bool:
+        """After frozen ``layers[layer]``'s call; True if it is batch-free (no tensor in or out is per example, a
+        position embedding): such a call always runs, it costs next to nothing and is the same for every batch."""
         self.done += 1
+        self.mark(output, frozenset({layer}))
+        per_row = [t.dim() > 0 and t.shape[0] == batch for t in tensors((args, output))]
+        if not any(per_row) and not self.tag_of(args):
+            self._state(layer)
+            return True
         if any(t.dim() == 0 or t.shape[0] != batch for t in tensors(output)):
             self.fail(f"frozen layers[{layer}] returns a tensor whose first dimension is not the batch")
         if next(tensors(output), None) is None:
@@ -187,7 +198,10 @@ class Recorder(TorchFunctionMode):
         odd = [v for v in _others(output) if not isinstance(v, _PLAIN)]
         if odd:
             self.fail(f"frozen layers[{layer}] returns a {type(odd[0]).__name__}")
-        self.mark(output, frozenset({layer}))
+        self._state(layer)
+        return False
+
+    def _state(self, layer: int) -> None:
         if any(not torch.equal(a, b) for a, b in zip(_rng(self.device), self.rng)):
             self.fail("random numbers are drawn before the frozen layers end (dropout outside them, training)")
         if any(tensor_version(b) != v for b, v in self.buffers):
