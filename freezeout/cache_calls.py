@@ -102,8 +102,12 @@ def serve(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
     slab = fwd.book.slabs.get((j + 1, fwd.key))
     if bool(serve.all()):
         return fill(rec.template, [slab.read(rec.offset + i, fwd.rows) for i in range(len(rec.specs))])
-    later = bool((d > j + 1).any())
-    leaves = [s.poisoned(b) if later else s.empty(b) for s in rec.specs]
+    later = (d > j + 1).nonzero().reshape(-1)
+    if later.numel() == b:  # every row has a deeper frontier: one poisoned batch, kept for every such call
+        return fill(rec.template, [fwd.book.poisoned(s, b) for s in rec.specs])
+    leaves = [s.empty(b) for s in rec.specs]
+    for leaf in leaves if later.numel() else ():
+        leaf.index_fill_(0, later.to(leaf.device), float("nan") if leaf.is_floating_point() else 0)
     sub = comp.nonzero().reshape(-1)
     if sub.numel():
         part = list(tensors(run(fwd, stub, _take(args, sub, b), _take(kwargs, sub, b))))

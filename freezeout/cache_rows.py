@@ -25,6 +25,7 @@ class Rows:
         self.fp = torch.zeros(num_examples, 2, dtype=torch.int64)
         self.key = [0] * num_examples  # the input structure each row was stored under
         self.slabs: dict[tuple[int, int], Slab] = {}  # (depth, structure) -> the frontier's rows
+        self._poison: dict[tuple[LeafSpec, int], torch.Tensor] = {}
 
     @property
     def nbytes(self) -> int:
@@ -40,6 +41,14 @@ class Rows:
         same = (self.fp[rows] == fp).all(1)
         seen = stored > 0
         return torch.where(same & seen, stored, torch.zeros_like(stored)), int(seen.sum()), int((seen & ~same).sum())
+
+    def poisoned(self, spec: LeafSpec, batch: int) -> torch.Tensor:
+        """A NaN batch of ``spec`` for a placeholder, made once: filling a fresh one at every call costs more than
+        the frozen layer it stands for (the pages touched)."""
+        key = (spec, batch)
+        if key not in self._poison:
+            self._poison[key] = spec.poisoned(batch)
+        return self._poison[key]
 
     def drop(self, which: Callable[[int, int], bool]) -> None:
         """Forget the slabs (depth, structure) for which ``which`` is true, and their rows."""

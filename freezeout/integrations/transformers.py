@@ -62,6 +62,7 @@ from ..discovery import find_layers
 from ..groups import param_groups
 from ..layers import LayerLike, as_layers
 from ..schedule import validate_schedule, validate_t0
+from .trainer_cache import TrainerCache, check_cache
 
 try:
     import transformers
@@ -89,6 +90,7 @@ class TrainerFreezeOut:
         self.controller: FreezeOut | None = None
         self._model: nn.Module | None = None  # the model self.layers belong to
         self._log = trainer.log
+        self.cache: TrainerCache | None = None  # cache=True: the frozen-prefix cache (integrations.trainer_cache)
 
     # -- Trainer's override points ---------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> Any:
@@ -109,6 +111,8 @@ class TrainerFreezeOut:
                 warmup_steps=warmup, **self.options,
             )  # fmt: skip
             t.lr_scheduler = self.controller
+            if self.cache is not None:
+                self.cache.start(self.controller)
             kind = getattr(t.args.lr_scheduler_type, "value", t.args.lr_scheduler_type)
             if kind != "linear":  # Trainer's default: anything else was asked for, and is not what runs
                 warnings.warn(
@@ -138,6 +142,8 @@ class TrainerFreezeOut:
         its trained weights. A later ``train()`` runs FreezeOut afresh from its first step."""
         if self.controller is not None:
             self.controller.close()
+        if self.cache is not None:
+            self.cache.close()
 
     # -- the pieces --------------------------------------------------------------------------------------------
     def _layers_for(self, model: nn.Module) -> list[LayerLike]:
@@ -196,13 +202,16 @@ def add_freezeout(
     example: Any = None,
     strict: bool = False,
     fuse: bool = True,
+    cache: bool | dict[str, Any] = False,
 ) -> TrainerFreezeOut:
     """Make ``trainer`` (a ``transformers.Trainer`` or subclass) train with FreezeOut; see the module doc.
 
     ``layers``: a list in forward order, a callable ``model -> layers``, or None for ``find_layers`` on
     ``example`` (any input the model takes: a dict, a ``BatchEncoding``) or the first training batch.
     ``t0``, ``schedule``, ``scale_lr``, ``strict``, ``fuse``: as for ``freezeout.FreezeOut``; the learning rate, the
-    warmup and the number of steps come from ``trainer.args``. Returns the installed ``TrainerFreezeOut``.
+    warmup and the number of steps come from ``trainer.args``. ``cache``: True (or a dict of ``max_bytes``,
+    ``path``) trains with the frozen-prefix cache, ``freezeout.PrefixCache``, one process only
+    (``freezeout.integrations.trainer_cache``). Returns the installed ``TrainerFreezeOut``.
     """
     if not isinstance(trainer, transformers.Trainer):
         raise ValueError(f"trainer must be a transformers.Trainer, got {type(trainer).__name__}")
@@ -225,7 +234,12 @@ def add_freezeout(
     options = {"t0": validate_t0(t0), "schedule": validate_schedule(schedule), "scale_lr": bool(scale_lr)}
     if not isinstance(fuse, bool):
         raise ValueError(f"fuse must be True or False, got {fuse!r}")
+    cache_options = check_cache(cache)
+    if cache_options is not None and trainer.args.world_size > 1:
+        raise ValueError(f"cache=True trains in one process, this trainer runs {trainer.args.world_size}")
     handle = TrainerFreezeOut(trainer, layers, example, {**options, "strict": bool(strict), "fuse": fuse})
+    if cache_options is not None:
+        handle.cache = TrainerCache(trainer, cache_options)
     trainer._freezeout = handle
     trainer.create_optimizer = handle.create_optimizer
     trainer.create_scheduler = handle.create_scheduler
