@@ -197,7 +197,11 @@ class PrefixCache:
         self._count(seen, changed)
         if proof is None:
             frozen = [m for layer in self.sched._layers[:k] for m in layer.all_modules()]
-            fwd.recorder = Recorder(k, module, frozen, first.device)
+            fwd.recorder, fwd.recording = Recorder(k, module, frozen, first.device), Proof(k)
+            shallower = self._proofs.get((k - 1, key))
+            if isinstance(shallower, Proof):  # serve what it covers: rows stored at most one layer shallower
+                fwd.proof, fwd.book = shallower, self._book
+                fwd.depths = torch.where(depths < k, depths, torch.zeros_like(depths))
             fwd.recorder.__enter__()
         else:
             fwd.proof, fwd.depths, fwd.book = proof, depths, self._book
@@ -237,17 +241,7 @@ class PrefixCache:
         self._fwd = None
         if fwd.recorder is not None:
             fwd.recorder.__exit__(None, None, None)
-            frozen = [m for layer in self.sched._layers[: fwd.depth] for m in layer.modules]
-            why = fwd.recorder.finish(output, frozen) or hooked_by_others(
-                m for layer in self.sched._layers[: fwd.depth] for m in layer.all_modules()
-            )
-            if why is not None:
-                self._proofs[(fwd.depth, fwd.key)] = why
-                return self._say(why, f"plain path with {fwd.depth} layers frozen: {why}")
-            self._proofs[(fwd.depth, fwd.key)] = fwd.proof
-            fwd.store = self._to_store(torch.zeros(fwd.batch, dtype=torch.int64), fwd)
-            self._commit(fwd, [leaf for leaves in fwd.staged for leaf in leaves])
-        elif fwd.broken is not None:
+        if fwd.broken is not None:
             self._proofs.pop((fwd.depth, fwd.key), None)
             if fwd.placeholders:  # their outputs were never computed: this forward's result cannot be trusted
                 raise RuntimeError(
@@ -255,7 +249,18 @@ class PrefixCache:
                     "so this forward's result cannot be trusted: run the step again (the cache checks the model "
                     "again first), or train without the cache"
                 )
-            self._say("broken", f"the frozen calls changed between forwards ({fwd.broken}): checking again")
+            return self._say("broken", f"the frozen calls changed between forwards ({fwd.broken}): checking again")
+        if fwd.recorder is not None:
+            frozen = [m for layer in self.sched._layers[: fwd.depth] for m in layer.modules]
+            why = fwd.recorder.finish(output, frozen) or hooked_by_others(
+                m for layer in self.sched._layers[: fwd.depth] for m in layer.all_modules()
+            )
+            if why is not None:
+                self._proofs[(fwd.depth, fwd.key)] = why
+                return self._say(why, f"plain path with {fwd.depth} layers frozen: {why}")
+            self._proofs[(fwd.depth, fwd.key)] = fwd.recording
+            fwd.store = self._to_store(torch.zeros(fwd.batch, dtype=torch.int64), fwd)
+            self._commit(fwd, [leaf for leaves in fwd.staged for leaf in leaves])
         else:
             self._commit(fwd, None)
 

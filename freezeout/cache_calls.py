@@ -32,8 +32,9 @@ class Forward:
     key: int
     depth: int
     depths: torch.Tensor | None = None  # serving: each row's stored depth (0: none); None: recording
-    proof: Proof | None = None
+    proof: Proof | None = None  # what serving follows
     recorder: Recorder | None = None
+    recording: Proof | None = None  # the proof this forward is making
     calls: int = 0
     inside: int = 0
     broken: str | None = None
@@ -61,23 +62,28 @@ def run(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
 
 
 def record(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
+    """A frozen call of the forward that makes the proof at its depth. With a proof one layer shallower
+    (``fwd.proof``, the frontier just moved on) the layers it covers are served as it allows, so the deepening
+    costs no prefix; the newly frozen layer runs in full. The tags do not depend on the values."""
     rec, b = fwd.recorder, fwd.batch
     rec.enter(stub.layer, stub.module, (args, kwargs))
     rec.inside += 1
     try:
-        out = run(fwd, stub, args, kwargs)
+        if fwd.proof is not None and stub.layer < fwd.proof.depth:
+            out = serve(fwd, stub, args, kwargs)
+        else:
+            out = run(fwd, stub, args, kwargs)
     finally:
         rec.inside -= 1
     always = rec.leave(stub.layer, (args, kwargs), out, b)
-    if fwd.proof is None:
-        fwd.proof = Proof(fwd.depth)
+    new = fwd.recording
     call = CallRecord(stub.module, stub.layer, call_signature((args, kwargs), b), leaf_specs(out), skeleton(out))
     call.always = always
     # where its leaves sit in its layer's slab, whichever depth that slab is (the layer is the frontier at one)
-    call.offset = sum(len(c.specs) for c in fwd.proof.calls if c.layer == stub.layer and not c.always)
+    call.offset = sum(len(c.specs) for c in new.calls if c.layer == stub.layer and not c.always)
     if stub.layer == fwd.depth - 1 and not always:
         fwd.staged.append([t.detach() for t in tensors(out)])
-    fwd.proof.calls.append(call)
+    new.calls.append(call)
     return out
 
 
