@@ -210,3 +210,22 @@ def test_bad_indices_are_a_value_error(indices):
     cache = freezeout.PrefixCache(freezeout.FreezeOut(torch.optim.SGD(model.parameters(), lr=0.1), layers, 10), N)
     with pytest.raises(ValueError, match="indices"), cache.batch(indices):
         pass
+
+
+def test_cli_train_cache_is_refused_with_augmentation_in_one_line(tmp_path):
+    from tests.helpers.cli import one_line_error, run
+
+    result = run("train", "--dataset", "digits", "--epochs", "1", "--cache", "--out", tmp_path / "run")
+    one_line_error(result, "--no-augment")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_experiment_trains_with_the_cache_as_without_it(tmp_path):
+    from freezeout.experiment.config import TrainConfig
+    from freezeout.experiment.trainer import train
+
+    base = dict(dataset="digits", model="resnet", depth=8, epochs=3, t0=0.5, augment=False, batch_size=100)
+    runs = [train(TrainConfig(**base, cache=c), tmp_path / str(c)) for c in (False, True)]
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"]
+    assert runs[0]["test_loss"] == pytest.approx(runs[1]["test_loss"], rel=1e-4)
