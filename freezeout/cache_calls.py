@@ -110,6 +110,8 @@ def serve(fwd: Forward, stub: Any, args: Any, kwargs: Any) -> Any:
         return fill(rec.template, [slab.read(rec.offset + i, fwd.rows) for i in range(len(rec.specs))])
     later = (d > j + 1).nonzero().reshape(-1)
     if later.numel() == b:  # every row has a deeper frontier: one poisoned batch, kept for every such call
+        if fwd.recorder is not None:  # one object for two layers' outputs would carry both layers' tags
+            return fill(rec.template, [s.poisoned(b) for s in rec.specs])
         return fill(rec.template, [fwd.book.poisoned(s, b) for s in rec.specs])
     leaves = [s.empty(b) for s in rec.specs]
     for leaf in leaves if later.numel() else ():

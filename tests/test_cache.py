@@ -45,7 +45,15 @@ def both(make, data, loss_fn, epochs=6, cache=None, n=N, batch=B, t0=0.5, shuffl
     return plain, cached
 
 
-def test_bert_trains_bit_for_bit_as_without_the_cache_and_skips_the_frozen_layers():
+@pytest.fixture
+def proven(caplog):
+    """The cache proved every depth: nothing took the plain path."""
+    with caplog.at_level(logging.WARNING, logger="freezeout.cache"):
+        yield
+    assert not [r.message for r in caplog.records if r.name == "freezeout.cache"]
+
+
+def test_bert_trains_bit_for_bit_as_without_the_cache_and_skips_the_frozen_layers(proven):
     with cr.counting(Embeddings, []) as seen_plain:
         order = cr.order(N, B, 6)
         torch.manual_seed(5)
@@ -63,7 +71,7 @@ def test_bert_trains_bit_for_bit_as_without_the_cache_and_skips_the_frozen_layer
     assert cached.cache.stats["hits"] > 0 and cached.cache.nbytes > 0
 
 
-def test_gpt2_classifier_with_its_dropout_frozen_in_the_embedding_group():
+def test_gpt2_classifier_with_its_dropout_frozen_in_the_embedding_group(proven):
     def gpt2():
         torch.manual_seed(0)
         config = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2,
@@ -78,7 +86,7 @@ def test_gpt2_classifier_with_its_dropout_frozen_in_the_embedding_group():
 
 
 @pytest.mark.parametrize("kind", ["densenet-bc", "resnet"])
-def test_batchnorm_cnns_bit_for_bit_in_batches_of_fixed_composition(kind):
+def test_batchnorm_cnns_bit_for_bit_in_batches_of_fixed_composition(kind, proven):
     x = torch.randn(N, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (N,), generator=torch.Generator().manual_seed(3))
