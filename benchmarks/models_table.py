@@ -33,6 +33,7 @@ from freezeout.experiment.runfiles import atomic_bytes, atomic_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TIMM_MARK = "<!-- the timm section: written by benchmarks/timm_table.py -->"
+CACHE_MARK = "<!-- the cache section: from benchmarks/cache_bench.py, kept when the tables above are rewritten -->"
 BATCH, SEQ, IMAGE, VOCAB = 16, 128, 32, 2048
 # GPT-2's LM head is ~27 % of its forward FLOPs (vocabulary 50257, width 768, 12 blocks, 1024 tokens); at width
 # 128 and 4 blocks a vocabulary of 2048 keeps the head's share near that (~22 %), 8192 would make it half.

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from models_table import TIMM_MARK, abbreviate, busy, layer_names
+from models_table import CACHE_MARK, TIMM_MARK, abbreviate, busy, layer_names
 from torch import nn
 
 from freezeout import find_layers
@@ -213,7 +213,8 @@ def main() -> None:
     atomic_json(args.json, {"meta": meta, "rows": rows})
     page = args.markdown.read_text()
     kept = page.split(TIMM_MARK)[0].rstrip("\n") + "\n\n"
-    atomic_bytes(args.markdown, (kept + markdown(rows, meta)).encode())
+    after = "\n" + CACHE_MARK + page.split(CACHE_MARK, 1)[1] if CACHE_MARK in page else ""
+    atomic_bytes(args.markdown, (kept + markdown(rows, meta) + after).encode())
     print(f"wrote {args.json} and {args.markdown} in {meta['minutes']:.1f} min", file=sys.stderr)
 
 

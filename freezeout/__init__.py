@@ -9,6 +9,7 @@ and ``cli`` (the command line).
 """
 
 from .accel.compile import compile_blocks, uncompile_blocks
+from .cache import CacheWarning, PrefixCache
 from .controller import FreezeOut, ScheduleWarning
 from .discovery import find_layers
 from .effects import remove_effects
@@ -23,9 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "STRATEGIES",
+    "CacheWarning",
     "FreezeOut",
     "FreezeOutOptions",
     "FrozenInputWarning",
+    "PrefixCache",
     "ScheduleWarning",
     "__version__",
     "compile_blocks",

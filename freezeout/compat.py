@@ -34,6 +34,7 @@ __all__ = [
     "outermost_module",
     "saved_tensors_hooks_outer",
     "stock_conv",
+    "tensor_version",
 ]
 
 # The base classes of torch's BatchNorms (Sync included) and of every norm with running statistics.
@@ -124,6 +125,11 @@ def conv_pads(conv: nn.Module) -> bool:
 def stock_conv(module: nn.Module, base: type) -> bool:
     """``module`` is a ``base`` conv whose forward and convolution are torch's own (a subclass may change them)."""
     return type(module).forward is base.forward and type(module)._conv_forward is base._conv_forward
+
+
+def tensor_version(t: torch.Tensor) -> int:
+    """``t``'s version counter: bumped by every in-place write (not by one through ``.data``)."""
+    return t._version
 
 
 def foreach_copy_(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:

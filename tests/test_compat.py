@@ -150,3 +150,12 @@ def test_fsdp_privates_exist_where_they_are_read():
     from torch.distributed.fsdp import fully_shard
 
     assert callable(fully_shard.state)  # fsdp_state / fsdp_param_groups read it (exercised in test_fsdp.py)
+
+
+def test_tensor_version_counts_in_place_writes():
+    t = torch.zeros(3)
+    v = compat.tensor_version(t)
+    t.add_(1)
+    assert compat.tensor_version(t) == v + 1
+    _ = t + 1  # an out-of-place op writes nothing
+    assert compat.tensor_version(t) == v + 1

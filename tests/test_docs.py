@@ -24,6 +24,8 @@ RUN_HERE = [
     (README, "opt = torch.optim.SGD(model.parameters()"),
     (README, "class Net(L.LightningModule):"),
     (README, "add_freezeout(trainer, t0=0.8)"),
+    (README, "cache = PrefixCache(sched"),
+    (DOCS / "CACHE.md", "cache=True)"),
     (DOCS / "LAYERS.md", "freezeout.find_layers(cnn, images[:1])"),
     (DOCS / "METHOD.md", "freezeout.freeze_times(n, t0"),
     (DOCS / "METHOD.md", "numpy.int64(1000)"),
@@ -175,3 +177,29 @@ def test_the_distributed_blocks_on_two_ranks(tmp_path):
     for r in records:
         assert r["ddp"][0] == 4 and r["fsdp"] == 4 and r["checkpoint"]  # every layer frozen, a checkpoint written
     assert all(torch.equal(a, b) for a, b in zip(records[0]["ddp"][2], records[1]["ddp"][2]))  # ranks in sync
+
+
+def test_the_readme_cache_loop_runs_and_serves():
+    torch.manual_seed(0)
+    model = TinyNet()
+    data = [batch(i) for i in range(3)]
+    dataset = [(x[j], y[j]) for x, y in data for j in range(len(y))]
+    size = len(data[0][1])
+    loader = [(torch.arange(i * size, (i + 1) * size), x, y) for i, (x, y) in enumerate(data)] * 4
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = freezeout.FreezeOut(opt, model.layers, len(loader), t0=0.3)
+    names = run(block(README, "cache = PrefixCache(sched"), "README.md", model=model, loader=loader,
+                dataset=dataset, opt=opt, sched=sched)  # fmt: skip
+    assert names["cache"].stats["hits"] > 0 and sched.num_frozen == len(model.layers)
+
+
+def test_the_cache_pages_trainer_block(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from freezeout.integrations.transformers import add_freezeout
+    from tests.helpers.hf import tiny_bert, token_data
+
+    quiet = dict(report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no")
+    args = transformers.TrainingArguments(str(tmp_path), per_device_train_batch_size=4, num_train_epochs=10, **quiet)
+    trainer = transformers.Trainer(model=tiny_bert("classify"), args=args, train_dataset=token_data(8))
+    run(block(DOCS / "CACHE.md", "cache=True)"), "CACHE.md", trainer=trainer, add_freezeout=add_freezeout)
+    assert trainer._freezeout.cache.last_stats["hits"] > 0

@@ -176,3 +176,13 @@ def test_estimate_rejects_empty_batch():
     model = Toy()
     with pytest.raises(ValueError, match="batch size must be >= 1"):
         estimate_saving(model, model.layers, torch.randn(0, 3, 6, 6))
+
+
+def test_zero_cost_saving_is_the_frozen_forward_saved_too():
+    from freezeout.analysis.cost import paper_saving, zero_cost_saving
+
+    flops, rest, times = [3.0, 2.0, 1.0], 1.0, [0.2, 0.5, 1.0]
+    # closed form: C = 2 * 7 = 14; a frozen layer still costs its forward in paper_saving, nothing in the bound
+    assert zero_cost_saving(flops, rest, times) == pytest.approx(1 - (2 * (0.6 + 1.0 + 1.0) + 2.0) / 14)
+    assert zero_cost_saving(flops, rest, times) > paper_saving(flops, rest, times)
+    assert zero_cost_saving(flops, rest, [1.0] * 3) == 0.0

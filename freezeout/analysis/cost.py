@@ -37,6 +37,17 @@ def paper_saving(flops: Sequence[float], rest_flops: float, times: Sequence[floa
     return correction * (1.0 - frozen / full)
 
 
+def zero_cost_saving(flops: Sequence[float], rest_flops: float, times: Sequence[float]) -> float:
+    """The saving if a frozen layer cost nothing (``PrefixCache`` serving every example): in the paper's FLOP
+    model ``1 - C_0 / C`` with ``C_0 = sum 2 t_i c_i`` and the rest at ``t = 1``, the bound a cache can reach."""
+    if len(flops) != len(times):
+        raise ValueError(f"flops and times must have the same length, got {len(flops)} and {len(times)}")
+    full = 2.0 * (sum(flops) + rest_flops)
+    if full <= 0:
+        raise ValueError("the model has no counted FLOPs: cannot estimate a saving")
+    return 1.0 - (sum(2.0 * min(t, 1.0) * c for c, t in zip(flops, times)) + 2.0 * rest_flops) / full
+
+
 def steps_per_frozen_count(times: Sequence[float], total_steps: int | None = None) -> list[float]:
     """How much of the run has exactly ``k`` layers frozen, ``k = 0 .. n``.
 

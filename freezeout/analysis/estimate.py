@@ -16,7 +16,7 @@ from torch import nn
 
 from ..layers import LayerLike
 from ..schedule import freeze_times, validate_schedule, validate_t0
-from .cost import LINEAR_CORRECTION, integrate_step_times, paper_saving
+from .cost import LINEAR_CORRECTION, integrate_step_times, paper_saving, zero_cost_saving
 from .flops import batch_size_of, layer_flops
 from .timing import step_time_curve
 
@@ -50,6 +50,7 @@ def predict(
         "paper_saving": paper_saving(flops, rest_flops, times),
         "paper_correction": correction,
         "paper_saving_corrected": paper_saving(flops, rest_flops, times, correction),
+        "zero_cost_saving": zero_cost_saving(flops, rest_flops, times),  # frozen layers free: the cache's bound
     }
     if step_times is not None:
         row["calibrated_saving"] = integrate_step_times(step_times, times, total_steps)["saving"]

@@ -109,7 +109,7 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
     )
     print(
         f"{'schedule':<8} {'LR':<8} {'t0':>5} {'fuse':>5} {'paper':>7} {'paper*':>7} {'calibr.':>7} {'ideal':>7} "
-        f"{'realized':>8} {'real/ideal':>10} {'step()+frz':>10}"
+        f"{'0-cost':>7} {'realized':>8} {'real/ideal':>10} {'step()+frz':>10}"
     )
     for row in result["rows"]:
         ratio = row["realized_saving"] / row["ideal_saving"] if row["ideal_saving"] else float("nan")
@@ -117,7 +117,8 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
             f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f} "
             f"{'on' if row['fuse'] else 'off':>5} "
             f"{pct(row['paper_saving'])} {pct(row['paper_saving_corrected'])} {pct(row['calibrated_saving'])} "
-            f"{pct(row['ideal_saving'])} {pct(row['realized_saving']):>8} {ratio:>10.3f} "
+            f"{pct(row['ideal_saving'])} {pct(row['zero_cost_saving'])} "
+            f"{pct(row['realized_saving']):>8} {ratio:>10.3f} "
             f"{100 * row['sched_step_fraction']:>9.3f}%"
         )
     if args.lockstep:
@@ -126,6 +127,7 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
     sched, mem = result["sched_step"], result["memory"]
     saved = mem["saved_for_backward_bytes"]
     print("paper* = with the authors' x1.3 for linear")
+    print("0-cost = frozen layers at no cost (paper's FLOPs): the bound of the frozen-prefix cache (docs/CACHE.md)")
     print(
         "step()+frz = the run's sched.step() calls, the freezes and BatchNorm folds included, over the rest of its "
         f"training time; a steady sched.step() alone (no freeze): {1e6 * sched['seconds_per_call']:.1f} us "

@@ -199,7 +199,7 @@ def _print_table(args: argparse.Namespace, result: dict[str, Any]) -> None:
     header = f"{'schedule':<8} {'LR':<8} {'t0':>5} {'paper':>8}"
     header += f" {'paper x1.3':>10}" if args.linear_correction else ""
     header += f" {'calibrated':>10}" if curve else ""
-    print(header)
+    print(header + f" {'0-cost':>8}")
     for row in rows:
         line = f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f}"
         line += f" {pct(row['paper_saving']):>8}"
@@ -207,6 +207,7 @@ def _print_table(args: argparse.Namespace, result: dict[str, Any]) -> None:
             line += f" {pct(row['paper_saving_corrected']):>10}"
         if curve:
             line += f" {pct(row['calibrated_saving']):>10}"
-        print(line)
+        print(line + f" {pct(row['zero_cost_saving']):>8}")
     if args.linear_correction:
         print("x1.3: the authors' empirical correction for the linear schedule (not applied to cubic)")
+    print("0-cost: frozen layers at no cost (paper's FLOPs), the bound of the frozen-prefix cache (docs/CACHE.md)")

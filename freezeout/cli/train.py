@@ -23,6 +23,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     g.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the data set's augmentation (random crops, flips) (default: on)",
+    )
+    g.add_argument(
+        "--cache",
+        action="store_true",
+        help="frozen layers at zero cost once an input repeats (freezeout.PrefixCache, docs/CACHE.md); "
+        "needs --no-augment",
+    )
+    g.add_argument(
         "--no-progress",
         action="store_true",
         help="no progress bar and no line per epoch (by default: a bar on a terminal, a line per epoch on stderr)",

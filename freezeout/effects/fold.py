@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..compat import BatchNormBase, conv_forward, conv_pads, stock_conv
+from .base import OwnedHook
 from .tail import Tail, find_tail
 
 __all__ = ["FoldPair", "border_map", "caller_pairs", "candidate_pairs", "fold_pairs", "folded_weights"]
@@ -138,7 +139,10 @@ class _QuietTracer(_Tracer):
     """Traces through submodules without running their hooks: a proof taken inside a forward leaves no trace."""
 
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        return super().call_module(m, lambda *a, **k: m.forward(*a, **k), args, kwargs)
+        # a forward FreezeOut put on the module (a fold, PrefixCache's stub) is not its dataflow: trace the class's
+        own = isinstance(m.__dict__.get("forward"), OwnedHook)
+        real = type(m).forward.__get__(m, type(m)) if own else m.forward
+        return super().call_module(m, lambda *a, **k: real(*a, **k), args, kwargs)
 
 
 def _traced_pairs(layer: nn.Module, tracer: type[_Tracer] = _Tracer) -> list[FoldPair]:

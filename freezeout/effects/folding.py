@@ -66,7 +66,7 @@ class _Fold:
     def valid(self) -> bool:
         """The pair is still the one proven: in place, unhooked by anyone else, not training, with statistics."""
         for m, path, forward in zip((self.pair.first, self.pair.second), self.pair.paths, self.forwards):
-            if _lookup(self.layer, path) is not m or m.__dict__.get("forward") is not forward:
+            if _lookup(self.layer, path) is not m or not _runs(m, forward):
                 return False
             if any(not isinstance(h, OwnedHook) for hooks in forward_hooks(m) for h in hooks.values()):
                 return False
@@ -244,6 +244,15 @@ class BatchNormFold(Effect):
         super().remove()
         unpatch_forwards(self.folds)
         self.scopes = []
+
+
+def _runs(module: nn.Module, forward: _FoldedForward) -> bool:
+    """``forward`` is what a call of ``module`` runs: its instance forward, or under another of FreezeOut's own
+    that calls the one before it (PrefixCache's stub)."""
+    current = module.__dict__.get("forward")
+    while current is not forward and isinstance(current, OwnedHook) and getattr(current, "previous", None) is not None:
+        current = current.previous
+    return current is forward
 
 
 def patch_forwards(fold: _Fold) -> None:

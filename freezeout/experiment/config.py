@@ -64,6 +64,10 @@ class TrainConfig:
     # A NaN/inf loss: "stop" ends the run at the epoch's end, keeping the last good checkpoint (a diverged run
     # rarely recovers, and it costs no host sync per step); "skip" drops such batches (one sync per step).
     nonfinite: str = "stop"
+    augment: bool = True  # the data set's own augmentation (CIFAR: crops and flips; digits: 1 px crops)
+    # The frozen-prefix cache (freezeout.PrefixCache): frozen layers at zero cost once an input repeats, which
+    # needs augment=False (an augmented input never repeats)
+    cache: bool = False
 
     def validate(self) -> TrainConfig:
         """This config with the model's default depth and width filled in and ``data_dir`` made absolute (so
@@ -92,11 +96,16 @@ class TrainConfig:
         check_number("weight_decay", c.weight_decay, 0.0, FLOAT32_MAX)
         validate_schedule(c.schedule)
         validate_t0(c.t0)
-        for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile", "fuse"):
+        for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile", "fuse", "augment", "cache"):
             if not isinstance(getattr(c, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
         if c.nesterov and c.momentum == 0:
             raise ValueError("momentum must be > 0 with nesterov=True (torch's SGD requires it)")
+        if c.cache and c.augment and (data.pad or data.flip):
+            raise ValueError(
+                f"cache needs inputs that repeat: {c.dataset} is augmented (random crops{' and flips' * data.flip}) "
+                "every epoch, so turn augmentation off (augment=False, --no-augment) to use the cache"
+            )
         if c.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {c.nonfinite!r}")
         if c.device not in DEVICES and not str(c.device).startswith("cuda:"):

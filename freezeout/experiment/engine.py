@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..accel.compile import compile_blocks
+from ..cache import PrefixCache
 from ..compat import foreach_copy_
 from ..controller import FreezeOut
 from ..groups import param_groups
@@ -75,8 +76,9 @@ class Run:
         mean, std = channel_stats(data.train_x)
         kw = {"device": device, "channels_last": config.channels_last}
         self.train_batches = Batches(
-            data.train_x, data.train_y, launch.batch_per_process(c.batch_size), mean, std, train=True, pad=data.pad,
-            flip=data.flip, generator=self.generator, shard=(launch.rank, launch.world_size), **kw,
+            data.train_x, data.train_y, launch.batch_per_process(c.batch_size), mean, std, train=True,
+            pad=data.pad if c.augment else 0, flip=data.flip and c.augment, generator=self.generator,
+            shard=(launch.rank, launch.world_size), **kw,
         )  # fmt: skip
         self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
         if data.val_x is not None:
@@ -87,6 +89,9 @@ class Run:
             self.opt, self.layers, self.total_steps, t0=c.t0, schedule=c.schedule, scale_lr=c.scale_lr,
             warmup_steps=c.warmup_steps, fuse=c.fuse,
         )  # fmt: skip
+        if c.cache and self.world_size > 1:
+            raise ValueError(f"cache trains in one process, this run has {self.world_size} (torchrun)")
+        self.cache = PrefixCache(self.sched, len(data.train_y)) if c.cache else None
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here
         if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
@@ -151,7 +156,8 @@ class Run:
         for i, (x, y) in enumerate(self.train_batches):
             if skip:
                 foreach_copy_(self.backup, self.buffers)
-            with _autocast(self.device, self.config.bf16):
+            cached = self.cache.batch(self.train_batches.indices.cpu()) if self.cache else contextlib.nullcontext()
+            with _autocast(self.device, self.config.bf16), cached:
                 loss = F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             if skip:

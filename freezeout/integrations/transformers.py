@@ -63,6 +63,7 @@ from ..discovery import find_layers
 from ..groups import param_groups
 from ..layers import LayerLike, as_layers
 from ..options import FreezeOutOptions, options_from
+from .trainer_cache import TrainerCache, check_cache
 
 try:
     import transformers
@@ -90,6 +91,7 @@ class TrainerFreezeOut:
         self.controller: FreezeOut | None = None
         self._model: nn.Module | None = None  # the model self.layers belong to
         self._log = trainer.log
+        self.cache: TrainerCache | None = None  # cache=True: the frozen-prefix cache (integrations.trainer_cache)
 
     # -- Trainer's override points ---------------------------------------------------------------------------
     def create_optimizer(self, model: nn.Module | None = None) -> Any:
@@ -110,6 +112,8 @@ class TrainerFreezeOut:
                 self.options.replace(warmup_steps=warmup),
             )  # fmt: skip
             t.lr_scheduler = self.controller
+            if self.cache is not None:
+                self.cache.start(self.controller)
             kind = getattr(t.args.lr_scheduler_type, "value", t.args.lr_scheduler_type)
             if kind != "linear":  # Trainer's default: anything else was asked for, and is not what runs
                 warnings.warn(
@@ -139,6 +143,8 @@ class TrainerFreezeOut:
         its trained weights. A later ``train()`` runs FreezeOut afresh from its first step."""
         if self.controller is not None:
             self.controller.close()
+        if self.cache is not None:
+            self.cache.close()
 
     # -- the pieces --------------------------------------------------------------------------------------------
     def _layers_for(self, model: nn.Module) -> list[LayerLike]:
@@ -193,6 +199,7 @@ def add_freezeout(
     *args: Any,
     example: Any = None,
     options: FreezeOutOptions | None = None,
+    cache: bool | dict[str, Any] = False,
     **kwargs: Any,
 ) -> TrainerFreezeOut:
     """Make ``trainer`` (a ``transformers.Trainer`` or subclass) train with FreezeOut; see the module doc.
@@ -202,7 +209,9 @@ def add_freezeout(
     FreezeOut's options, exactly as ``freezeout.FreezeOut`` takes them (``t0``, ``schedule``, ``scale_lr`` by
     position or name; ``warmup_steps``, ``strict``, ``fuse`` by name: ``freezeout.FreezeOutOptions``), or
     ``options=FreezeOutOptions(...)``. The learning rate and the number of steps come from ``trainer.args``, and
-    the warmup too unless ``warmup_steps`` is given here. Returns the installed ``TrainerFreezeOut``.
+    the warmup too unless ``warmup_steps`` is given here. ``cache``: True (or a dict of ``max_bytes``, ``path``)
+    trains with the frozen-prefix cache, ``freezeout.PrefixCache``, one process only
+    (``freezeout.integrations.trainer_cache``). Returns the installed ``TrainerFreezeOut``.
     """
     opts = options_from(kwargs, args, options=options, where="add_freezeout")
     if not isinstance(trainer, transformers.Trainer):
@@ -230,7 +239,12 @@ def add_freezeout(
             f"add_freezeout(warmup_steps={opts.warmup_steps}) and the trainer's own warmup ({asked}): give the warmup "
             "once"
         )
+    cache_options = check_cache(cache)
+    if cache_options is not None and trainer.args.world_size > 1:
+        raise ValueError(f"cache=True trains in one process, this trainer runs {trainer.args.world_size}")
     handle = TrainerFreezeOut(trainer, layers, example, opts)
+    if cache_options is not None:
+        handle.cache = TrainerCache(trainer, cache_options)
     trainer._freezeout = handle
     trainer.create_optimizer = handle.create_optimizer
     trainer.create_scheduler = handle.create_scheduler

@@ -108,6 +108,7 @@ class Batches:
         self.mean = mean.to(self.device).view(1, -1, 1, 1)
         self.inv_std = (1.0 / std).to(self.device).view(1, -1, 1, 1)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.indices: torch.Tensor | None = None  # training: the positions in x of the batch last yielded
 
     def __len__(self) -> int:
         return -(-self.examples_per_pass // self.batch_size)
@@ -133,6 +134,7 @@ class Batches:
         for i in range(0, n, bs):
             if self.train:
                 idx = order[i : i + bs]
+                self.indices = idx
                 x = crop_flip(self.x[idx], self.pad, offsets[i : i + bs], None if flips is None else flips[i : i + bs])
                 y = self.y[idx]
             else:

@@ -16,9 +16,11 @@ view), and runs its folded 1 x 1 bottleneck as one matrix product straight on th
 row, the buffer's width the row stride), the same product the 1 x 1 conv computes.
 
 What a frozen layer hands on (its rectified output, and the block buffer that output is a prefix of) travels in
-the ``FrozenPath`` each forward of ``DenseNetBC`` makes and passes to its blocks and transitions, never on the
-tensors; a consumer trusts it only for the very tensor it was handed. A layer called on its own, outside the
-model's forward, takes the plain path.
+the ``FrozenPath`` each forward of ``DenseNetBC`` makes and lends its dense layers and transitions for the length
+of that forward (``_lend``), never on the tensors and never as a call argument (so each layer is still called with
+its input alone, as anything that wraps or watches a layer's call expects: hooks, ``PrefixCache``); a consumer
+trusts it only for the very tensor it was handed. A layer called on its own, outside the model's forward, takes
+the plain path.
 """
 
 from __future__ import annotations
@@ -122,7 +124,9 @@ class DenseLayer(nn.Module):
         self.capacity = capacity
 
     def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
-        if _fast(self, x) and path is not None:  # frozen, called by its block (see the module doc)
+        if path is None:  # not `or`: under an fx trace ``path`` is a Proxy, which has no truth value
+            path = self.__dict__.get("_frozen_path")
+        if _fast(self, x) and path is not None:  # frozen, inside the model's forward (see the module doc)
             return self._frozen(path.relu_once(x), path)
         return torch.cat([x, self.body(x)], dim=1)
 
@@ -159,6 +163,8 @@ class Transition(nn.Sequential):
         super().__init__(*_unit(cin, cout, 1), nn.AvgPool2d(2))
 
     def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
+        if path is None:  # not `or`: under an fx trace ``path`` is a Proxy, which has no truth value
+            path = self.__dict__.get("_frozen_path")
         if _fast(self, x) and path is not None:  # frozen (see the module doc): pool first, rectified out
             _, bn, conv, pool = self
             return path.hand_on(F.relu(conv(bn(pool(path.relu_once(x))))))
@@ -218,13 +224,22 @@ class DenseNetBC(nn.Module):
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        path = FrozenPath()  # this forward's alone: what its frozen layers hand on lives no longer than it
-        x = self.stem(x)
-        for b, block in enumerate(self.blocks):
-            x = block(x, path) if isinstance(block, DenseBlock) else block(x)  # a model pickled before DenseBlock
-            if b < len(self.transitions):
-                x = self.transitions[b](x, path)
+        lent = self._lend(FrozenPath())  # this forward's alone: what its frozen layers hand on lives no longer than it
+        try:
+            x = self.stem(x)
+            for b, block in enumerate(self.blocks):
+                x = block(x)
+                if b < len(self.transitions):
+                    x = self.transitions[b](x)
+        finally:
+            self._lend(None, lent)
         return self.fc(self.head(x))
+
+    def _lend(self, path: FrozenPath | None, modules: list[nn.Module] | None = None) -> list[nn.Module]:
+        modules = [m for m in self.layers if isinstance(m, (DenseLayer, Transition))] if modules is None else modules
+        for m in modules:
+            m.__dict__["_frozen_path"] = path  # a plain attribute: not a parameter, buffer or submodule
+        return modules
 
 
 def densenet_bc(depth: int = 76, growth: int = 12, num_classes: int = 10, in_channels: int = 3) -> DenseNetBC:
