@@ -7,13 +7,14 @@ import logging
 import pytest
 import torch
 import torch.nn.functional as F
-import transformers
 
-import freezeout
-from freezeout.experiment.models import build_model
-from tests.helpers import cache_runs as cr
-from tests.helpers.hf import VOCAB, tiny_bert
-from tests.helpers.lookalikes import DenseNet
+transformers = pytest.importorskip("transformers", reason="the cache's transformer cases need the [transformers] extra")
+
+import freezeout  # noqa: E402
+from freezeout.experiment.models import build_model  # noqa: E402
+from tests.helpers import cache_runs as cr  # noqa: E402
+from tests.helpers.hf import VOCAB, tiny_bert  # noqa: E402
+from tests.helpers.lookalikes import DenseNet  # noqa: E402
 
 N, B = 12, 4
 IDS = torch.randint(2, VOCAB, (N, 8), generator=torch.Generator().manual_seed(0))

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
 
-from freezeout.integrations.transformers import add_freezeout
-from tests.helpers.hf import bert_layers, tiny_bert, token_data
+transformers = pytest.importorskip("transformers", reason="add_freezeout needs the [transformers] extra")
+
+from transformers import Trainer, TrainingArguments  # noqa: E402
+
+from freezeout.integrations.transformers import add_freezeout  # noqa: E402
+from tests.helpers.hf import bert_layers, tiny_bert, token_data  # noqa: E402
 
 
 def train(out, cache, epochs=4):
