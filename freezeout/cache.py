@@ -149,7 +149,7 @@ class PrefixCache:
         if k == 0:
             return
         modules = [(m, layer.index) for layer in sched._layers[:k] for m in layer.modules]
-        patched = [m for m, _ in modules if not isinstance(m.__dict__.get("forward", OwnedHook()), OwnedHook)]
+        patched = [m for m, _ in modules if not isinstance(m.__dict__.get("forward"), (OwnedHook, type(None)))]
         if patched:
             return self._say("patched", f"{type(patched[0]).__name__} has its own forward (compiled?): plain path")
         for m, i in modules:

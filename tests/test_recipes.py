@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import contextlib
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import freezeout
+from tests.helpers import doc_blocks
 from tests.helpers.drop_in import NanoGPT, closed_form_lr, create_optimizer_v2, get_batch
 from tests.helpers.lookalikes import VisionTransformer
 from tests.helpers.models import TinyNet, batch
 
-RECIPES = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
+RECIPES = doc_blocks.ROOT / "docs" / "RECIPES.md"
 
 
 def recipe(title: str) -> str:
@@ -24,19 +24,18 @@ def recipe(title: str) -> str:
     text = RECIPES.read_text()
     section = re.search(rf"^## {re.escape(title)}.*?(?=^## |\Z)", text, re.S | re.M)
     assert section, f"no section {title!r} in RECIPES.md"
-    blocks = re.findall(r"```python\n(.*?)```", section.group(0), re.S)
+    blocks = [b for b in doc_blocks.python_blocks(RECIPES) if b in section.group(0)]
     assert len(blocks) == 1, title
     return blocks[0]
 
 
 def run(title: str, **names):
-    exec(compile(recipe(title), f"{RECIPES}:{title}", "exec"), names)
-    return names
+    return doc_blocks.run(recipe(title), f"{RECIPES}:{title}", **names)
 
 
 def test_every_python_block_is_a_recipe_run_here():
     titles = re.findall(r"^## (.*)$", RECIPES.read_text(), re.M)
-    assert len(re.findall(r"```python", RECIPES.read_text())) == len(titles) == 5
+    assert len(doc_blocks.python_blocks(RECIPES)) == len(titles) == 5
 
 
 def nanogpt_names(**overrides):

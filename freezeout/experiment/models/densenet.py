@@ -61,6 +61,11 @@ def _fast(layer: nn.Module, x: torch.Tensor) -> bool:
     return not torch.compiler.is_compiling() and folds_running(layer) and not x.requires_grad
 
 
+def _lent(module: nn.Module) -> FrozenPath | None:
+    """The ``FrozenPath`` the running forward of ``DenseNetBC`` lent ``module`` (``DenseNetBC._lend``), if any."""
+    return module.__dict__.get("_frozen_path")
+
+
 class FrozenPath:
     """What the frozen fast path hands from one layer to the next within one forward of ``DenseNetBC``: the
     tensor the last frozen layer or transition handed on, rectified (every value >= 0), and the block buffer it is
@@ -123,9 +128,8 @@ class DenseLayer(nn.Module):
         # channels at the end of the block (DenseNetBC sets it): the frozen path's shared buffer; None: concatenate
         self.capacity = capacity
 
-    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
-        if path is None:  # not `or`: under an fx trace ``path`` is a Proxy, which has no truth value
-            path = self.__dict__.get("_frozen_path")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = _lent(self)
         if _fast(self, x) and path is not None:  # frozen, inside the model's forward (see the module doc)
             return self._frozen(path.relu_once(x), path)
         return torch.cat([x, self.body(x)], dim=1)
@@ -150,11 +154,6 @@ class DenseLayer(nn.Module):
 class DenseBlock(nn.Sequential):
     """A block's dense layers, run in order; in a forward of ``DenseNetBC`` they share its ``FrozenPath``."""
 
-    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
-        for layer in self:
-            x = layer(x, path)
-        return x
-
 
 class Transition(nn.Sequential):
     """Compression 0.5: a 1x1 conv halves the channels, then 2x2 average pooling halves the resolution."""
@@ -162,9 +161,8 @@ class Transition(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__(*_unit(cin, cout, 1), nn.AvgPool2d(2))
 
-    def forward(self, x: torch.Tensor, path: FrozenPath | None = None) -> torch.Tensor:
-        if path is None:  # not `or`: under an fx trace ``path`` is a Proxy, which has no truth value
-            path = self.__dict__.get("_frozen_path")
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        path = _lent(self)
         if _fast(self, x) and path is not None:  # frozen (see the module doc): pool first, rectified out
             _, bn, conv, pool = self
             return path.hand_on(F.relu(conv(bn(pool(path.relu_once(x))))))
