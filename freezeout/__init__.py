@@ -12,10 +12,9 @@ from .accel.compile import compile_blocks, uncompile_blocks
 from .cache import CacheWarning, PrefixCache
 from .controller import FreezeOut, ScheduleWarning
 from .discovery import find_layers
-from .effects import remove_effects
-from .freezing import freeze_layer, is_frozen
+from .folding import FoldWarning
+from .freezing import FrozenInputWarning, freeze_layer, is_frozen, remove_effects
 from .groups import param_groups, unwrap
-from .guard import FrozenInputWarning
 from .measure import saved_tensor_bytes
 from .options import FreezeOutOptions
 from .schedule import STRATEGIES, freeze_times, layer_lr, learning_rates, num_frozen_at, progress
@@ -25,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "STRATEGIES",
     "CacheWarning",
+    "FoldWarning",
     "FreezeOut",
     "FreezeOutOptions",
     "FrozenInputWarning",

@@ -39,7 +39,8 @@ from .cache_store import Slab, fingerprints
 from .checks import check_int
 from .compat import is_tracing, outermost_module, tensor_version
 from .controller import FreezeOut
-from .effects import OwnedHook
+from .freezing import OwnedHook
+from .freezing.forwards import OwnedForward, pop_forward, push_forward
 from .hooks import tensors
 
 __all__ = ["CacheWarning", "PrefixCache"]
@@ -53,16 +54,17 @@ class CacheWarning(UserWarning):
     """Most inputs change between epochs (augmentation, random masking): the cache stops storing."""
 
 
-class _Stub(OwnedHook):
+class _Stub(OwnedForward):
     """A frozen module's ``forward`` inside ``batch()``: the cache decides what the call returns."""
 
     def __init__(self, cache: PrefixCache, module: nn.Module, layer: int) -> None:
-        self.cache, self.module, self.layer = cache, module, layer
-        # a forward FreezeOut itself put there (a stem's BatchNorm fold) stays what runs, and comes back after
-        self.previous = module.__dict__.get("forward")
-        self.real = self.previous or type(module).forward.__get__(module, type(module))
+        super().__init__(module)
+        self.cache, self.layer = cache, layer
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def real(self, *args: Any, **kwargs: Any) -> Any:
+        return self.below(*args, **kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
         return self.cache._call(self, args, kwargs)
 
 
@@ -153,19 +155,14 @@ class PrefixCache:
         if patched:
             return self._say("patched", f"{type(patched[0]).__name__} has its own forward (compiled?): plain path")
         for m, i in modules:
-            stub = _Stub(self, m, i)
-            m.forward = stub
-            self._stubs.append(stub)
+            self._stubs.append(push_forward(_Stub(self, m, i)))
         if self._root is not None:
             self._handles.append(self._root.register_forward_pre_hook(self._enter, with_kwargs=True))
             self._handles.append(self._root.register_forward_hook(self._leave, always_call=True))
 
     def _uninstall(self) -> None:
         for stub in self._stubs:
-            if stub.module.__dict__.get("forward") is stub:
-                del stub.module.__dict__["forward"]
-                if stub.previous is not None:
-                    stub.module.__dict__["forward"] = stub.previous
+            pop_forward(stub)
         for h in self._handles:
             h.remove()
         self._stubs, self._handles = [], []

@@ -32,7 +32,7 @@ from torch.overrides import TorchFunctionMode
 
 from .cache_store import LeafSpec
 from .compat import forward_hooks, global_hooks, tensor_version
-from .effects import OwnedHook
+from .freezing import OwnedHook
 from .hooks import tensors
 
 __all__ = ["CallRecord", "Proof", "Recorder", "call_signature", "hooked_by_others"]

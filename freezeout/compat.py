@@ -19,7 +19,6 @@ from torch.nn.modules import module as _module
 __all__ = [
     "BatchNormBase",
     "NormBase",
-    "calling_module",
     "child_modules",
     "conv_forward",
     "conv_pads",
@@ -29,9 +28,12 @@ __all__ = [
     "fsdp_param_groups",
     "fsdp_state",
     "global_hooks",
+    "has_hooks",
     "in_backward",
     "is_tracing",
+    "outermost_call",
     "outermost_module",
+    "own_parameters",
     "saved_tensors_hooks_outer",
     "stock_conv",
     "tensor_version",
@@ -50,29 +52,23 @@ def in_backward() -> bool:
 _CALL_CODES = {getattr(nn.Module, n).__code__ for n in ("_call_impl", "_wrapped_call_impl") if hasattr(nn.Module, n)}
 
 
-def outermost_module() -> nn.Module | None:
-    """The module whose call encloses this point outermost (the model the training loop called), from the stack."""
+def outermost_call() -> tuple[nn.Module, tuple, dict] | None:
+    """The module whose call encloses this point outermost (the model the training loop called), with the
+    arguments it was called with, from the stack; ``None`` outside any module call."""
     frame, found = sys._getframe(1), None
     while frame is not None:
         if frame.f_code in _CALL_CODES and isinstance(frame.f_locals.get("self"), nn.Module):
-            found = frame.f_locals["self"]
+            found = frame.f_locals
         frame = frame.f_back
-    return found
+    if found is None:
+        return None
+    return found["self"], tuple(found.get("args", ())), dict(found.get("kwargs", {}))
 
 
-def calling_module(module: nn.Module) -> nn.Module | None:
-    """The module whose call encloses the running call of ``module`` innermost (the one whose forward called it),
-    from the stack; ``None`` if ``module`` is not being called or was called from outside any module."""
-    frame, inside = sys._getframe(1), False
-    while frame is not None:
-        if frame.f_code in _CALL_CODES:
-            owner = frame.f_locals.get("self")
-            if owner is module:
-                inside = True
-            elif inside and isinstance(owner, nn.Module):
-                return owner
-        frame = frame.f_back
-    return None
+def outermost_module() -> nn.Module | None:
+    """The module whose call encloses this point outermost (the model the training loop called), from the stack."""
+    call = outermost_call()
+    return None if call is None else call[0]
 
 
 def saved_tensors_hooks_outer() -> tuple[Any, Any]:
@@ -100,6 +96,18 @@ def is_tracing() -> bool:
 def forward_hooks(module: nn.Module) -> tuple[dict[int, Any], dict[int, Any]]:
     """``module``'s forward pre-hooks and forward hooks (the dicts torch runs them from)."""
     return module._forward_pre_hooks, module._forward_hooks
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether any forward, forward-pre or backward hook is registered on ``module`` itself (read per call: cheap)."""
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
+
+
+def own_parameters(module: nn.Module) -> Any:
+    """``module``'s own parameters (a view of the dict torch keeps; entries may be None), without a generator."""
+    return module._parameters.values()
 
 
 def global_hooks() -> int:

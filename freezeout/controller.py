@@ -8,9 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .checks import check_int
-from .freezing import FrozenPrefix
+from .freezing import FirstPass, FrozenPrefix, judge
 from .groups import group_owners, split_groups
-from .guard import FirstPass, judge
 from .layers import LayerLike, as_layers, check_layers
 from .options import FreezeOutOptions
 from .schedule import (
@@ -49,7 +48,7 @@ class FreezeOut:
     not change. With no trainable parameter in the rest's groups (only adapters inside the layers train, say),
     the last layer trains to the end with the rest's schedule (``t_i = 1``) instead of freezing.
 
-    Freezing a layer installs its effects (``freezeout.effects``): no gradient, inference mode in every call, the
+    Freezing a layer installs its effects (``freezeout.freezing``): no gradient, inference mode in every call, the
     graph cut at the frozen prefix (a tied weight or hooked activation flowing in), and with ``fuse`` (on by
     default) its BatchNorms folded into its convolutions for training forwards, where that is proven exact. The
     model's parameters, buffers and state_dict are untouched. ``close()`` (or leaving a ``with`` block) removes
@@ -130,7 +129,7 @@ class FreezeOut:
 
     @property
     def frozen(self) -> list[list[str]]:
-        """For each frozen layer, the names of the effects its freeze installed (``freezeout.effects``)."""
+        """For each frozen layer, the names of the effects its freeze installed (``freezeout.freezing``)."""
         return [record.names for record in self._frozen.records]
 
     @property
@@ -169,6 +168,8 @@ class FreezeOut:
             raise RuntimeError("FreezeOut.step() after close(): build a fresh FreezeOut to train with it again")
         if self._check is not None:
             self._check.finish()
+            if self._frozen.prefix.root is None:  # the model, whose mode says when folds may run
+                self._frozen.prefix.root = self._check.root
         reports, self._frozen.prefix.reports = self._frozen.prefix.reports, []
         judge(reports, self.strict)
         self._adopt_new_groups()

@@ -36,7 +36,7 @@ Then, whatever picked them:
   freeze as part of an input-side prefix.
 - A module *tied* to something outside it (a parameter that another module which runs also holds, or that
   an op outside the module's call uses: a language model's token embedding and its head) is left to the rest,
-  so the head keeps training it; FreezeOut cuts its flow into frozen layers (``freezeout.effects.cut``). In the
+  so the head keeps training it; FreezeOut cuts its flow into frozen layers (``freezeout.freezing.cut``). In the
   input group a tied module is replaced by its parts, so the rest of the embedding still freezes (BERT-MLM:
   position and token-type embeddings and the LayerNorm; GPT-2: the position embedding). A parameter that a
   module which never runs also holds (T5's ``shared``, tied to the encoder's ``embed_tokens``) is no tie:

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .freezing.mode import requested_training
+
 __all__ = ["SavedStorages", "eval_mode", "saved_tensor_bytes", "sync"]
 
 
@@ -50,10 +52,10 @@ def sync(device: torch.device | str) -> None:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Every module of ``model`` in eval mode inside the block, each one's own mode restored after.
 
-    The flags are set directly, not through ``train()``: a frozen layer's locked ``train`` must not be
-    bypassed, and a probe (a traced pass, a FLOP count) must leave BatchNorm statistics and modes as found.
+    A probe (a traced pass, a FLOP count) must leave BatchNorm statistics and modes as found: each module gets back
+    the mode it was asked for, a frozen one too (which reads ``False`` while frozen, ``freezing.mode``).
     """
-    modes = [(m, m.training) for m in model.modules()]
+    modes = [(m, requested_training(m)) for m in model.modules()]
     try:
         for m, _ in modes:
             m.training = False

@@ -29,8 +29,10 @@ class FreezeOutOptions:
     warmup_steps: int = field(default=0, kw_only=True)
     # a trainable parameter flowing into frozen layers costs memory but not correctness: warn, not fail
     strict: bool = field(default=False, kw_only=True)
-    # folding is proven exact per pair (fx trace) and skipped wherever it is not, so it is on by default
-    fuse: bool = field(default=True, kw_only=True)
+    # folding BatchNorms into convolutions is proven and confirmed per kind of call, and checked at every call; on
+    # the paper's DenseNet-BC-76 and a BatchNorm ResNet the checks cost about what the folds save (docs/BENCHMARKS.md,
+    # "Folding"), so it is off unless asked for
+    fuse: bool = field(default=False, kw_only=True)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen dataclass: store the normalised values

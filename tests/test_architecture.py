@@ -70,7 +70,7 @@ def test_the_walk_sees_the_whole_package():
     assert "freezeout.experiment.engine" in GRAPH["freezeout.experiment.trainer"]  # `from . import engine`
     assert "freezeout.analysis.timing" in GRAPH["freezeout.analysis.estimate"]
     assert "freezeout.experiment.trainer" in GRAPH["freezeout.experiment.sweep"]  # imported inside a function
-    assert part("freezeout.effects.cut") == part("freezeout.controller") == "core"
+    assert part("freezeout.freezing.cut") == part("freezeout.controller") == "core"
 
 
 def test_the_package_docstring_says_what_the_graph_shows():

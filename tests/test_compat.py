@@ -44,30 +44,23 @@ def test_outermost_module_is_the_model_the_loop_called():
     assert found == [outer, inner] and compat.outermost_module() is None
 
 
-def test_calling_module_is_the_one_whose_forward_called():
+def test_outermost_call_gives_the_models_own_arguments():
     found = []
 
     class Inner(nn.Module):
-        def forward(self, x):
-            found.append(compat.calling_module(self))
-            return x
+        def forward(self, x, scale=1.0):
+            found.append(compat.outermost_call())
+            return x * scale
 
-    class Outer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.inner = Inner()
-
-        def forward(self, x):
-            return self.helper(x)
-
-        def helper(self, x):  # a method of the caller's forward, not a module call: still the caller
-            return self.inner(x)
-
-    inner, outer = Inner(), Outer()
-    nn.Sequential(outer)(torch.ones(1))
-    inner(torch.ones(1))
-    assert found == [outer, None]
-    assert compat.calling_module(inner) is None
+    inner = Inner()
+    outer = nn.Sequential(inner)
+    x = torch.ones(2)
+    outer(x)
+    inner(x, scale=2.0)
+    (root, args, kwargs), (root2, args2, kwargs2) = found
+    assert root is outer and args[0] is x and kwargs == {}
+    assert root2 is inner and args2[0] is x and kwargs2 == {"scale": 2.0}
+    assert compat.outermost_call() is None
 
 
 def test_saved_tensors_hooks_outer_are_the_active_pair():
@@ -159,3 +152,22 @@ def test_tensor_version_counts_in_place_writes():
     assert compat.tensor_version(t) == v + 1
     _ = t + 1  # an out-of-place op writes nothing
     assert compat.tensor_version(t) == v + 1
+
+
+def test_has_hooks_and_own_parameters():
+    m = nn.Linear(2, 2)
+    assert not compat.has_hooks(m)
+    for register in (
+        lambda: m.register_forward_hook(lambda *a: None),
+        lambda: m.register_forward_pre_hook(lambda *a: None),
+        lambda: m.register_full_backward_hook(lambda *a: None),
+        lambda: m.register_full_backward_pre_hook(lambda *a: None),
+    ):
+        handle = register()
+        assert compat.has_hooks(m)
+        handle.remove()
+        assert not compat.has_hooks(m)
+    assert list(compat.own_parameters(m)) == [m.weight, m.bias]
+    m.bias = None
+    assert [p for p in compat.own_parameters(m) if p is not None] == [m.weight]
+    assert list(compat.own_parameters(nn.Sequential(m))) == []  # its own, not its children's

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import FreezeOut, find_layers, is_frozen, param_groups, remove_effects, saved_tensor_bytes
+from freezeout.freezing import requested_training
 from tests.helpers.lookalikes import TinyGPT
 from tests.helpers.models import OPTIMIZERS, TinyNet, batch, modes_in_call, randomise_batchnorm
 
@@ -65,7 +66,9 @@ def test_frozen_is_frozen_however_the_mode_is_set(fuse, how):
         model.eval()
         for m, flag in found.items():
             m.training = flag
-    assert all(m.training for m in frozen)  # the user's flags are as the user set them
+    # while frozen a module reads as a hand-frozen copy does (eval); what the user set is kept for after close()
+    assert not any(m.training for m in frozen)
+    assert all(requested_training(m) == (how != "lightning-restore") for m in frozen)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = batch(20)[0]
     layer = model.blocks[0]

@@ -13,9 +13,8 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 
-from freezeout import FreezeOut, compile_blocks, param_groups
+from freezeout import FreezeOut, compile_blocks, param_groups, remove_effects
 from freezeout.accel.fuse import is_fused
-from freezeout.effects import remove_effects
 from freezeout.experiment.models import DenseNetBC, ResNet, densenet
 from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
 
@@ -102,7 +101,7 @@ def frozen_outputs_equal_eval_copies(model) -> list[bool]:
 
 
 def test_fuse_false_is_the_plain_frozen_forward_bit_for_bit():
-    with mock.patch("freezeout.freezing.BatchNormFold", side_effect=AssertionError("BatchNormFold built")):
+    with mock.patch("freezeout.freezing.prefix.fold_effects", side_effect=AssertionError("folds built")):
         model, opt, sched = build(fuse=False)
         for step in range(TOTAL):
             train_step(model, opt, sched, step)
@@ -216,12 +215,13 @@ def test_densenet_frozen_layers_take_the_fast_path_inside_the_model_and_only_the
     # DenseNet-BC-16 (2 dense layers per block), channels-last. Frozen: the stem, block 1 and its transition
     model, _, _, _ = frozen_channels_last(16, 4)
     cl = torch.channels_last
+    x, y = torch.randn(4, 3, 8, 8).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
+    step_grads(model, x, y, True)  # the transition froze last: its first call proves and confirms its folds
     frozen = [*model.blocks[0], model.transitions[0]]
     calls: list[int] = []  # each frozen unit's leading ReLU module: the plain path runs it, the fast path never
     hooks = [m[0].register_forward_hook(lambda *a: calls.append(1)) for m in (*(d.body for d in frozen[:2]), frozen[2])]
     outputs: dict[int, torch.Tensor] = {}
     hooks += [m.register_forward_hook(lambda m, a, o, i=i: outputs.__setitem__(i, o)) for i, m in enumerate(frozen)]
-    x, y = torch.randn(4, 3, 8, 8).contiguous(memory_format=cl), torch.randint(0, 10, (4,))
     plain, plain_grads = step_grads(model, x, y, False)
     assert len(calls) == 3 and outputs[1].min() < 0  # the plain path: every ReLU runs, the features as they are
     calls.clear()

@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from freezeout import FreezeOut, find_layers, param_groups, saved_tensor_bytes
-from freezeout.guard import FrozenInputWarning
+from freezeout import FreezeOut, FrozenInputWarning, find_layers, param_groups, saved_tensor_bytes
 from freezeout.layers import as_layers
 from tests.helpers.lookalikes import TinyGPT, VisionTransformer
 from tests.helpers.models import TinyNet, batch

@@ -4,11 +4,11 @@
 times instead of the whole model on every freeze. ``ddp``: ``DistributedDataParallel`` rebuilt over what still
 trains, so that frozen layers' gradients stop being all-reduced. ``fsdp``: FSDP2 modules of frozen layers
 gathered once and kept whole, so that they stop being all-gathered; DCP checkpoints; byte counts. ``fuse``:
-BatchNorm folding for layers frozen by hand (``FreezeOut`` folds its own, ``freezeout.effects``).
+BatchNorm folding for layers frozen by hand (``FreezeOut`` folds its own, ``freezeout.folding``).
 """
 
 from . import ddp
 from .compile import compile_blocks, uncompile_blocks
-from .fuse import fuse_layer, is_fused, shadow_active, unfuse_layer
+from .fuse import fuse_layer, is_fused, unfuse_layer
 
-__all__ = ["compile_blocks", "ddp", "fuse_layer", "is_fused", "shadow_active", "uncompile_blocks", "unfuse_layer"]
+__all__ = ["compile_blocks", "ddp", "fuse_layer", "is_fused", "uncompile_blocks", "unfuse_layer"]

@@ -36,10 +36,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..effects.folding import EAGER_FORWARD as _EAGER  # folding reads it: the class forward is what compiles
+from ..freezing.forwards import OwnedForward, forwards_of, pop_forward, push_forward
 from ..layers import LayerLike, as_layers, check_layers
 
 __all__ = ["compile_blocks", "uncompile_blocks"]
+
+
+class _Compiled(OwnedForward):
+    """A layer's compiled ``forward``: the forward below it (its eager one) under ``torch.compile``."""
+
+    part_of_freeze = False  # the user's choice: ``remove_effects`` leaves it, ``uncompile_blocks`` removes it
+
+    def __init__(self, module: nn.Module, name: str, compile_kwargs: dict[str, Any]) -> None:
+        super().__init__(module)
+        self.compiled = torch.compile(_own_code(self.below, name), **compile_kwargs)
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        return self.compiled(*args, **kwargs)
 
 
 def _own_code(forward: Any, name: str) -> Any:
@@ -56,6 +69,10 @@ def _modules(layers: Sequence[LayerLike]) -> list[tuple[int, nn.Module]]:
     return [(layer.index, m) for layer in as_layers(layers) for m in layer.modules]
 
 
+def _compiled(module: nn.Module) -> _Compiled | None:
+    return next((f for f in forwards_of(module) if isinstance(f, _Compiled)), None)
+
+
 def compile_blocks(layers: Sequence[LayerLike], **compile_kwargs: Any) -> list[LayerLike]:
     """Compile each layer's ``forward`` separately with ``torch.compile(**compile_kwargs)``; see the module doc.
 
@@ -66,23 +83,16 @@ def compile_blocks(layers: Sequence[LayerLike], **compile_kwargs: Any) -> list[L
     layers = check_layers(layers)
     modules = _modules(layers)
     for i, layer in modules:
-        if _EAGER in layer.__dict__:
+        if _compiled(layer) is not None:
             raise ValueError(f"layers[{i}] ({type(layer).__name__}) is compiled already")
     for i, layer in modules:
-        eager = layer.forward
-        layer.__dict__[_EAGER] = layer.__dict__.get("forward")  # an instance-level forward to restore, or None
-        name = f"freezeout_block_{i}_{type(layer).__name__}"
-        layer.forward = torch.compile(_own_code(eager, name), **compile_kwargs)
+        push_forward(_Compiled(layer, f"freezeout_block_{i}_{type(layer).__name__}", compile_kwargs))
     return layers
 
 
 def uncompile_blocks(layers: Sequence[LayerLike]) -> None:
     """Undo ``compile_blocks``: every layer runs its eager ``forward`` again."""
     for _, layer in _modules(layers):
-        if _EAGER not in layer.__dict__:
-            continue
-        previous = layer.__dict__.pop(_EAGER)
-        if previous is None:
-            del layer.__dict__["forward"]
-        else:
-            layer.forward = previous
+        compiled = _compiled(layer)
+        if compiled is not None:
+            pop_forward(compiled)

@@ -1,29 +1,24 @@
 """Fold the BatchNorms of a layer frozen by hand (``freezeout.freeze_layer``) into its convolutions.
 
-``FreezeOut(..., fuse=True)``, the default, folds each layer as it freezes (``freezeout.effects.folding`` says
-when a fold runs and why it is exact); these functions do the same for a layer frozen outside a ``FreezeOut``.
+``FreezeOut(..., fuse=True)`` folds each layer as it freezes (``freezeout.folding`` says when a fold runs and why it
+is exact); these functions do the same for a layer frozen outside a ``FreezeOut``.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..effects import (
-    BatchNormFold,
-    active_fold,  # noqa: F401  (deprecated here: it lives in freezeout.effects)
-    find_fold,
-    folds_running,
-    in_inference_mode,
-)
+from ..folding import BatchNormFold, find_fold
+from ..freezing import in_inference_mode
+from ..layers import as_layers
 
-__all__ = ["fuse_layer", "is_fused", "shadow_active", "unfuse_layer"]
-
-shadow_active = folds_running  # the name it had before folding moved into the core
+__all__ = ["fuse_layer", "is_fused", "unfuse_layer"]
 
 
 def fuse_layer(layer: nn.Module) -> int:
-    """Fold the BatchNorms of the frozen ``layer`` into its convolutions for its training forwards; returns the
-    number of folds (0: nothing proven foldable, and nothing is installed). A no-op on a layer fused already.
+    """Fold the BatchNorms of the frozen ``layer`` into its convolutions for its training forwards, where each call's
+    dataflow proves it and its first call of each kind confirms it; returns how many of its modules prove their calls
+    (0: nothing in it could fold, and nothing is installed). A no-op on a layer fused already.
 
     ``layer`` must be frozen (``freeze_layer``: inference mode, no parameter requiring grad), else ``ValueError``:
     a fold is exact only while the weights and statistics it copies stay fixed.
@@ -32,15 +27,15 @@ def fuse_layer(layer: nn.Module) -> int:
         raise ValueError(f"layer must be an nn.Module, got {type(layer).__name__}")
     effect = find_fold(layer)
     if effect is not None:
-        return len(effect.folds)
+        return len(effect.scopes)
     if not in_inference_mode(layer) or any(p.requires_grad for p in layer.parameters()):
         raise ValueError(
             f"layer ({type(layer).__name__}) must be frozen before fusing (freezeout.freeze_layer): folded "
             "weights are exact only while the weights and BatchNorm statistics they copy stay fixed"
         )
-    effect = BatchNormFold(layer)
+    effect = BatchNormFold(as_layers([layer])[0])
     effect.install()
-    return len(effect.folds)
+    return len(effect.scopes)
 
 
 def unfuse_layer(layer: nn.Module) -> None:
@@ -51,5 +46,5 @@ def unfuse_layer(layer: nn.Module) -> None:
 
 
 def is_fused(layer: nn.Module) -> bool:
-    """Whether BatchNorms of ``layer`` are folded (by ``FreezeOut`` or ``fuse_layer``)."""
+    """Whether BatchNorms of ``layer`` may fold (by ``FreezeOut`` or ``fuse_layer``)."""
     return find_fold(layer) is not None

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..checks import check_int
 from ..layers import LayerLike, check_layers
+from ..options import FreezeOutOptions
 from ..schedule import freeze_times, strategy_name, validate_schedule, validate_t0
 from .cost import integrate_on_baseline, integrate_step_times
 from .estimate import predict
@@ -58,7 +59,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "cpu"
     overhead_calls: int = 2000  # sched.step() calls timed on their own (microseconds each)
-    fuse: bool = True  # FreezeOut's default: frozen layers' BatchNorms folded (accel.fuse)
+    fuse: bool = FreezeOutOptions().fuse  # FreezeOut's own default for folding frozen layers' BatchNorms
     compare_fuse: bool = False  # also every row with the other fuse setting, in the same alternating rounds
     # Off: each run on its own, whole runs alternating (what a user's run is). On: all runs of a repeat step by
     # step in lockstep (analysis.runs), and the curve paired, for a machine whose speed drifts within a run.

@@ -1,6 +1,6 @@
 """Measured training-step time with the first ``k`` layers frozen, the curve ``T(k)`` the estimates use.
 
-A frozen prefix is set up exactly as ``FreezeOut`` leaves it (the effects of ``freezeout.effects``: no gradient,
+A frozen prefix is set up exactly as ``FreezeOut`` leaves it (the effects of ``freezeout.freezing``: no gradient,
 inference mode, the graph cut, folds), installed and removed as ``k`` changes, so one model copy and one optimizer
 serve every ``k``; k's alternate
 round robin after a warm-up round and each ``T(k)`` is a median, which keeps slow drift on a shared
@@ -24,6 +24,7 @@ from ..freezing import FrozenPrefix
 from ..hooks import map_tensors
 from ..layers import LayerLike, as_layers, check_layers
 from ..measure import saved_tensor_bytes, sync
+from ..options import FreezeOutOptions
 from ..tracing import first_tensor, run_model
 from .cost import interpolate_step_times
 from .flops import batch_size_of
@@ -35,7 +36,9 @@ __all__ = ["Rounds", "curve_from_samples", "default_ks", "merge_curves", "set_fr
 _prefixes: weakref.WeakKeyDictionary[nn.Module, FrozenPrefix] = weakref.WeakKeyDictionary()
 
 
-def set_frozen_prefix(model: nn.Module, layers: Sequence[LayerLike], k: int, fuse: bool = True) -> None:
+def set_frozen_prefix(
+    model: nn.Module, layers: Sequence[LayerLike], k: int, fuse: bool = FreezeOutOptions().fuse
+) -> None:
     """Make the first ``k`` of ``model``'s ``layers`` frozen as ``FreezeOut(fuse=...)`` leaves them, and the others
     trainable again; ``model`` in training mode. The same ``model`` again moves its frozen prefix (``k = 0``: no
     trace of FreezeOut left)."""
@@ -171,7 +174,7 @@ def step_time_curve(
     device: str | torch.device | None = None,
     lr: float = 0.1,
     progress: Callable[[int], None] | None = None,
-    fuse: bool = True,
+    fuse: bool = FreezeOutOptions().fuse,
     paired: bool = False,
 ) -> dict[str, Any]:
     """Median training-step time ``T(k)`` with the first ``k`` layers frozen, on a copy of ``model``.

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checks import check_int, check_number
+from ..options import FreezeOutOptions
 from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
 from .models import get_model
@@ -58,9 +59,9 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool = False  # CUDA autocast option; off keeps results comparable to fp32 runs
     compile: bool = False  # per-layer torch.compile (compile_blocks): a speed option that costs compile time up front
-    # Frozen layers' BatchNorms folded into their convs (FreezeOut's default). It changes results by float rounding
-    # (~1e-6 relative per frozen layer), so like every field here a resumed run must use the original's setting.
-    fuse: bool = True
+    # Frozen layers' BatchNorms folded into their convs (FreezeOut's option, with its default). It changes results by
+    # float rounding (~1e-6 relative per frozen layer), so like every field here a resumed run must use the original's.
+    fuse: bool = FreezeOutOptions().fuse
     # A NaN/inf loss: "stop" ends the run at the epoch's end, keeping the last good checkpoint (a diverged run
     # rarely recovers, and it costs no host sync per step); "skip" drops such batches (one sync per step).
     nonfinite: str = "stop"

@@ -28,7 +28,7 @@ layers training, adapters say, the last layer's still training) of the step just
 ``FreezeOut.close()``: the model is left as it was handed in, with its trained weights, and a second ``train()``
 runs FreezeOut afresh. Under activation
 (gradient) checkpointing Hugging Face hooks the token embedding's output to require grad; FreezeOut's graph cut
-(``freezeout.effects.cut``) stops it at the frozen layers' inputs, so memory falls as layers freeze.
+(``freezeout.freezing.cut``) stops it at the frozen layers' inputs, so memory falls as layers freeze.
 
 Why a function on the trainer, not a ``TrainerCallback`` or a ``Trainer`` subclass: a callback cannot replace
 Trainer's optimizer or scheduler (it never sees the trainer, and by ``on_train_begin`` both exist, prepared,

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .compat import in_backward, outermost_module
-from .effects import Leak
-from .groups import check_ties, unwrap
-from .hooks import Hook, Names
-from .layers import Layer
+from ..compat import in_backward, outermost_module
+from ..groups import check_ties, unwrap
+from ..hooks import Hook, Names
+from ..layers import Layer
+from .cut import INPUT, PARAMETER, Leak
 
 __all__ = ["FirstPass", "FrozenInputWarning", "judge"]
 
@@ -106,8 +106,26 @@ class FirstPass:
         return True
 
 
+def _message(leak: Leak) -> str:
+    label = ", ".join(repr(n) for n in leak.names)
+    cost = f"({leak.nbytes / 2**20:.2f} MiB saved for backward per step)"
+    if leak.kind == PARAMETER:
+        return (
+            f"trainable parameter(s) {label} flow into frozen layers[{leak.index}], so autograd still records the "
+            f"frozen layers from there on {cost} and they stay in the backward pass: freeze them with the layer "
+            "they feed (list them in it, e.g. [module, param], or use find_layers, which attaches them), or move "
+            "them after the last layer"
+        )
+    what = "an input of the model" if leak.kind == INPUT else "a tensor held by the model"
+    named = f" ({label})" if label else ""
+    return (
+        f"{what} that requires grad{named} flows into frozen layers[{leak.index}]: its gradient flows through the "
+        f"frozen layers as through a copy frozen by hand, so they stay in the backward pass {cost}; nothing is cut"
+    )
+
+
 def judge(reports: Sequence[Leak], strict: bool) -> None:
-    """Warn (``strict``: raise ``ValueError``) about what the graph cut found it must not cut (``effects.cut``)."""
+    """Warn about what the graph cut kept uncut (a trainable parameter with ``strict``: raise ``ValueError``)."""
     for leak in reports:
         if leak.reentrant and not leak.params:
             warnings.warn(
@@ -119,13 +137,6 @@ def judge(reports: Sequence[Leak], strict: bool) -> None:
                 stacklevel=4,
             )
             continue
-        label = ", ".join(repr(n) for n in leak.names)
-        message = (
-            f"trainable parameter(s) {label} flow into frozen layers[{leak.index}], so autograd still records the "
-            f"frozen layers from there on ({leak.nbytes / 2**20:.2f} MiB saved for backward per step) and they stay "
-            "in the backward pass: freeze them with the layer they feed (list them in it, e.g. [module, param], or "
-            "use find_layers, which attaches them), or move them after the last layer"
-        )
-        if strict:
-            raise ValueError(message)
-        warnings.warn(message, FrozenInputWarning, stacklevel=4)
+        if strict and leak.kind == PARAMETER:
+            raise ValueError(_message(leak))
+        warnings.warn(_message(leak), FrozenInputWarning, stacklevel=4)

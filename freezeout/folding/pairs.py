@@ -13,23 +13,25 @@ A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` 
   depends only on the input's spatial size and is built once per size (``border_map``). Exact too: DenseNet-BC's
   3 x 3 convs fold like its 1 x 1 bottlenecks and transitions.
 
-The pairs come from the layer's dataflow, proven by a ``torch.fx`` trace of its eval-mode forward (a pair folds
-only if the first module's output feeds the second alone and each is called once). Registration order says nothing
-about what a forward calls: in a layer fx cannot trace, only the pairs inside children it can trace fold, and only
-within calls of those children. Only stock ``torch.nn`` convolutions and linear maps fold (a subclass that
-overrides ``forward`` computes something else); a BatchNorm subclass that overrides it folds only where its traced
-forward is the batch norm followed by a *tail* that never reads the input again (timm's ``BatchNormAct2d``: drop,
-then an activation; ``effects.tail``): the BatchNorm folds into the conv before it, and the tail runs on the
-folded output. Such a BatchNorm's output is not an affine map, so it never folds into a conv after it. The
+The pairs come from the dataflow of the call that really runs: an fx trace of the module's forward with every
+argument that is not a tensor (``None``, flags, sizes: passed or left to its default) fixed to its value in that
+call, so the trace takes the branches the call takes (a pair folds only if the first module's output feeds the
+second alone and each is called once). Anything fx cannot follow (data-dependent control flow, an argument that is
+neither a tensor nor a plain value, ``*args``) proves nothing. Only stock ``torch.nn`` convolutions and linear maps
+fold (a subclass that overrides ``forward`` computes something else); a BatchNorm subclass that overrides it folds
+only where its traced forward is the batch norm followed by a *tail* that never reads the input again (timm's
+``BatchNormAct2d``: drop, then an activation; ``folding.tail``): the BatchNorm folds into the conv before it, and
+the tail runs on the folded output. Such a BatchNorm's output is not an affine map, so it never folds into a conv
+after it. The
 arithmetic runs in float64 and is rounded once to the weight's dtype.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
+import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +41,11 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
 from ..compat import BatchNormBase, conv_forward, conv_pads, stock_conv
-from .base import OwnedHook
+from ..freezing.effect import OwnedHook
+from ..measure import eval_mode
 from .tail import Tail, find_tail
 
-__all__ = ["FoldPair", "border_map", "caller_pairs", "candidate_pairs", "fold_pairs", "folded_weights"]
+__all__ = ["FoldPair", "border_map", "call_pairs", "foldable", "folded_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -134,23 +137,42 @@ class _Tracer(torch.fx.Tracer):
         # stock subclasses from other packages are folded too, so keep them whole in the graph
         return _conv_rank(m) is not None or bool(self.norms.ranks(m)) or super().is_leaf_module(m, qualname)
 
-
-class _QuietTracer(_Tracer):
-    """Traces through submodules without running their hooks: a proof taken inside a forward leaves no trace."""
-
     def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
-        # a forward FreezeOut put on the module (a fold, PrefixCache's stub) is not its dataflow: trace the class's
+        # a forward FreezeOut put on the module (a fold, the cache's stand-in) is not its dataflow: trace the class's
         own = isinstance(m.__dict__.get("forward"), OwnedHook)
         real = type(m).forward.__get__(m, type(m)) if own else m.forward
         return super().call_module(m, lambda *a, **k: real(*a, **k), args, kwargs)
 
 
-def _traced_pairs(layer: nn.Module, tracer: type[_Tracer] = _Tracer) -> list[FoldPair]:
+_PLAIN = (type(None), bool, int, float, str)
+
+
+def _concrete(module: nn.Module, args: tuple, kwargs: dict) -> dict[str, Any] | None:
+    """Every argument of the call that is not a tensor, by name, defaults included; None if the call has one fx
+    cannot hold fixed (an object, ``*args``)."""
+    try:
+        bound = inspect.signature(type(module).forward).bind(module, *args, **kwargs)
+    except TypeError:
+        return None
+    bound.apply_defaults()
+    fixed = {}
+    for name, value in list(bound.arguments.items())[1:]:
+        kind = bound.signature.parameters[name].kind
+        if kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            return None
+        if isinstance(value, torch.Tensor):
+            continue
+        if not isinstance(value, _PLAIN):
+            return None
+        fixed[name] = value
+    return fixed
+
+
+def _traced_pairs(layer: nn.Module, concrete: dict[str, Any]) -> list[FoldPair]:
     norms = _Norms()
-    with _eval(layer.modules()):  # as a frozen BatchNorm runs; each subclass's own trace first, not nested
-        for m in layer.modules():
-            norms.ranks(m)
-    graph = tracer(norms).trace(layer)
+    for m in layer.modules():  # each subclass's own trace first, not nested
+        norms.ranks(m)
+    graph = _Tracer(norms).trace(layer, concrete_args=concrete)
     # counted per module object: one registered under two names is one module called twice
     calls = Counter(id(layer.get_submodule(n.target)) for n in graph.nodes if n.op == "call_module")
 
@@ -174,49 +196,33 @@ def _traced_pairs(layer: nn.Module, tracer: type[_Tracer] = _Tracer) -> list[Fol
     return pairs
 
 
-def fold_pairs(layer: nn.Module) -> list[FoldPair] | None:
-    """The BatchNorm folds of ``layer``, found by an fx trace of its class ``forward`` in eval mode (the path a
-    frozen layer runs); ``None`` if fx cannot trace it."""
+def call_pairs(module: nn.Module, args: tuple, kwargs: dict) -> list[FoldPair] | None:
+    """The BatchNorm folds of this call of the frozen ``module``: an fx trace of its class ``forward`` in eval mode
+    with the call's non-tensor arguments fixed (see the module doc); ``None`` if fx cannot trace it so."""
+    concrete = _concrete(module, args, kwargs)
+    if concrete is None:
+        return None
     try:
-        with _eval(layer.modules()):
-            return _traced_pairs(layer)
+        with eval_mode(module), warnings.catch_warnings():
+            warnings.simplefilter("error")  # fx's "cannot add an assertion for this input": nothing is proven
+            return _traced_pairs(module, concrete)
     except Exception as exc:  # data-dependent control flow and the like: fx cannot follow it, so nothing is proven
-        log.debug("fx cannot trace %s (%s): its own forward folds nothing", type(layer).__name__, exc)
+        log.debug("fx cannot trace %s (%s): this call folds nothing", type(module).__name__, exc)
         return None
 
 
-@contextmanager
-def _eval(modules: Iterable[nn.Module]) -> Iterator[None]:
-    """Every module in eval mode (the path a frozen layer runs), each flag restored after."""
-    modes = [(m, m.training) for m in modules]
-    try:
-        for m, _ in modes:
-            m.training = False
-        yield
-    finally:
-        for m, flag in modes:
-            m.training = flag
-
-
-def candidate_pairs(modules: list[nn.Module]) -> list[FoldPair]:
-    """The pairs among a layer's separate modules (a stem held by the model: ``conv1``, ``bn1``) that would fold
-    if one fed the other alone; the forward that calls them must still prove it (``caller_pairs``)."""
-    norms = _Norms()
-    with _eval(m for module in modules for m in module.modules()):
-        modules = [m for m in modules if _conv_rank(m) is not None or isinstance(m, nn.Linear) or norms.ranks(m)]
-        pairs = [_pair(a, b, norms) for a in modules for b in modules if a is not b]
-    return [p for p in pairs if p is not None]
-
-
-def caller_pairs(caller: nn.Module) -> list[FoldPair]:
-    """The folds proven by an fx trace of ``caller``'s forward in the modes its modules have now (its hooks not
-    run); none if fx cannot trace it. ``fold_pairs`` for a module that is not frozen: the model holding a stem."""
-    try:
-        with torch.no_grad():
-            return _traced_pairs(caller, _QuietTracer)
-    except Exception as exc:  # control flow fx cannot follow, a forward taking more than tensors: nothing proven
-        log.debug("fx cannot trace %s (%s): the modules it calls do not fold", type(caller).__name__, exc)
-        return []
+def foldable(module: nn.Module) -> bool:
+    """Whether ``module`` holds a stock conv or linear map and a BatchNorm with fixed statistics of the same width
+    (a pair that could fold, if a call's dataflow proves it)."""
+    norms, maps, widths = _Norms(), set(), set()
+    for m in module.modules():
+        if _conv_rank(m) is not None:
+            maps |= {m.in_channels, m.out_channels}
+        elif isinstance(m, nn.Linear) and type(m).forward is nn.Linear.forward:
+            maps.add(m.out_features)
+        elif norms.ranks(m):
+            widths.add(m.num_features)
+    return bool(maps & widths)
 
 
 def _double(t: torch.Tensor | None) -> torch.Tensor | None:

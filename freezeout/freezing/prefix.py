@@ -1,48 +1,43 @@
 """What "frozen" means for one layer (docs/METHOD.md, "What frozen means"): the effects installed at its freeze.
 
 ``FrozenPrefix`` keeps a model's frozen layers, always a prefix of its layers: it freezes the next one (installing
-the effects of ``freezeout.effects`` in a fixed order) and removes them again, newest first. ``FreezeOut`` drives
-one; so does the step-time measurement, which freezes any ``k`` layers as FreezeOut would leave them.
+the effects in a fixed order) and removes them again, newest first. ``FreezeOut`` drives one; so does the
+step-time measurement, which freezes any ``k`` layers as FreezeOut would leave them. A layer frozen by one prefix
+is owned by it until unfrozen: a second prefix over it is refused while the first is alive, and takes over (undoing
+what is left of the first's effects) once the first is gone without being closed.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
 
-from .effects import (
-    BatchNormFold,
-    Effect,
-    FrozenLayer,
-    GraphCut,
-    InferenceMode,
-    Prefix,
-    StemFold,
-    StopGradients,
-    has_effects,
-    in_inference_mode,
-    remove_effects,
-)
-from .layers import Layer, LayerLike, as_layers
+from ..folding import fold_effects
+from ..layers import Layer, LayerLike, as_layers
+from .cut import GraphCut, Prefix
+from .effect import Effect, FrozenLayer
+from .grads import StopGradients
+from .mode import InferenceMode, in_inference_mode
+from .strip import has_effects, remove_effects
 
 __all__ = ["FrozenPrefix", "freeze_layer", "is_frozen"]
 
 log = logging.getLogger(__name__)
 
+# module -> (the prefix that froze it, the effect that took its gradients): while the layer is frozen
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, StopGradients]] = weakref.WeakKeyDictionary()
 
-def _effects(
-    layer: Layer, groups: Sequence[dict[str, Any]], optimizer: Any, prefix: Prefix | None, fuse: bool
-) -> list[Effect]:
+
+def _effects(layer: Layer, groups: Sequence[dict[str, Any]], optimizer: Any, prefix: Prefix | None, fuse: bool):
     effects: list[Effect] = [StopGradients(list(layer.parameters()), groups, optimizer), InferenceMode(layer)]
     if prefix is not None:
         effects.append(GraphCut(prefix, layer))
     if fuse:
-        effects.extend(BatchNormFold(m) for m in layer.modules)
-        if len(layer.modules) > 1:
-            effects.append(StemFold(list(layer.modules)))
+        effects.extend(fold_effects(layer, prefix))
     return effects
 
 
@@ -69,9 +64,9 @@ def freeze_layer(
     """Freeze ``layer`` (a module, or a group of modules and parameters) on its own; ``groups`` are its optimizer
     groups (one dict, or a list). Returns the record of what it installed; its ``remove()`` undoes it.
 
-    The effects (``freezeout.effects``): no gradient, optimizer state dropped and LR 0, inference mode in every call,
-    and with ``fuse`` its BatchNorms folded. What flows into it is not cut: that needs the whole frozen prefix, as
-    ``FreezeOut`` keeps it.
+    The effects: no gradient, optimizer state dropped and LR 0, inference mode in every call, and with ``fuse``
+    its BatchNorms folded. What flows into it is not cut: that needs the whole frozen prefix, as ``FreezeOut``
+    keeps it.
     """
     item = layer if isinstance(layer, Layer) else as_layers([layer])[0]
     groups = [groups] if isinstance(groups, dict) else list(groups)
@@ -81,12 +76,27 @@ def freeze_layer(
 class FrozenPrefix:
     """The first ``num_frozen`` of ``layers`` frozen, each with its effects (``fuse``: BatchNorms folded too)."""
 
-    def __init__(self, layers: Sequence[Layer], *, fuse: bool = True) -> None:
+    def __init__(self, layers: Sequence[Layer], *, fuse: bool = False) -> None:
         self.layers, self.fuse = list(layers), fuse
         self.prefix = Prefix(self.layers)
         self.records: list[FrozenLayer] = []
+        self._take_over()
+
+    def _take_over(self) -> None:
+        for layer in self.layers:
+            for m in layer.modules:
+                owner, grads = _OWNERS.get(m, (None, None))
+                if owner is not None and owner() is not None and owner() is not self:
+                    raise ValueError(
+                        f"layers[{layer.index}] ({type(m).__name__}) is frozen by another FreezeOut that is still "
+                        "open: close() that one first (or continue it: load its state_dict into a FreezeOut built "
+                        "over a fresh optimizer)"
+                    )
+                if grads is not None:  # its owner is gone without close(): give the gradients back first
+                    grads.remove()
+                    del _OWNERS[m]
         stale = [m for layer in self.layers for m in layer.all_modules() if has_effects(m)]
-        if stale:  # a deep copy of a frozen model, or a FreezeOut never closed: this one owns the layers now
+        if stale:  # a deep copy of a frozen model, or a FreezeOut dropped unclosed: this one owns the layers now
             found = remove_effects(stale)
             log.info("removed %d FreezeOut effects already on the layers (a copy of a frozen model?)", found)
 
@@ -97,15 +107,22 @@ class FrozenPrefix:
     def freeze_next(self, groups: Sequence[dict[str, Any]] = (), optimizer: Any = None) -> FrozenLayer:
         layer = self.layers[self.num_frozen]
         self.prefix.frozen = self.num_frozen + 1
-        self.records.append(_install(layer.index, _effects(layer, groups, optimizer, self.prefix, self.fuse)))
-        return self.records[-1]
+        record = _install(layer.index, _effects(layer, groups, optimizer, self.prefix, self.fuse))
+        self.records.append(record)
+        grads = record.effects[0]
+        for m in layer.modules:
+            _OWNERS[m] = (weakref.ref(self), grads)
+        return record
 
     def freeze_to(self, k: int) -> None:
         """Exactly the first ``k`` layers frozen: freezes the next ones, or unfreezes the last ones."""
         while self.num_frozen < k:
             self.freeze_next()
         while self.num_frozen > k:
-            self.records.pop().remove()
+            record = self.records.pop()
+            record.remove()
+            for m in self.layers[record.index].modules:
+                _OWNERS.pop(m, None)
             self.prefix.frozen = self.num_frozen
 
     def close(self) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import nn
 
-from .base import Effect
+from .effect import Effect
 
 __all__ = ["StopGradients"]
 

@@ -1,0 +1,364 @@
+"""A frozen layer's BatchNorms folded into the adjacent convolutions, exact or not at all (``fuse=True``).
+
+A frozen layer is an inference function: its BatchNorm uses fixed statistics, an affine map that merges into the
+neighbouring conv or linear weights (``folding.pairs``). What the user sees does not change: parameters, buffers,
+``state_dict()`` and checkpoints are untouched; the folded weights live beside the modules and carry no autograd
+history.
+
+**Proven on the call that runs, then confirmed on real tensors.** Each module of the layer that holds a foldable
+pair gets an instance ``forward`` (``freezing.forwards``), the *scope*. At the first call of each kind (the
+non-tensor arguments, the tensors' dtypes and ranks), the scope traces its forward with that call's non-tensor
+arguments fixed (``pairs.call_pairs``); a module fx cannot trace so hands the proof to its children. Then the call
+runs twice, unfolded (what it returns) and folded (the random number generator rewound between them), and the two
+outputs must agree to the rounding of the dtype: if they do not, one ``FoldWarning`` names the layer and it stays
+unfolded for that kind of call. Later calls of a proven kind run folded.
+
+**When a fold runs**: in a training forward only (autograd on, the layer's mode as the user set it training),
+never while the model is traced as a program (fx, export, jit) nor with a global module hook, and per pair only while
+it is still what was proven: both modules at their places, no hook on either but FreezeOut's own (a user's hook sees
+the real tensors), none of its parameters requiring grad again, statistics present. Otherwise the real modules run.
+
+**Never stale**: the folded weights are rebuilt from the live tensors whenever a source tensor changed (another
+object, storage or ``_version``: ``load_state_dict``, ``.to()``, an in-place edit), checked at each folded call. An
+edit through ``.data`` bypasses the version counter and is *not* seen: edit frozen weights in place under
+``torch.no_grad()``, or load them with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters
+from ..freezing.cut import Prefix
+from ..freezing.effect import Effect
+from ..freezing.forwards import OwnedForward, pop_forward, push_forward
+from ..freezing.mode import requested_training
+from ..hooks import tensors
+from ..layers import Layer
+from .pairs import FoldPair, border_map, call_pairs, foldable, folded_weights
+
+__all__ = ["BatchNormFold", "FoldWarning", "active_fold", "find_fold", "fold_effects", "folds_running"]
+
+log = logging.getLogger(__name__)
+
+_MAPS = 8  # border maps kept per fold: one per input size in use (a multi-scale run keeps the recent sizes)
+# how far a folded output may be from the real one: a few hundred roundings of the dtype, relative to its scale
+_TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
+
+
+class FoldWarning(UserWarning):
+    """Folding a frozen layer's BatchNorms changed what the layer returns: it runs unfolded."""
+
+
+class _Fold:
+    """One pair's folded weight and bias, rebuilt when any source tensor changed, and whether it runs now."""
+
+    def __init__(self, pair: FoldPair, scope: nn.Module) -> None:
+        self.pair, self.scope = pair, scope
+        self.border = pair.border  # a plain bool: read in every folded forward, compiled ones included
+        self.active = False
+        self.weight: torch.Tensor | None = None
+        self.bias: torch.Tensor | None = None
+        self._sources: list[torch.Tensor] = []
+        self._stamp: tuple = ()
+        self._maps: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
+        self.parts = [path.split(".") if path else [] for path in pair.paths]
+
+    def sources(self) -> list[torch.Tensor]:
+        bn, target = self.pair.bn, self.pair.target
+        tensors_ = (target.weight, target.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+        return [t for t in tensors_ if t is not None]
+
+    def valid(self) -> bool:
+        """The pair is still the one proven: in place, unhooked, not training, with statistics (read at every
+        folded call, so kept to attribute reads)."""
+        pair = self.pair
+        for m, parts in zip((pair.first, pair.second), self.parts):
+            found = self.scope
+            for part in parts:
+                found = child_modules(found).get(part)
+            if found is not m or has_hooks(m):
+                return False  # replaced, or a hook (a user's, a library's) that must see the real tensors
+            for p in own_parameters(m):
+                if p is not None and p.requires_grad:
+                    return False  # trains again: the real path carries its gradient
+        bn = pair.bn
+        return bn.running_var is not None and (pair.tail is None or pair.tail.eps == bn.eps)
+
+    def refresh(self) -> None:
+        sources = self.sources()
+        stamp = (self.pair.bn.eps, *((t._version, t.data_ptr()) for t in sources))
+        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources))
+        if same and stamp == self._stamp:
+            return
+        weight, bias = folded_weights(self.pair)
+        source = self.pair.target.weight
+        with torch.no_grad():
+            # in place where the layout allows: a compiled layer keeps reading the same tensors, no recompile
+            self.weight = _store(self.weight, weight, torch.empty_like(source))
+            self.bias = _store(self.bias, bias, torch.empty(bias.shape, dtype=source.dtype, device=source.device))
+        self._sources, self._stamp = sources, stamp
+        self._maps.clear()
+
+    def map_for(self, spatial: tuple[int, ...]) -> torch.Tensor:
+        """The bias map of a zero-padding BN -> Conv fold for inputs of this spatial size (``pairs.border_map``)."""
+        out = self._maps.get(spatial)
+        if out is None:
+            w = self.weight
+            out = self._maps[spatial] = border_map(self.pair, spatial).to(dtype=w.dtype, device=w.device)
+            if len(self._maps) > _MAPS:
+                self._maps.popitem(last=False)
+        else:
+            self._maps.move_to_end(spatial)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a pickled or copied model rebuilds its folds from its own tensors on its first folded call
+        return {**self.__dict__, "weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": OrderedDict()}
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    return t.shape, t.dtype, t.device, t.stride()
+
+
+def _store(old: torch.Tensor | None, value: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+    # ``fresh`` comes from empty_like(source weight): its dtype, device and memory format (channels_last)
+    out = old if old is not None and _layout(old) == _layout(fresh) else fresh
+    return out.copy_(value)
+
+
+class _FoldedForward(OwnedForward):
+    """A folded module's ``forward``: its pair's fold while the fold is active, the module's own otherwise. The
+    BatchNorm passes its input through (or runs its tail); the conv/linear runs with the folded weights. Both test
+    the same switch and the input rank (a batched call), so the two halves of a pair always agree."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.fold: _Fold | None = None  # the pair this module is folded in for the running call
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: module(input=x) works too
+        fold = self.fold
+        # a border fold's per-size map cache is Python state a compiled graph would not keep: eager only
+        if (
+            fold is None
+            or self.inert
+            or not fold.active
+            or input.dim() != fold.pair.rank
+            or (fold.border and torch.compiler.is_compiling())
+        ):
+            return self.below(input)
+        if self.module is fold.pair.bn:
+            return input if fold.pair.tail is None else fold.pair.tail(self.module, input)
+        if fold.pair.kind == "linear-bn":
+            return nn.functional.linear(input, fold.weight, fold.bias)
+        if fold.border:
+            return conv_forward(self.module, input, fold.weight, None).add_(fold.map_for(tuple(input.shape[2:])))
+        return conv_forward(self.module, input, fold.weight, fold.bias)
+
+
+def _key(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.dtype, value.dim()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return type(value), value
+    raise TypeError  # an object: its kind of call cannot be told apart, so it is not provable
+
+
+def _kind(args: tuple, kwargs: dict) -> tuple | None:
+    """What tells one kind of call from another for a proof: plain values as they are, tensors by dtype and rank;
+    None for an argument that is neither."""
+    if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor):  # the common call, kept cheap
+        return args[0].dtype, args[0].dim()
+    try:
+        return tuple(_key(v) for v in args), tuple((k, _key(v)) for k, v in sorted(kwargs.items()))
+    except TypeError:
+        return None
+
+
+def _close(got: Any, want: Any) -> float | None:
+    """The largest difference between the folded and the real output relative to the real one's scale, if it is
+    beyond the dtype's rounding (or the two differ in structure); None if they agree."""
+    a, b = list(tensors(got)), list(tensors(want))
+    if len(a) != len(b) or any(x.shape != y.shape or x.dtype != y.dtype for x, y in zip(a, b)):
+        return float("inf")
+    worst = 0.0
+    for x, y in zip(a, b):
+        if not (x.is_floating_point() or x.is_complex()):
+            if not torch.equal(x, y):
+                return float("inf")
+            continue
+        scale = float(y.detach().abs().max()) if y.numel() else 0.0
+        diff = float((x.detach() - y.detach()).abs().max()) if y.numel() else 0.0
+        if diff > _TOLERANCE.get(y.dtype, 1e-4) * scale or diff != diff:
+            worst = max(worst, diff / max(scale, 1e-30))
+    return worst or None
+
+
+class _Scope(OwnedForward):
+    """A module of a frozen layer whose calls are proven, kind by kind, and run folded once confirmed."""
+
+    def __init__(self, module: nn.Module, effect: BatchNormFold) -> None:
+        super().__init__(module)
+        self.effect = effect
+        self.kinds: dict[tuple, list[_Fold]] = {}
+        self.on = False  # this call runs folded (for a model's own frozen fast path: ``folds_running``)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:  # every call of the module: no extra dispatch
+        effect = self.effect
+        if self.inert or effect.running or not effect.folding_call(self.module):
+            return self.below(*args, **kwargs)
+        kind = _kind(args, kwargs)
+        folds = self.kinds.get(kind) if kind is not None else []
+        if folds is None:
+            if torch.compiler.is_compiling():  # no proof inside a compiled graph: the real modules
+                return self.below(*args, **kwargs)
+            return self._first(kind, args, kwargs)
+        live = [f for f in folds if f.valid()]
+        if not live:
+            return self.below(*args, **kwargs)
+        return self._folded(live, args, kwargs)
+
+    def _folded(self, folds: list[_Fold], args: tuple, kwargs: dict, announce: bool = True) -> Any:
+        """The call with ``folds`` active; ``announce``: a model's own fast path may see it (``folds_running``)."""
+        forwards = self.effect.forwards
+        for fold in folds:
+            fold.refresh()
+            fold.active = True
+            forwards[fold.pair.first].fold = forwards[fold.pair.second].fold = fold
+        self.on, self.effect.running = announce, True
+        try:
+            return self.below(*args, **kwargs)
+        finally:
+            self.on = self.effect.running = False
+            for fold in folds:
+                fold.active = False
+                forwards[fold.pair.first].fold = forwards[fold.pair.second].fold = None
+
+    def _first(self, kind: tuple, args: tuple, kwargs: dict) -> Any:
+        """Prove this kind of call, run it unfolded (its result) and folded, and keep the folds if both agree."""
+        pairs = call_pairs(self.module, args, kwargs)
+        if pairs is None:  # fx cannot follow this forward: its children prove their own calls
+            self.kinds[kind] = []
+            self.effect.descend(self.module)
+            return self.below(*args, **kwargs)
+        folds = [self.effect.fold_for(pair, self.module) for pair in pairs]
+        folds = [f for f in folds if f.valid()]
+        if not folds:
+            self.kinds[kind] = []
+            return self.below(*args, **kwargs)
+        devices = [t.device for t in tensors((args, kwargs)) if t.device.type != "cpu"][:1]
+        with torch.random.fork_rng(devices=devices):  # the folds alone, against the same modules unfolded
+            folded = self._folded(folds, args, kwargs, announce=False)
+        with torch.random.fork_rng(devices=devices):
+            real = self.below(*args, **kwargs)
+        differ = _close(folded, real)
+        if differ is not None:
+            warnings.warn(
+                f"folding the BatchNorms of frozen {self.effect.layer_name} ({type(self.module).__name__}) changed "
+                f"its output by up to {differ:.3g} of its scale on its first call of this kind: it runs unfolded "
+                "(nothing else changes; fuse=False turns folding off)",
+                FoldWarning,
+                stacklevel=2,
+            )
+            folds = []
+        self.kinds[kind] = folds
+        return self._folded(folds, args, kwargs) if folds else self.below(*args, **kwargs)  # as every later call
+
+
+class BatchNormFold(Effect):
+    """The frozen ``layer``'s BatchNorms folded into its convolutions for its training forwards (module doc)."""
+
+    name = "BatchNorm folding"
+
+    def __init__(self, layer: Layer, prefix: Prefix | None = None) -> None:
+        super().__init__()
+        self.layer, self.prefix = layer, prefix
+        self.layer_name = f"layers[{layer.index}]"
+        # keyed by the modules themselves, so that a deep copy's effect is keyed by the copy's modules
+        self.scopes: dict[nn.Module, _Scope] = {}
+        self.forwards: dict[nn.Module, _FoldedForward] = {}
+        self.folds: dict[tuple[nn.Module, nn.Module], _Fold] = {}
+        self.running = False  # inside a folded call: the scopes within it pass through
+
+    def install(self) -> None:
+        for m in self.layer.modules:
+            self._scope(m)
+
+    def folding_call(self, module: nn.Module) -> bool:
+        """A training forward (autograd on; the model, or the layer frozen by hand, in the mode the user set:
+        training), outside a program trace, with no global module hook to see the real modules."""
+        root = self.prefix.root if self.prefix is not None else None
+        training = root.training if root is not None else requested_training(module)
+        return training and torch.is_grad_enabled() and not is_tracing() and not global_hooks()
+
+    def _scope(self, module: nn.Module) -> None:
+        if module not in self.scopes and foldable(module):
+            self.scopes[module] = push_forward(_Scope(module, self))
+
+    def descend(self, module: nn.Module) -> None:
+        """``module``'s forward proves nothing: each child that holds a foldable pair proves its own calls."""
+        for child in module.children():
+            self._scope(child)
+
+    def fold_for(self, pair: FoldPair, scope: nn.Module) -> _Fold:
+        key = (pair.first, pair.second)
+        fold = self.folds.get(key)
+        if fold is None or fold.scope is not scope or fold.pair.paths != pair.paths:
+            fold = self.folds[key] = _Fold(pair, scope)
+        for m in key:
+            if m not in self.forwards:
+                self.forwards[m] = push_forward(_FoldedForward(m))
+        return fold
+
+    def remove(self) -> None:
+        super().remove()
+        for forward in (*self.forwards.values(), *self.scopes.values()):
+            pop_forward(forward)
+        self.forwards, self.scopes, self.folds = {}, {}, {}
+
+
+def fold_effects(layer: Layer, prefix: Prefix | None = None) -> list[Effect]:
+    """What ``fuse=True`` installs on a frozen layer (of ``prefix``'s model, which says when it trains)."""
+    return [BatchNormFold(layer, prefix)]
+
+
+def find_fold(layer: nn.Module) -> BatchNormFold | None:
+    """The folding effect installed for ``layer`` (a module of a frozen layer), if any."""
+    for m in layer.modules():
+        forward = m.__dict__.get("forward")
+        while isinstance(forward, OwnedForward):
+            if isinstance(forward, _Scope) and layer in forward.effect.layer.modules:
+                return forward.effect
+            forward = forward.previous
+    return None
+
+
+def folds_running(module: nn.Module) -> bool:
+    """True while ``module``'s forward runs with the folds proven in it (for a model's own frozen fast path)."""
+    forward = module.__dict__.get("forward")
+    while isinstance(forward, OwnedForward):
+        if isinstance(forward, _Scope):
+            return forward.on
+        forward = forward.previous
+    return False
+
+
+def active_fold(module: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None] | None:
+    """For a model's own frozen fast path that runs a folded conv its own way: ``(bn, weight, bias)`` of the
+    BatchNorm folded into ``module`` (a conv or linear) and the folded weights, while that fold is active and a plain
+    one (no border map); else ``None``, and the module's own call is the way to run it."""
+    forward = module.__dict__.get("forward")
+    while isinstance(forward, OwnedForward) and not isinstance(forward, _FoldedForward):
+        forward = forward.previous
+    if not isinstance(forward, _FoldedForward) or forward.fold is None or not forward.fold.active:
+        return None
+    fold = forward.fold
+    if module is not fold.pair.target or fold.border:
+        return None
+    return fold.pair.bn, fold.weight, fold.bias

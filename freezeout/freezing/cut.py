@@ -1,0 +1,265 @@
+"""What flows into the frozen layers, in every forward: the graph cut at their inputs (docs/METHOD.md, "What frozen
+means").
+
+Frozen layers leave the backward pass only if nothing that requires grad flows into them; then the cut has
+nothing to do, and its hooks (one before and one after each frozen layer's call, none on the modules inside)
+return at once. When something does, the leaf tensors it came from decide (walking the autograd graph, which
+upstream of the frozen prefix is short):
+
+- a weight tied to the head (GPT-2's token embedding; trained as the head), or an activation that a hook inside
+  the forward made require grad with nothing trainable behind it (Hugging Face does so for activation
+  checkpointing): the frozen layer's inputs are *cut* (detached), and the frozen prefix's output requires grad again,
+  as a leaf, so the shared weight trains through the head alone and the frozen layers leave backward;
+- anything else keeps its gradient through the frozen layers, exactly as through a copy frozen by hand: a trainable
+  parameter upstream, a tensor you differentiate (an input with ``requires_grad``, as adversarial training does), a
+  trainable tensor held by a module (a learned prompt). Nothing is cut; the controller is told (``Prefix.reports``)
+  and says which and what it costs (``FrozenInputWarning``; with ``strict``, a trainable parameter is a
+  ``ValueError``).
+
+Nothing is cut inside a backward pass (a reentrant checkpoint recomputing a frozen layer needs its graph as
+recorded) nor while the model is traced as a program (fx, export, jit). Under ``torch.compile`` the walk cannot be
+traced: a layer cuts there as its last eager forward decided.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..compat import in_backward, is_tracing, outermost_call, saved_tensors_hooks_outer
+from ..groups import unwrap
+from ..hooks import Names, leaves, map_tensors, tensors
+from ..layers import Layer
+from ..measure import SavedStorages
+from .effect import Effect, OwnedHook
+
+__all__ = ["GraphCut", "Leak", "Prefix"]
+
+PARAMETER, INPUT, HELD = "parameter", "input", "held"  # what a kept source is (``Leak.kind``)
+
+
+@dataclass
+class Leak:
+    """Tensors found flowing into frozen ``layers[index]`` that keep their gradient (``kind``: trainable
+    parameters, inputs of the model, tensors held by a module), and what autograd saved for backward in the frozen
+    layers from there on in that forward (each storage counted once)."""
+
+    index: int
+    params: list[torch.Tensor]
+    names: list[str]
+    kind: str = PARAMETER
+    saved: SavedStorages = field(default_factory=SavedStorages)
+    reentrant: bool = False
+
+    @property
+    def nbytes(self) -> int:
+        return self.saved.nbytes
+
+
+@dataclass
+class _Forward:
+    """The cut's state within one forward of the model."""
+
+    leaking: bool = False  # something keeps its gradient: later layers need not look again
+    measuring: Leak | None = None
+    contexts: list[tuple[nn.Module, Any]] = field(default_factory=list)
+    outside: tuple[set[int], dict[int, str]] | None = None  # the model's inputs' leaves and module-held tensors
+
+
+class Prefix:
+    """What a model's frozen layers share: how many are frozen, the cut's state in this forward, what it found."""
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        self.layers = list(layers)
+        self.frozen = 0
+        self.decision: dict[int, bool] = {}  # layer -> cut (True) or leave (False), as its last eager forward found
+        self.reports: list[Leak] = []  # read and cleared by the controller's step()
+        self.reported: set[Any] = set()  # what was reported already (parameter ids, kinds per layer, reentrancy)
+        self.now: _Forward | None = None  # made when something requiring grad flows in; gone at the prefix's end
+        self.cut_any = False  # this forward cut something, so the prefix's output requires grad again
+        self.root: nn.Module | None = None  # the model the training loop calls (known after its first training pass)
+        self._names: Names | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a copy (deepcopy, pickle) starts clean: ids in the name cache and open contexts belong to the original
+        return {**self.__dict__, "reports": [], "now": None, "cut_any": False, "_names": None}
+
+    @property
+    def exit(self) -> nn.Module | None:
+        """The module whose call ends the frozen prefix (the last frozen layer's last)."""
+        return self.layers[self.frozen - 1].modules[-1] if self.frozen else None
+
+    def names(self, sources: Sequence[torch.Tensor]) -> Names:
+        """The model's parameter names, read again when a source is a parameter they miss (FSDP2 registers
+        gathered copies during its forward; a deep copy has parameters of its own)."""
+        if self._names is None or any(isinstance(t, nn.Parameter) and id(t) not in self._names.params for t in sources):
+            call = outermost_call()
+            self._names = Names(unwrap(call[0])) if call is not None else Names(nn.Module())
+        return self._names
+
+    def kept(self, sources: Sequence[torch.Tensor]) -> tuple[str, list[torch.Tensor]]:
+        """The sources among ``sources`` that keep their gradient, and what they are; a tied weight and an
+        activation made to require grad inside the forward are cut. A parameter the model does not name (a sharded
+        module's gathered copy) keeps its gradient too."""
+        names = self.names(sources)
+        params = [t for t in sources if (not names.tied(t) if id(t) in names.params else isinstance(t, nn.Parameter))]
+        if params:
+            return PARAMETER, params
+        others = [t for t in sources if not isinstance(t, nn.Parameter)]
+        if not others:
+            return PARAMETER, []
+        inputs, held = self._outside()
+        found = [t for t in others if id(t) in inputs]
+        if found:
+            return INPUT, found
+        return HELD, [t for t in others if id(t) in held]
+
+    def _outside(self) -> tuple[set[int], dict[int, str]]:
+        """The leaves behind the model's inputs, and the tensors its modules hold as attributes (by id, with a
+        name): sources that are not the forward's own making."""
+        if self.now.outside is None:
+            call = outermost_call()
+            inputs: set[int] = set()
+            held: dict[int, str] = {}
+            if call is not None:
+                inputs = {id(t) for t in leaves([t for t in tensors((call[1], call[2])) if t.requires_grad])}
+                for name, m in unwrap(call[0]).named_modules():
+                    for key, value in (*vars(m).items(), *m.named_buffers(recurse=False)):
+                        if isinstance(value, torch.Tensor) and value.requires_grad:
+                            held.setdefault(id(value), f"{name}.{key}" if name else key)
+            self.now.outside = (inputs, held)
+        return self.now.outside
+
+    def report(self, index: int, kind: str, kept: list[torch.Tensor], reentrant: bool = False) -> None:
+        """Tell the controller, once per set of parameters or kind of source (and once about reentrancy)."""
+        self.now.leaking = True
+        keys = {id(t) for t in kept} if kind == PARAMETER and kept else {(kind, index, reentrant)}
+        if keys <= self.reported:
+            return
+        self.reported |= keys
+        leak = Leak(index, kept, self._label(kind, kept), kind, reentrant=reentrant)
+        self.reports.append(leak)
+        self.now.measuring = None if reentrant else leak
+
+    def _label(self, kind: str, kept: list[torch.Tensor]) -> list[str]:
+        if kind == PARAMETER:
+            names = self.names(kept)
+            return [names.params.get(id(t), f"a parameter of shape {tuple(t.shape)}") for t in kept]
+        if kind == HELD:
+            held = self._outside()[1]
+            return [held.get(id(t), f"a tensor of shape {tuple(t.shape)}") for t in kept]
+        return [f"an input of shape {tuple(t.shape)}" for t in kept]
+
+    # -- saved-tensor accounting while a leak is measured ------------------------------------------------------
+    def open(self, module: nn.Module, index: int) -> None:
+        leak = self.now.measuring
+        if leak is None or index < leak.index or not torch.is_grad_enabled():
+            return
+        outer_pack, outer_unpack = saved_tensors_hooks_outer()
+        ctx = torch.autograd.graph.saved_tensors_hooks(lambda t: outer_pack(leak.saved.add(t)), outer_unpack)
+        try:
+            ctx.__enter__()
+        except RuntimeError:  # saved-tensor hooks are disabled here
+            return
+        self.now.contexts.append((module, ctx))
+
+    def close(self, module: nn.Module) -> None:
+        now = self.now
+        if now.contexts and now.contexts[-1][0] is module:
+            now.contexts.pop()[1].__exit__(None, None, None)
+
+
+def _graded(value: Any) -> list[torch.Tensor]:
+    return [t for t in tensors(value) if t.requires_grad]
+
+
+def _any_graded(value: Any) -> bool:
+    """Whether a tensor in ``value`` requires grad (the check every frozen call makes: kept cheap)."""
+    if isinstance(value, torch.Tensor):
+        return value.requires_grad
+    if isinstance(value, (list, tuple)):
+        return any(_any_graded(v) for v in value)
+    if isinstance(value, Mapping):
+        return any(_any_graded(v) for v in value.values())
+    return False
+
+
+def _detach(value: Any) -> Any:
+    return map_tensors(value, lambda t: t.detach() if t.requires_grad else t)
+
+
+def _regrad(t: torch.Tensor) -> torch.Tensor:
+    if t.requires_grad or not (t.is_floating_point() or t.is_complex()):
+        return t
+    return t.detach().requires_grad_()
+
+
+class _CutIn(OwnedHook):
+    def __init__(self, prefix: Prefix, index: int) -> None:
+        self.prefix, self.index = prefix, index
+
+    def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
+        if not (_any_graded(args) or (kwargs and _any_graded(kwargs))):
+            return None  # nothing flows in that autograd would record: the frozen layer leaves it by itself
+        p = self.prefix
+        if torch.compiler.is_compiling():  # the walk cannot be traced: cut as the last eager forward decided
+            cut = p.decision.get(self.index, False) and not torch.compiler.is_exporting()
+        elif in_backward() or is_tracing():
+            return None
+        else:
+            if p.now is None:
+                p.now = _Forward()
+            cut = False if p.now.leaking else self._decide(_graded((args, kwargs)))
+            p.open(module, self.index)
+        if not cut:
+            return None
+        p.cut_any = True
+        return _detach(args), _detach(kwargs)
+
+    def _decide(self, graded: list[torch.Tensor]) -> bool:
+        p = self.prefix
+        kind, kept = p.kept(leaves(graded))
+        grad = torch.is_grad_enabled()  # off: a reentrant checkpoint's forward, its backward recomputes this layer
+        if kept or not grad:
+            p.report(self.index, kind, kept, reentrant=not grad)
+        if grad:
+            p.decision[self.index] = not kept
+        return grad and not kept
+
+
+class _CutOut(OwnedHook):
+    def __init__(self, prefix: Prefix) -> None:
+        self.prefix = prefix
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
+        p = self.prefix
+        if not torch.compiler.is_compiling():
+            if p.now is None or in_backward() or is_tracing():
+                return None
+            p.close(module)
+        if module is not p.exit:
+            return None
+        p.now = None  # the frozen prefix ends: the next forward starts clean
+        if not p.cut_any:
+            return None
+        p.cut_any = False
+        return map_tensors(output, _regrad)
+
+
+class GraphCut(Effect):
+    """Frozen ``layer`` cuts what flows into it in every forward (see the module doc); ``prefix`` is shared by all
+    of a model's frozen layers."""
+
+    name = "graph cut"
+
+    def __init__(self, prefix: Prefix, layer: Layer) -> None:
+        super().__init__()
+        self.prefix, self.layer = prefix, layer
+
+    def install(self) -> None:
+        for m in self.layer.modules:
+            self.hook(m, _CutIn(self.prefix, self.layer.index), _CutOut(self.prefix), kwargs=True)
