@@ -118,7 +118,7 @@ def test_compare_fuse_runs_every_row_both_ways_each_against_its_own_curve(tiny, 
     fused_runs = []
     real_loop = bench.timed_run
     monkeypatch.setattr(bench, "timed_run", lambda *a: fused_runs.append(a[-2][-1]) or real_loop(*a))
-    config = BenchConfig(steps=4, repeats=1, curve_repeats=1, t0s=[0.5], overhead_calls=1, compare_fuse=True)
+    config = BenchConfig(steps=4, repeats=1, curve_repeats=1, t0s=[0.5], overhead_calls=1, compare_fuse=True, fuse=True)
     done = []
     result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
     assert sum(done) == total_work(config, 4)
@@ -179,7 +179,7 @@ def test_lockstep_runs_interleave_steps_and_train_each_model_as_alone(tiny, monk
 
 
 def test_bench_lockstep_rows(tiny):
-    config = BenchConfig(steps=4, repeats=2, curve_repeats=1, t0s=[0.5], overhead_calls=1, lockstep=True)
+    config = BenchConfig(steps=4, repeats=2, curve_repeats=1, t0s=[0.5], overhead_calls=1, lockstep=True, fuse=True)
     done = []
     result = run_bench(tiny, tiny.layers, torch.randn(2, 3, 8, 8), config, progress=done.append)
     assert sum(done) == total_work(config, 4)

@@ -25,7 +25,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
-def run(model, layers, steps=STEPS, t0=0.2, fuse=True):
+def run(model, layers, steps=STEPS, t0=0.2, fuse=False):
     """FreezeOut (linear, t0=0.2) to the end: layers freeze one by one, on distinct steps."""
     opt = torch.optim.SGD(param_groups(model, layers), lr=0.05, momentum=0.9, weight_decay=1e-4)
     sched = FreezeOut(opt, layers, total_steps=steps, t0=t0, schedule="linear", fuse=fuse)
@@ -74,6 +74,17 @@ def test_per_block_compile_recompiles_at_most_three_times_per_layer():
     # stem: trainable, frozen; every later layer: also once when its input stops requiring grad
     assert cnt.frame_count == 2 + 3 * (n - 1)
     assert not recompile_limit_hit()
+
+
+@pytest.mark.slow  # dynamo compiles: 5 s
+def test_with_folding_each_layer_compiles_once_more_for_its_unfolded_check():
+    # fuse=True: a frozen layer's first call runs unfolded once, beside the folded run it confirms
+    model = densenet()
+    cnt = CompileCounter()
+    compile_blocks(model.layers, backend=cnt)
+    frozen = run(model, model.layers, fuse=True)
+    n = len(model.layers)
+    assert frozen[-1] == n and cnt.frame_count == 2 + 4 * (n - 1) and not recompile_limit_hit()
 
 
 @pytest.mark.slow  # dynamo compiles: 7-9 s

@@ -33,7 +33,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool, r
     ddp = DDP(model, find_unused_parameters=not rewrap)
     ddp.register_comm_hook(counter, counting_allreduce_hook)
     opt = torch.optim.SGD(param_groups(ddp, model.layers), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    sched = FreezeOut(opt, model.layers, total_steps=TOTAL, t0=0.3, schedule="linear")
+    sched = FreezeOut(opt, model.layers, total_steps=TOTAL, t0=0.3, schedule="linear", fuse=True)
     rows, frozen_at, frozen = [], {}, 0
     for step in range(TOTAL):
         ddp.train()

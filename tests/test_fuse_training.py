@@ -13,7 +13,7 @@ import torch
 import torch._dynamo
 import torch.nn.functional as F
 
-from freezeout import FreezeOut, compile_blocks, param_groups, remove_effects
+from freezeout import FreezeOut, FreezeOutOptions, compile_blocks, param_groups, remove_effects
 from freezeout.accel.fuse import is_fused
 from freezeout.experiment.models import DenseNetBC, ResNet, densenet
 from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
@@ -251,8 +251,9 @@ def test_the_fuse_setting_reaches_freezeout_from_the_command_line():
 
     parse = build_parser().parse_args
     config = config_from_args(parse(["train", "--out", "x", "--no-fuse", "--depth", "10", "--growth", "1"]))
-    assert config.fuse is False and config_from_args(parse(["train", "--out", "x"])).fuse is True
-    assert TrainConfig().differences(TrainConfig(fuse=False)) == ["fuse: True -> False"]  # resume refuses a mix
+    assert config.fuse is False and config_from_args(parse(["train", "--out", "x", "--fuse"])).fuse is True
+    assert config_from_args(parse(["train", "--out", "x"])).fuse is FreezeOutOptions().fuse  # the option's default
+    assert TrainConfig().differences(TrainConfig(fuse=True)) == ["fuse: False -> True"]  # resume refuses a mix
     data = load_dataset("digits", None, 0)
     assert Run(config, data, torch.device("cpu")).sched.fuse is False
     assert Run(replace(config, fuse=True), data, torch.device("cpu")).sched.fuse is True

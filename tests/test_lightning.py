@@ -81,7 +81,7 @@ def trainer(callbacks, **kw) -> pl.Trainer:
 def fit(t0=0.3, ckpt=None, callbacks=(), **kw):
     pl.seed_everything(0, verbose=False)
     model = Net()
-    fo = FreezeOutCallback(t0=t0, schedule="linear", scale_lr=False)
+    fo = FreezeOutCallback(t0=t0, schedule="linear", scale_lr=False, fuse=True)
     rec = Recorder(fo)
     tr = trainer([fo, rec, *callbacks], **kw)
     tr.fit(model, loader(), ckpt_path=ckpt)
@@ -210,7 +210,7 @@ def test_with_a_validation_loop_and_folding_resume_equals_the_uninterrupted_run(
     def run(ckpt=None):
         pl.seed_everything(0, verbose=False)
         model = Validated()
-        fo = FreezeOutCallback(t0=0.3, schedule="linear", scale_lr=False)
+        fo = FreezeOutCallback(t0=0.3, schedule="linear", scale_lr=False, fuse=True)
         rec = Recorder(fo)
         save = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
         tr = trainer([fo, rec, save], enable_checkpointing=True, val_check_interval=3)

@@ -14,7 +14,7 @@ from freezeout import FreezeOut, FreezeOutOptions
 from tests.helpers.models import TinyNet
 
 FIELDS = dataclasses.fields(FreezeOutOptions)
-CHANGED = {"t0": 0.5, "schedule": "linear", "scale_lr": False, "warmup_steps": 3, "strict": True, "fuse": False}
+CHANGED = {"t0": 0.5, "schedule": "linear", "scale_lr": False, "warmup_steps": 3, "strict": True, "fuse": True}
 BAD = [("t0", 0.0), ("t0", 1.5), ("schedule", "cosine"), ("warmup_steps", -1), ("warmup_steps", 2.5), ("fuse", 1)]
 
 
@@ -35,7 +35,7 @@ def controller(**options):
 def test_the_controller_holds_what_it_was_given_and_from_options_builds_the_same():
     sched = controller(**CHANGED)
     assert sched.options == FreezeOutOptions(**CHANGED)
-    assert (sched.t0, sched.schedule, sched.warmup_steps, sched.fuse) == (0.5, "linear", 3, False)
+    assert (sched.t0, sched.schedule, sched.warmup_steps, sched.fuse) == (0.5, "linear", 3, True)
     model = TinyNet()
     opt = torch.optim.SGD(freezeout.param_groups(model, model.layers), lr=0.1)
     again = FreezeOut.from_options(opt, model.layers, 10, FreezeOutOptions(**CHANGED))
@@ -88,7 +88,7 @@ def test_add_freezeout_takes_every_option_and_gives_the_warmup_once(tmp_path):
         return transformers.Trainer(model=tiny_bert("classify"), args=arguments)
 
     assert add_freezeout(trainer(), None, 0.5, "linear", **{k: CHANGED[k] for k in ("strict", "fuse")}).options == (
-        FreezeOutOptions(0.5, "linear", strict=True, fuse=False)
+        FreezeOutOptions(0.5, "linear", strict=True, fuse=True)
     )
     assert add_freezeout(trainer(), options=FreezeOutOptions(**CHANGED)).options == FreezeOutOptions(**CHANGED)
     for name, value in BAD:
