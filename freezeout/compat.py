@@ -36,6 +36,7 @@ __all__ = [
     "own_parameters",
     "saved_tensors_hooks_outer",
     "stock_conv",
+    "tensor_tables",
     "tensor_version",
 ]
 
@@ -133,6 +134,13 @@ def conv_pads(conv: nn.Module) -> bool:
 def stock_conv(module: nn.Module, base: type) -> bool:
     """``module`` is a ``base`` conv whose forward and convolution are torch's own (a subclass may change them)."""
     return type(module).forward is base.forward and type(module)._conv_forward is base._conv_forward
+
+
+def tensor_tables(module: nn.Module) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Where ``module`` holds tensors of its own: the dicts torch keeps its parameters and buffers in, and its
+    attributes (a plain tensor attribute is neither). Entries may be None; assigning to an entry replaces the
+    tensor the module uses."""
+    return module._parameters, module._buffers, module.__dict__
 
 
 def tensor_version(t: torch.Tensor) -> int:

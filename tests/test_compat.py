@@ -171,3 +171,12 @@ def test_has_hooks_and_own_parameters():
     m.bias = None
     assert [p for p in compat.own_parameters(m) if p is not None] == [m.weight]
     assert list(compat.own_parameters(nn.Sequential(m))) == []  # its own, not its children's
+
+
+def test_tensor_tables_hold_what_the_module_uses():
+    m = nn.BatchNorm1d(2)
+    m.scale = torch.ones(1)
+    params, buffers, attrs = compat.tensor_tables(m)
+    assert params["weight"] is m.weight and buffers["running_mean"] is m.running_mean and attrs["scale"] is m.scale
+    m.running_mean = torch.zeros(2)  # assigning replaces the entry the module reads
+    assert compat.tensor_tables(m)[1]["running_mean"] is m.running_mean

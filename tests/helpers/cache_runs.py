@@ -23,9 +23,20 @@ class Run:
     nbytes: list[int] = field(default_factory=list)
 
 
-def build(make: Callable[[], tuple[nn.Module, list]], steps: int, n: int, cache: dict | None, t0: float = 0.5) -> Run:
+def build(
+    make: Callable[[], tuple[nn.Module, list]],
+    steps: int,
+    n: int,
+    cache: dict | None,
+    t0: float = 0.5,
+    extra: Callable[[nn.Module], list[torch.Tensor]] | None = None,
+) -> Run:
+    """A model from ``make``, SGD over its layers' groups (and ``extra(model)``'s tensors), FreezeOut, the cache."""
     model, layers = make()
-    opt = torch.optim.SGD(freezeout.param_groups(model, layers), lr=0.05, momentum=0.9)
+    groups = freezeout.param_groups(model, layers)
+    if extra is not None:
+        groups.append({"params": extra(model)})
+    opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9)
     sched = freezeout.FreezeOut(opt, layers, steps, t0=t0)
     return Run(model, opt, sched, None if cache is None else freezeout.PrefixCache(sched, n, **cache))
 
@@ -80,3 +91,28 @@ def counting(cls: type, counts: list[int]):
         yield counts
     finally:
         cls.forward = real
+
+
+def twice(
+    case: Callable[[], Any],
+    epochs: int = 6,
+    cache: dict | None = None,
+    t0: float = 0.3,
+    shuffle: bool = True,
+    edit: Callable[[nn.Module], None] | None = None,
+    at: int = 9,
+) -> tuple[Run, Run]:
+    """The training of ``case()`` (a ``tests.helpers.cache_cases.Case``, made afresh for each run) without and
+    with the cache (``cache``: its keyword arguments), the same seeds and batches; ``edit(model)`` after step
+    ``at`` in both."""
+    runs = []
+    for options in (None, cache or {}):
+        c = case()
+        batches = order(len(c.examples), c.batch, epochs, shuffle=shuffle)
+        torch.manual_seed(5)
+        run = build(c.make, len(batches), len(c.examples), options, t0, c.extra)
+        steps(run, c.data, batches[:at], c.loss)
+        if edit is not None:
+            edit(run.model)
+        runs.append(steps(run, c.data, batches[at:], c.loss))
+    return runs[0], runs[1]

@@ -1,14 +1,11 @@
-"""Where ``PrefixCache`` keeps its rows, and the per-example fingerprint that keeps them from going stale.
+"""Where ``PrefixCache`` keeps its rows: one ``RowTable`` per depth.
 
-A ``Slab`` holds one depth's frontier: for each tensor that the frontier layer's calls return, a
+A ``RowTable`` holds one depth's frontier: for each tensor that the frontier layer's calls return, a
 ``[num_examples, *row]`` tensor in the activations' own dtype, an example's row at its index in the data set
 (in memory on the activations' device, or memory-mapped from a file under ``path``, created under a fresh name
 and unlinked at once, so no file is left behind whatever happens to the process). Untouched rows cost no memory:
-the pages are the operating system's until a row is written.
-
-``fingerprints`` hashes each example's input (every tensor whose first dimension is the batch, row by row; the
-others and every non-tensor value as part of the structure) into two 64-bit words: an input that changed in any
-element, shape or dtype gets another fingerprint.
+the pages are the operating system's until a row is written. Rows are written with copies of the tensors, taken
+at the frozen call: what the model does to its activations afterwards (an in-place activation) does not reach them.
 """
 
 from __future__ import annotations
@@ -21,11 +18,9 @@ from typing import Any
 
 import torch
 
-from .hooks import map_tensors, tensors
+from ..hooks import map_tensors, tensors
 
-__all__ = ["LeafSpec", "Slab", "fingerprints", "leaf_specs", "skeleton", "structure_key"]
-
-_INT_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+__all__ = ["LeafSpec", "RowTable", "fill", "leaf_specs", "skeleton"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +46,9 @@ class LeafSpec:
         t = torch.empty([shape[i] for i in self.order], dtype=self.dtype, device=self.device)
         return t.permute([self.order.index(i) for i in range(len(shape))])
 
-    def poisoned(self, batch: int) -> torch.Tensor:
-        """A batch that must never be read: NaN where the dtype has one, so a value that leaked shows."""
+    def placeholder(self, batch: int) -> torch.Tensor:
+        """A batch that is never read (the proof shows it): NaN where the dtype has one, so a value that leaked
+        shows."""
         t = self.empty(batch)
         return t.fill_(float("nan") if t.is_floating_point() or t.is_complex() else 0)
 
@@ -86,7 +82,7 @@ def fill(template: Any, leaves: Sequence[torch.Tensor]) -> Any:
     return map_tensors(template, lambda t: next(it))
 
 
-class Slab:
+class RowTable:
     """The frontier after ``depth`` frozen layers: a row per example for each of ``specs``."""
 
     def __init__(self, depth: int, specs: Sequence[LeafSpec], num_examples: int, path: str | None) -> None:
@@ -119,69 +115,3 @@ class Slab:
         spec = self.specs[leaf]
         out = self.data[leaf].index_select(0, rows.to(self.data[leaf].device)).to(spec.device, non_blocking=True)
         return spec.layout(out)
-
-
-def _words(t: torch.Tensor, batch: int) -> torch.Tensor:
-    if t.is_complex():
-        t = torch.view_as_real(t)
-    if t.dtype == torch.bool:
-        x = t.to(torch.int64)
-    elif t.is_floating_point():
-        x = t.contiguous().view(_INT_OF[t.element_size()]).to(torch.int64)
-    else:
-        x = t.to(torch.int64)
-    return x.reshape(batch, -1)
-
-
-_WEIGHTS: dict[tuple[int, str], torch.Tensor] = {}
-
-
-def _weights(n: int, device: torch.device) -> torch.Tensor:
-    key = (n, str(device))
-    w = _WEIGHTS.get(key)
-    if w is None:
-        g = torch.Generator().manual_seed(0x5EED + n)
-        w = (torch.randint(-(2**62), 2**62, (2, n), generator=g, dtype=torch.int64) | 1).to(device)
-        if len(_WEIGHTS) > 64:
-            _WEIGHTS.clear()
-        _WEIGHTS[key] = w
-    return w
-
-
-def structure_key(value: Any, batch: int) -> int:
-    """A hash of ``value``'s structure: keys, types, non-tensor leaves, each tensor's dtype and shape (the batch
-    dimension left out), and the content of the tensors that are not per example."""
-    parts: list[Any] = []
-
-    def walk(v: Any) -> None:
-        if isinstance(v, torch.Tensor):
-            per_row = v.dim() > 0 and v.shape[0] == batch
-            parts.append((str(v.dtype), tuple(v.shape[1:]) if per_row else ("shared", *v.shape), per_row))
-            if not per_row:
-                parts.append(tuple(_words(v.reshape(1, -1), 1).mul(_weights(v.numel(), v.device)).sum(1).tolist()))
-        elif isinstance(v, (list, tuple)):
-            parts.append((type(v).__name__, len(v)))
-            for x in v:
-                walk(x)
-        elif isinstance(v, dict) or hasattr(v, "items"):
-            for k, x in v.items():
-                parts.append(("key", str(k)))
-                walk(x)
-        else:
-            parts.append((type(v).__name__, repr(v)))
-
-    walk(value)
-    return hash(tuple(parts))
-
-
-def fingerprints(value: Any, batch: int) -> tuple[torch.Tensor, int]:
-    """``[batch, 2]`` int64 words per example: a linear hash with odd random weights of every per-example
-    tensor's row (its bits, for floats), mixed with ``structure_key``; and that key."""
-    key = structure_key(value, batch)
-    out = torch.full((batch, 2), key & 0x3FFFFFFFFFFFFFFF, dtype=torch.int64)
-    for t in tensors(value):
-        if t.dim() > 0 and t.shape[0] == batch:
-            x = _words(t, batch)
-            h = (x.unsqueeze(1) * _weights(x.shape[1], x.device)).sum(2).cpu()
-            out = out * 1000003 + h
-    return out, key
