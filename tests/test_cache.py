@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers", reason="the cache's transform
 import freezeout  # noqa: E402
 from freezeout.experiment.models import build_model  # noqa: E402
 from tests.helpers import cache_runs as cr  # noqa: E402
-from tests.helpers.hf import VOCAB, tiny_bert  # noqa: E402
+from tests.helpers.hf import VOCAB, tiny_bert, tiny_gpt2  # noqa: E402
 from tests.helpers.lookalikes import DenseNet  # noqa: E402
 
 N, B = 12, 4
@@ -84,6 +84,41 @@ def test_gpt2_classifier_with_its_dropout_frozen_in_the_embedding_group(proven):
     plain, cached = both(gpt2, tokens, hf_loss, epochs=5)
     cr.same_training(plain, cached, exact=False)
     assert cached.cache.stats["hits"] >= N
+
+
+def gpt2_lm():
+    """GPT-2 as a language model in float64, nothing random, with the layers ``find_layers`` picks: the token
+    embedding among them, tied to the head, so it keeps training."""
+    model = tiny_gpt2(layers=3).double()
+    model.config.use_cache = False
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    return model, freezeout.find_layers(model, {"input_ids": IDS[:1]})
+
+
+def lm_tokens(idx):
+    return {"input_ids": IDS[idx]}, IDS[idx]
+
+
+def lm_loss(model, x, y):
+    return model(**x, labels=y).loss
+
+
+def test_gpt2_lm_with_the_embedding_tied_to_the_head_trains_as_without_the_cache(caplog):
+    with caplog.at_level(logging.WARNING, logger="freezeout.cache"):
+        plain, cached = both(gpt2_lm, lm_tokens, lm_loss, epochs=4, cache={"verify": 0})
+    cr.same_training(plain, cached, exact=False, rtol=1e-10, atol=1e-12)
+    assert "transformer.wte.weight flows into frozen layers[0] and trains" in caplog.text
+    assert cached.cache.stats["stored"] == 0  # the plain path from the first proof on, said once
+
+
+def test_gpt2_lm_served_from_an_old_embedding_without_the_checks(monkeypatch):
+    monkeypatch.setattr(freezeout.cache.proof, "trained_read", lambda reads: None)
+    monkeypatch.setattr(freezeout.cache.state.StateWatch, "changed", lambda self: iter(()))
+    plain, cached = both(gpt2_lm, lm_tokens, lm_loss, epochs=4, cache={"verify": 0})
+    with pytest.raises(AssertionError):
+        cr.same_training(plain, cached, exact=False, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("kind", ["densenet-bc", "resnet"])

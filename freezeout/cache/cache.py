@@ -42,6 +42,7 @@ log = logging.getLogger("freezeout.cache")
 
 _MIN_LOOKUPS = 32  # rows seen again before the share of changed inputs means anything
 _MAX_CHANGES = 3  # a tensor read before the frontier that changes this often changes at every step
+_RERUN = (Diverged, Exception)  # what a forward under the cache may raise that the same forward without it may not
 
 
 class CacheWarning(UserWarning):
@@ -114,7 +115,7 @@ class PrefixCache:
         self._off: str | None = None  # why the cache turned itself off
         self._credit = 0.0  # served rows owed a spot check
         self.storing = True
-        self.stats = {"hits": 0, "misses": 0, "changed": 0, "stored": 0, "looked_up": 0, "verified": 0}
+        self.stats = {"hits": 0, "misses": 0, "changed": 0, "stored": 0, "looked_up": 0, "served": 0, "verified": 0}
 
     @property
     def nbytes(self) -> int:
@@ -205,9 +206,9 @@ class PrefixCache:
             if isinstance(plan, Recording):
                 return self._record(entry, plan, args, kwargs)
             return self._serve(entry, plan, args, kwargs)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, Warning):  # a retry loop's to handle; a warning the user made an error
             raise
-        except (Diverged, Exception) as e:  # placeholders may have been read: run it again, as without the cache
+        except _RERUN as e:  # placeholders may have been read: run it again, as without the cache
             self._pass = None
             _set_rng_state(rng)
             what = str(e) if isinstance(e, Diverged) else f"the model raised {type(e).__name__} ({e})"
@@ -309,6 +310,7 @@ class PrefixCache:
 
     def _serve(self, entry: _ModelEntry, srv: Serving, args: Any, kwargs: Any) -> Any:
         served = int(srv.served.numel())
+        self.stats["served"] += served
         self._credit += self.verify * served
         if served and self._credit >= served:
             self._credit -= served

@@ -112,7 +112,7 @@ def hooked_by_others(modules: Iterable[nn.Module]) -> str | None:
     return None
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class CallRecord:
     """One frozen module's call in the proving forward: what it returns, per example."""
 
@@ -124,14 +124,20 @@ class CallRecord:
     offset: int = 0  # its first leaf among the leaves of its layer's row table
     batch_free: bool = False  # no tensor in or out is per example (a position embedding): runs in every forward
 
+    def __repr__(self) -> str:
+        return f"CallRecord({type(self.module).__name__}, layers[{self.layer}])"
 
-@dataclass(eq=False)
+
+@dataclass(eq=False, repr=False)
 class Proof:
     """A forward at ``depth`` frozen layers passed every check: the frozen calls in order, the state they read."""
 
     depth: int
     calls: list[CallRecord] = field(default_factory=list)
     reads: list[Read] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Proof(depth={self.depth}, {len(self.calls)} calls, {len(self.reads)} tensors read)"
 
     def frontier(self) -> list[LeafSpec]:
         return [s for c in self.calls if c.layer == self.depth - 1 and not c.batch_free for s in c.specs]
@@ -250,8 +256,9 @@ class Recorder(TorchFunctionMode):
             )
 
     def leave(self, layer: int, args: Any, output: Any) -> bool:
-        """After frozen ``layers[layer]``'s call; True if it is batch-free (no tensor in or out is per example, a
-        position embedding): such a call always runs, it costs next to nothing and is the same for every batch."""
+        """After frozen ``layers[layer]``'s call; True if it is batch-free (no tensor in or out is per example or
+        made from the input, a position embedding): such a call always runs, it costs next to nothing and is the
+        same for every batch."""
         self.done += 1
         if layer == self.depth - 1:
             self.frontier_done = self.done
@@ -259,7 +266,7 @@ class Recorder(TorchFunctionMode):
         self.data.update((id(t), weakref.ref(t)) for t in tensors(output))
         batch = self.batch
         per_row = [t.dim() > 0 and t.shape[0] == batch for t in tensors((args, output))]
-        if not any(per_row) and not self.tag_of(args):
+        if not any(per_row) and not self.tag_of(args) and not self.from_data(args):
             self._state()
             return True
         if any(t.dim() == 0 or t.shape[0] != batch for t in tensors(output)):

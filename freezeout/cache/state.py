@@ -49,7 +49,7 @@ def stamp(t: torch.Tensor) -> tuple[Any, ...]:
     return tensor_version(t), t.data_ptr(), t.dtype, tuple(t.shape)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class Read:
     """A tensor read before the frontier, flowing into frozen ``layers[layer]`` and the ones after it."""
 
@@ -58,6 +58,9 @@ class Read:
     stamp: tuple[Any, ...]
     holder: Holder | None
     trains: bool  # it requires grad: it changes at every optimizer step
+
+    def __repr__(self) -> str:
+        return f"Read({self.name}, layers[{self.layer}])"
 
     @property
     def name(self) -> str:

@@ -34,14 +34,14 @@ CacheOptions = dict[str, Any]
 
 def check_cache(cache: Any) -> CacheOptions | None:
     """``cache`` as ``add_freezeout`` takes it: False/None (off), True (defaults) or a dict of ``PrefixCache``'s
-    keyword arguments (``max_bytes``, ``path``)."""
+    keyword arguments (``max_bytes``, ``path``, ``verify``)."""
     if cache is None or cache is False:
         return None
     if cache is True:
         return {}
-    if isinstance(cache, dict) and set(cache) <= {"max_bytes", "path"}:
+    if isinstance(cache, dict) and set(cache) <= {"max_bytes", "path", "verify"}:
         return dict(cache)
-    raise ValueError(f"cache must be True, False or a dict with max_bytes and/or path, got {cache!r}")
+    raise ValueError(f"cache must be True, False or a dict of max_bytes, path and/or verify, got {cache!r}")
 
 
 class _Tap:

@@ -209,8 +209,8 @@ def add_freezeout(
     FreezeOut's options, exactly as ``freezeout.FreezeOut`` takes them (``t0``, ``schedule``, ``scale_lr`` by
     position or name; ``warmup_steps``, ``strict``, ``fuse`` by name: ``freezeout.FreezeOutOptions``), or
     ``options=FreezeOutOptions(...)``. The learning rate and the number of steps come from ``trainer.args``, and
-    the warmup too unless ``warmup_steps`` is given here. ``cache``: True (or a dict of ``max_bytes``, ``path``)
-    trains with the frozen-prefix cache, ``freezeout.PrefixCache``, one process only
+    the warmup too unless ``warmup_steps`` is given here. ``cache``: True (or a dict of ``max_bytes``, ``path``,
+    ``verify``) trains with the frozen-prefix cache, ``freezeout.PrefixCache``, one process only
     (``freezeout.integrations.trainer_cache``). Returns the installed ``TrainerFreezeOut``.
     """
     opts = options_from(kwargs, args, options=options, where="add_freezeout")

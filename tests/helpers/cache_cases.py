@@ -75,11 +75,11 @@ class Stack(nn.Module):
 
 
 def stack(before: Callable | None = None, after: Callable[[], nn.Module] | None = None, norm=None, data=features,
-          **kw: Any) -> Case:  # fmt: skip
+          dtype: torch.dtype = torch.float64, **kw: Any) -> Case:  # fmt: skip
     def make():
         torch.manual_seed(0)
-        model = Stack(before, after() if after else None, norm).double()
-        model.prompt = torch.zeros(WIDTH, dtype=torch.float64, requires_grad=True)
+        model = Stack(before, after() if after else None, norm).to(dtype)
+        model.prompt = torch.zeros(WIDTH, dtype=dtype, requires_grad=True)
         return model, list(model.blocks)
 
     return Case(make, data, **kw)
@@ -208,25 +208,47 @@ def subset_rows() -> Case:
     return Case(make, lambda i: (ids[i], Y[i]))
 
 
+AUTOCAST = [False]  # whether ``autocast_later``'s loss runs under CPU autocast (bfloat16)
+
+
+def autocast_later() -> Case:
+    """A float32 model whose loop turns autocast on part-way (the test sets ``AUTOCAST``)."""
+    AUTOCAST[0] = False
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=AUTOCAST[0]):
+            out = model(x)
+        return F.cross_entropy(out.float(), y)
+
+    return stack(data=lambda i: (X[i].float(), Y[i]), dtype=torch.float32, loss=loss)
+
+
 class Branching(Stack):
-    """Skips its second block when an input's first feature is large: which frozen calls run depends on the batch."""
+    """When an input's first feature is large, skips its last block (``swap=False``), or runs the two halves of
+    its first layer the other way round (``swap=True``): which frozen calls run depends on the batch."""
+
+    def __init__(self, swap: bool) -> None:
+        super().__init__()
+        self.swap = swap
+        self.pair = nn.ModuleList([nn.Linear(WIDTH, WIDTH), nn.Linear(WIDTH, WIDTH)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = bool((x[:, 0].abs() > 10).any())
-        for i, block in enumerate(self.blocks):
-            if i != 1 or not skip:
-                x = block(x)
+        flagged = bool((x[:, 0].abs() > 10).any())
+        first, second = reversed(self.pair) if flagged and self.swap else self.pair
+        x = second(first(x))
+        for block in self.blocks[:2] if flagged and not self.swap else self.blocks:
+            x = block(x)
         return self.head(x)
 
 
-def branching() -> Case:
-    """Examples 8-11 take the other branch, so batches in order take it from step 2 of each epoch on."""
+def branching(swap: bool = False) -> Case:
+    """Examples 4-7 take the other branch, so batches in order take it in the second step of each epoch."""
     x = X.clone()
-    x[8:, 0] = 20.0
+    x[4:8, 0] = 20.0
 
     def make():
         torch.manual_seed(0)
-        model = Branching().double()
-        return model, list(model.blocks)
+        model = Branching(swap).double()
+        return model, [list(model.pair), *model.blocks]
 
     return Case(make, lambda i: (x[i], Y[i]))

@@ -65,15 +65,15 @@ def order(n: int, batch: int, epochs: int, seed: int = 0, shuffle: bool = True) 
     return [p[i : i + batch] for p in passes for i in range(0, n, batch)]
 
 
-def same_training(a: Run, b: Run, exact: bool = True) -> None:
+def same_training(a: Run, b: Run, exact: bool = True, rtol: float = 1e-4, atol: float = 1e-6) -> None:
     """Every loss and every weight the same: bit for bit, or (``exact=False``: some examples' frozen layers ran in a
-    smaller batch, as when the cache computes only the rows it lacks) up to float rounding."""
-    same = torch.equal if exact else lambda x, y: torch.allclose(x, y, rtol=1e-4, atol=1e-6)
-    assert same(torch.tensor(a.losses), torch.tensor(b.losses))
+    smaller batch, as when the cache computes only the rows it lacks) up to float rounding (``rtol``, ``atol``)."""
+    same = torch.equal if exact else lambda x, y: torch.allclose(x, y, rtol=rtol, atol=atol)
+    assert same(torch.tensor(a.losses, dtype=torch.float64), torch.tensor(b.losses, dtype=torch.float64))
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         assert same(p, q), name
     for (name, p), q in zip(a.model.named_buffers(), b.model.buffers()):
-        assert same(p.float(), q.float()), name
+        assert same(p.double(), q.double()), name
 
 
 @contextlib.contextmanager
