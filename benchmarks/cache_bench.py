@@ -76,12 +76,13 @@ class Data:
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": self.labels[idx]}
 
 
-def trainer(make: Callable, data: Data, steps: int, t0: float, cache: bool) -> tuple[Callable[[], None], Any]:
+def trainer(make: Callable, data: Data, steps: int, t0: float, cache: dict | None) -> tuple[Callable[[], None], Any]:
+    """A training step of ``make()``'s model on ``data``, with FreezeOut and (``cache``: its options) the cache."""
     model, layers = make()
     model.train()
     opt = torch.optim.SGD(freezeout.param_groups(model, layers), lr=0.01, momentum=0.9)
     sched = freezeout.FreezeOut(opt, layers, steps, t0=t0)
-    pc = freezeout.PrefixCache(sched, data.ids.shape[0]) if cache else None
+    pc = freezeout.PrefixCache(sched, data.ids.shape[0], **cache) if cache is not None else None
     state = {"s": 0, "peak": 0}
 
     def step() -> None:
@@ -150,7 +151,7 @@ def schedule_rows(make: Callable, args: argparse.Namespace, curve: list[float]) 
         per_repeat = []
         for r in range(args.repeats):
             data = Data(args.examples, args.batch, args.steps, seed=r)
-            runs = [trainer(make, data, args.steps, t, c) for t, c in ((1.0, False), (t0, False), (t0, True))]
+            runs = [trainer(make, data, args.steps, t, c) for t, c in ((1.0, None), (t0, None), (t0, {}))]
             sec = lockstep([s for s, _ in runs], args.steps)
             base, plain, cached = (sum(s) for s in sec)
             info = runs[2][1]
@@ -170,7 +171,7 @@ def all_frozen(make: Callable, args: argparse.Namespace) -> dict[str, Any]:
     """The all-frozen step, the cache warm (every example stored at the full depth) against no cache."""
     data = Data(args.examples, args.batch, args.steps)
     runs = []
-    for cache in (False, True):
+    for cache in (None, {}):
         step, info = trainer(make, data, args.steps, 0.5, cache)
         info["sched"].step_to(args.steps)  # every layer frozen
         for _ in range(-(-args.examples // args.batch) + 2):  # one pass and then some: every example stored

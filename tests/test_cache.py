@@ -114,7 +114,7 @@ def test_gpt2_lm_with_the_embedding_tied_to_the_head_trains_as_without_the_cache
 
 
 def test_gpt2_lm_served_from_an_old_embedding_without_the_checks(monkeypatch):
-    monkeypatch.setattr(freezeout.cache.proof, "trained_read", lambda reads: None)
+    monkeypatch.setattr(freezeout.cache.recorder, "trained_read", lambda reads: None)
     monkeypatch.setattr(freezeout.cache.state.StateWatch, "changed", lambda self: iter(()))
     plain, cached = both(gpt2_lm, lm_tokens, lm_loss, epochs=4, cache={"verify": 0})
     with pytest.raises(AssertionError):

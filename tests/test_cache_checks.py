@@ -10,7 +10,7 @@ import torch
 
 import freezeout
 from freezeout.cache import cache as cache_module
-from freezeout.cache import confirm, fingerprint, passes, proof, state
+from freezeout.cache import confirm, fingerprint, passes, recorder, state
 from freezeout.hooks import tensors
 from tests.helpers import cache_cases as cc
 from tests.helpers import cache_runs as cr
@@ -71,7 +71,7 @@ def test_frozen_layers_on_a_data_dependent_subset_of_rows_take_the_plain_path(sa
 
 
 def test_without_the_subset_rule_the_served_forward_differs_and_runs_again(monkeypatch):
-    _off(monkeypatch, proof, "_picks_rows", lambda *args: False)
+    _off(monkeypatch, recorder, "_picks_rows", lambda *args: False)
     with pytest.warns(freezeout.CacheWarning, match="differed"):
         exact(cc.subset_rows, shuffle=False)
     with pytest.raises(freezeout.CacheWarning):  # what the rule spares: the warning, the cache off
@@ -83,7 +83,7 @@ def _unchecked(self, rec, out, rows):
 
 
 def test_a_forward_that_raises_under_the_cache_runs_again_without_it(monkeypatch):
-    _off(monkeypatch, proof, "_picks_rows", lambda *args: False)
+    _off(monkeypatch, recorder, "_picks_rows", lambda *args: False)
     _off(monkeypatch, passes.Serving, "_computed", _unchecked)
     with pytest.warns(freezeout.CacheWarning, match="differed.*raised"):
         exact(cc.subset_rows, shuffle=False)
@@ -213,7 +213,7 @@ def test_a_trainable_tensor_nobody_holds_takes_the_plain_path_from_its_first_pro
 
 
 def test_without_the_trainable_check_rows_are_stored_and_thrown_away_at_every_step(monkeypatch):
-    _off(monkeypatch, proof, "trained_read", lambda reads: None)
+    _off(monkeypatch, recorder, "trained_read", lambda reads: None)
     run = exact(cc.global_shift)  # still exact: the stamps see it change, a step late
     assert run.cache.stats["stored"] > 0
 

@@ -29,35 +29,25 @@ from ..controller import FreezeOut
 from ..freezing import OwnedHook
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
 from ..hooks import tensors
-from .confirm import rows_independent, spot_check
+from .confirm import check_runner, rows_independent, spot_check
 from .fingerprint import fingerprints
-from .passes import Checking, Diverged, Recording, Serving, Stop, take_rows
-from .proof import Proof, Recorder, hooked_by_others
+from .passes import Checking, Diverged, Recording, Serving, rng_state, set_rng_state
+from .proof import Proof, Proofs, hooked_by_others
+from .recorder import Recorder
 from .rows import StoredRows
-from .state import StateWatch, held_tensors
+from .state import held_tensors
 
 __all__ = ["CacheWarning", "PrefixCache"]
 
 log = logging.getLogger("freezeout.cache")
 
 _MIN_LOOKUPS = 32  # rows seen again before the share of changed inputs means anything
-_MAX_CHANGES = 3  # a tensor read before the frontier that changes this often changes at every step
 _RERUN = (Diverged, Exception)  # what a forward under the cache may raise that the same forward without it may not
 
 
 class CacheWarning(UserWarning):
     """The cache stops storing (most inputs change between epochs) or turns off (a forward differed from what it
     proved, a spot check failed): training goes on exactly as without it."""
-
-
-def _rng_state() -> list[torch.Tensor]:
-    return [torch.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])]
-
-
-def _set_rng_state(states: list[torch.Tensor]) -> None:
-    torch.set_rng_state(states[0])
-    if len(states) > 1:
-        torch.cuda.set_rng_state_all(states[1:])
 
 
 class _StandIn(OwnedForward):
@@ -104,9 +94,7 @@ class PrefixCache:
             raise ValueError(f"verify must be a number in [0, 1] (the share of served rows checked), got {verify!r}")
         self.verify = float(verify)
         self._stored = StoredRows(self.num_examples, self.max_bytes, self.path)
-        self._proofs: dict[tuple[int, int], Proof | str] = {}  # (depth, input structure) -> proof, or why none
-        self._watch = StateWatch()
-        self._changes: dict[int, int] = {}  # how often each read tensor changed
+        self._proofs = Proofs()
         self._model: nn.Module | None = None
         self._indices: torch.Tensor | None = None  # the examples of the batch() under way
         self._pass: Recording | Serving | Checking | None = None  # the forward under way
@@ -143,7 +131,6 @@ class PrefixCache:
                           "it)", CacheWarning, stacklevel=3)  # fmt: skip
         self._stored.clear()
         self._proofs.clear()
-        self._watch.clear()
 
     # -- the block -------------------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -170,7 +157,8 @@ class PrefixCache:
 
     def _install(self) -> None:
         k = 0 if self.sched.closed else self.sched.num_frozen
-        self._refresh(k)
+        self._proofs.refresh(self._stored)
+        self._stored.drop(lambda d, key: d > k)  # past the frozen layers (a FreezeOut closed)
         if k == 0 or self._off is not None:
             return
         modules = [(m, layer.index) for layer in self.sched._layers[:k] for m in layer.modules]
@@ -181,26 +169,12 @@ class PrefixCache:
         if self._model is not None:
             self._forwards.append(push_forward(_ModelEntry(self, self._model)))
 
-    def _refresh(self, k: int) -> None:
-        """Rows past a layer that reads a tensor that changed, or past the frozen layers, are forgotten."""
-        for read, how in self._watch.changed():
-            i = read.layer
-            self._stored.drop(lambda d, key, i=i: d > i)
-            count = self._changes[id(read.tensor)] = self._changes.get(id(read.tensor), 0) + 1
-            if count >= _MAX_CHANGES:
-                why = f"{read.name}, read by frozen layers[{i}], changes between steps"
-                self._proofs.update({dk: why for dk in self._proofs if dk[0] > i})
-            elif how != "modified in place":  # the proofs' shapes and dtypes may be stale too
-                self._proofs = {dk: p for dk, p in self._proofs.items() if dk[0] <= i}
-            log.info("PrefixCache: %s was %s: rows past frozen layers[%d] dropped", read.name, how, i)
-        self._stored.drop(lambda d, key: d > k)
-
     # -- a forward of the model --------------------------------------------------------------------------------
     def _forward(self, entry: _ModelEntry, args: Any, kwargs: Any) -> Any:
         plan = self._plan(args, kwargs) if self._pass is None else None
         if plan is None:
             return entry.below(*args, **kwargs)
-        rng = _rng_state()
+        rng = rng_state()
         self._pass = plan
         try:
             if isinstance(plan, Recording):
@@ -210,7 +184,7 @@ class PrefixCache:
             raise
         except _RERUN as e:  # placeholders may have been read: run it again, as without the cache
             self._pass = None
-            _set_rng_state(rng)
+            set_rng_state(rng)
             what = str(e) if isinstance(e, Diverged) else f"the model raised {type(e).__name__} ({e})"
             self._turn_off(f"a forward differed from the one the cache proved: {what}")
             return entry.below(*args, **kwargs)
@@ -228,7 +202,7 @@ class PrefixCache:
             return self._say("size", f"the model's input is not a batch of len(indices) = {b} examples")
         fp, key = fingerprints((args, kwargs), b)
         k = self.sched.num_frozen
-        proof = self._proofs.get((k, key))
+        proof = self._proofs.get(k, key)
         if isinstance(proof, str):
             return None
         if proof is None and b < 2:
@@ -251,7 +225,7 @@ class PrefixCache:
         frozen = [m for layer in self.sched._layers[:k] for m in layer.all_modules()]
         device = next(tensors((args, kwargs))).device
         recorder = Recorder(k, model, frozen, held_tensors(model), (args, kwargs), indices.shape[0], device)
-        shallower, base = self._proofs.get((k - 1, key)), None
+        shallower, base = self._proofs.get(k - 1, key), None
         if isinstance(shallower, Proof):  # serve what it covers: rows stored at most one layer shallower
             served = torch.where(depths < k, depths, torch.zeros_like(depths))
             base = Serving(shallower, self._stored, indices, fp, key, served, fresh_placeholders=True)
@@ -283,14 +257,13 @@ class PrefixCache:
             m for layer in layers for m in layer.all_modules()
         )
         if why is None:
-            why = rows_independent(rec, self._checker(entry, args, kwargs))
+            why = rows_independent(rec, check_runner(self._switch, entry, args, kwargs))
         if why is not None:
-            self._proofs[(k, key)] = why
+            self._proofs.refuse(k, key, why)
             self._say(why, f"plain path with {k} layers frozen: {why}")
             return out
         rec.proof.reads = [*(rec.base.proof.reads if rec.base else ()), *rec.recorder.read_list()]
-        self._proofs[(k, key)] = rec.proof
-        self._watch.add(rec.proof.reads)
+        self._proofs.add(rec.proof, key)
         if self.storing:
             table = self._stored.table(k, key, rec.proof.frontier)
             pos = self._stored.choose(rec.indices, torch.zeros_like(rec.indices), table)
@@ -315,7 +288,7 @@ class PrefixCache:
         if served and self._credit >= served:
             self._credit -= served
             self.stats["verified"] += served
-            why = spot_check(srv, self._checker(entry, args, kwargs))
+            why = spot_check(srv, check_runner(self._switch, entry, args, kwargs))
             if why is not None:
                 self._pass = None
                 self._turn_off(f"a spot check failed: {why}")
@@ -325,27 +298,10 @@ class PrefixCache:
         self._keep(srv.indices[srv.store], srv.table, srv.key, srv.fp[srv.store], None)
         return out
 
-    def _checker(self, entry: _ModelEntry, args: Any, kwargs: Any):
-        """How a check runs the model: on its rows of ``args``, without grad, stopped after its last call."""
-
-        def run(check: Checking) -> str | None:
-            previous, self._pass = self._pass, check
-            rng = _rng_state()
-            try:
-                with torch.no_grad():
-                    entry.below(
-                        *take_rows(args, check.order, check.batch), **take_rows(kwargs, check.order, check.batch)
-                    )
-            except Stop as stop:
-                return stop.why
-            except Exception as e:  # the model refuses the reordered rows: nothing is shown
-                return f"the model raised {type(e).__name__} ({e})"
-            finally:
-                self._pass = previous
-                _set_rng_state(rng)
-            return "the model's forward ended before its frozen layers did"
-
-        return run
+    def _switch(self, forward: Checking | None) -> Recording | Serving | Checking | None:
+        """Make ``forward`` the forward under way; returns the one it replaces."""
+        previous, self._pass = self._pass, forward
+        return previous
 
     # -- a frozen module's call --------------------------------------------------------------------------------
     def _frozen_call(self, standin: _StandIn, args: Any, kwargs: Any) -> Any:

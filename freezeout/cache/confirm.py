@@ -9,21 +9,45 @@
   with the rows served, at a tolerance of the square root of the dtype's epsilon of each row's largest value
   (rows computed in batches of other sizes differ by rounding).
 
-Each takes ``run``, which runs a ``Checking`` forward of the model and says why it could not finish, or None.
+Each takes ``run`` (``check_runner``), which runs a ``Checking`` forward of the model and says why it could not
+finish, or None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from .passes import Checking, Recording, Serving
+from .passes import Checking, Recording, Serving, Stop, rng_state, set_rng_state, take_rows
 
-__all__ = ["relative_difference", "rows_independent", "same_bits", "spot_check"]
+__all__ = ["check_runner", "relative_difference", "rows_independent", "same_bits", "spot_check"]
 
 RunCheck = Callable[[Checking], "str | None"]
 _INT_OF = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def check_runner(switch: Callable[[Checking | None], Any], entry: Any, args: Any, kwargs: Any) -> RunCheck:
+    """How a check runs the model (``entry.below``) on its rows of ``args``: without grad, its random state put
+    back, stopped after its last call; ``switch`` makes a forward the cache's current one and returns the last."""
+
+    def run(check: Checking) -> str | None:
+        previous = switch(check)
+        rng = rng_state()
+        try:
+            with torch.no_grad():
+                entry.below(*take_rows(args, check.order, check.batch), **take_rows(kwargs, check.order, check.batch))
+        except Stop as stop:
+            return stop.why
+        except Exception as e:  # the model refuses the reordered rows: nothing is shown
+            return f"the model raised {type(e).__name__} ({e})"
+        finally:
+            switch(previous)
+            set_rng_state(rng)
+        return "the model's forward ended before its frozen layers did"
+
+    return run
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -74,11 +74,11 @@ def _salts(n: int, device: torch.device) -> torch.Tensor:
 
 
 def _row_hashes(x: torch.Tensor) -> torch.Tensor:
-    """``[batch, 2]`` words for ``[batch, n]`` int64 words: the sum of the mixed, position-salted elements."""
+    """``[batch, 2]`` words for ``[batch, n]`` int64 words: the mixed, position-salted elements summed, plain and
+    times odd random weights."""
     salt = _salts(x.shape[1], x.device)
-    first = _mix(x + salt[0]).sum(1)
-    second = _mix(x ^ salt[1]).sum(1)
-    return torch.stack([first, second], 1)
+    mixed = _mix(x + salt[0])
+    return torch.stack([mixed.sum(1), (mixed * (salt[1] | 1)).sum(1)], 1)
 
 
 def _autocast_state(device: torch.device | None) -> tuple[Any, ...]:
@@ -118,12 +118,12 @@ def structure_key(value: Any, batch: int) -> int:
 
 
 def fingerprints(value: Any, batch: int) -> tuple[torch.Tensor, int]:
-    """``[batch, 2]`` int64 words per example, from every per-example tensor's row and ``structure_key``; and
-    that key."""
+    """``[batch, 2]`` int64 words per example, from the rows of every per-example tensor (hashed as one row of
+    words: the number of ops does not grow with the number of tensors) and ``structure_key``; and that key."""
     key = structure_key(value, batch)
+    rows = [_words(t, batch) for t in tensors(value) if t.dim() > 0 and t.shape[0] == batch]
     out = torch.full((batch, 2), _signed(key), dtype=torch.int64)
-    for t in tensors(value):
-        if t.dim() > 0 and t.shape[0] == batch:
-            h = _row_hashes(_words(t, batch)).cpu()
-            out = _mix(out * _MUL1 + h)
+    if rows:
+        words = torch.cat([r.to(rows[0].device) for r in rows], 1)
+        out = _mix(out * _MUL1 + _row_hashes(words).cpu())
     return out, key

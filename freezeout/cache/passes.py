@@ -19,11 +19,22 @@ from typing import Any
 import torch
 
 from ..hooks import map_tensors, tensors
-from .proof import CallRecord, Proof, Recorder, call_signature
+from .proof import CallRecord, Proof, call_signature
+from .recorder import Recorder
 from .rows import StoredRows
 from .store import RowTable, fill, leaf_specs, skeleton
 
-__all__ = ["Checking", "Diverged", "Recording", "Serving", "Stop", "copy_leaves", "take_rows"]
+__all__ = [
+    "Checking",
+    "Diverged",
+    "Recording",
+    "Serving",
+    "Stop",
+    "copy_leaves",
+    "rng_state",
+    "set_rng_state",
+    "take_rows",
+]
 
 
 class Diverged(BaseException):
@@ -37,6 +48,17 @@ class Stop(BaseException):
     def __init__(self, why: str | None = None) -> None:
         super().__init__(why)
         self.why = why
+
+
+def rng_state() -> list[torch.Tensor]:
+    """The random state a forward may draw from (CPU, and each CUDA device once CUDA is in use)."""
+    return [torch.get_rng_state(), *(torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [])]
+
+
+def set_rng_state(states: list[torch.Tensor]) -> None:
+    torch.set_rng_state(states[0])
+    if len(states) > 1:
+        torch.cuda.set_rng_state_all(states[1:])
 
 
 def take_rows(value: Any, positions: torch.Tensor, batch: int) -> Any:
