@@ -5,7 +5,8 @@
    cache, in lockstep (medians);
 2. a FreezeOut run with the cache (cubic, t0 = 0.5, ``--steps`` steps): the seconds spent proving each new depth
    (the watched forward) and showing its rows each example's own, against a step of the baseline (nothing frozen);
-3. the fingerprint of one batch, and one spot check of a full batch.
+3. per batch: the fingerprint, the comparison of the stamps of what the frozen prefix read, a spot check of every
+   served row.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/cache_checks.py [--out benchmarks/results/cache_checks.json]
 """
@@ -26,6 +27,7 @@ from freezeout.analysis.runs import lockstep
 from freezeout.cache import cache as cache_module
 from freezeout.cache import confirm
 from freezeout.cache.fingerprint import fingerprints
+from freezeout.cache.proof import Proofs
 from freezeout.experiment.runfiles import atomic_json
 
 
@@ -95,10 +97,14 @@ def per_batch(make: Callable, args: argparse.Namespace) -> dict[str, float]:
         fingerprints(((), x), args.batch)
     fp_s = (time.perf_counter() - start) / args.rounds
     step = _warm(make, data, args.steps, {"verify": 1.0})
-    with Timed(cache_module, "spot_check") as spot:
+    with Timed(cache_module, "spot_check") as spot, Timed(Proofs, "refresh") as stamps:
         for _ in range(args.rounds):
             step()
-    return {"fingerprint_s": fp_s, "spot_check_s": spot.seconds / max(spot.calls, 1)}
+    return {
+        "fingerprint_s": fp_s,
+        "spot_check_s": spot.seconds / max(spot.calls, 1),
+        "stamps_s": stamps.seconds / max(stamps.calls, 1),
+    }
 
 
 def main() -> None:
@@ -122,8 +128,9 @@ def main() -> None:
         print(f"{name}: all-frozen step " + ", ".join(f"{k} {1e3 * v:.1f} ms" for k, v in af.items()))
         print(f"  per new depth: proving forward {1e3 * row['proving_forward_s_per_depth']:.1f} ms, row check "
               f"{1e3 * row['row_check_s_per_depth']:.1f} ms ({row['depths_proven']} depths); baseline step "
-              f"{1e3 * row['baseline_step_s']:.1f} ms; fingerprint {1e6 * row['fingerprint_s']:.0f} us; spot check "
-              f"of a batch {1e3 * row['spot_check_s']:.1f} ms")  # fmt: skip
+              f"{1e3 * row['baseline_step_s']:.1f} ms; fingerprint {1e6 * row['fingerprint_s']:.0f} us, stamps "
+              f"{1e6 * row['stamps_s']:.0f} us per batch; spot check of a batch "
+              f"{1e3 * row['spot_check_s']:.1f} ms")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_json(args.out, result)
     print(f"wrote {args.out}")

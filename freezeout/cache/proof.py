@@ -103,7 +103,7 @@ class Proofs:
     def __init__(self) -> None:
         self.known: dict[tuple[int, int], Proof | str] = {}
         self.watch = StateWatch()
-        self.changes: dict[int, int] = {}  # how often each read tensor changed
+        self.changes: dict[str, int] = {}  # how often each read tensor changed, by name (a replaced one too)
 
     def get(self, depth: int, key: int) -> Proof | str | None:
         return self.known.get((depth, key))
@@ -125,7 +125,7 @@ class Proofs:
         for read, how in self.watch.changed():
             i = read.layer
             stored.drop(lambda d, key, i=i: d > i)
-            count = self.changes[id(read.tensor)] = self.changes.get(id(read.tensor), 0) + 1
+            count = self.changes[read.name] = self.changes.get(read.name, 0) + 1
             if count >= _MAX_CHANGES:
                 why = f"{read.name}, read by frozen layers[{i}], changes between steps"
                 self.known.update({dk: why for dk in self.known if dk[0] > i})

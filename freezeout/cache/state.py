@@ -3,7 +3,7 @@
 The forward that proves a depth (``proof.Recorder``) notes every tensor that an op reads before the frontier and
 that this forward did not make: the frozen layers' weights and buffers, a tensor the glue reads (a scale, a
 position table), a weight of another module (GPT-2's token embedding, tied to the head). Each is a ``Read`` with
-the frozen layer it flows into and a stamp of its storage (version counter, data pointer, dtype, shape); one the
+the frozen layer it flows into and a stamp of its storage (version counter, data pointer); one the
 model holds (a parameter, a buffer, a tensor attribute) also with where it is held, so that replacing it counts
 too. ``StateWatch.changed`` compares them before each batch: a changed one makes the rows stored past its layer
 stale.
@@ -43,10 +43,10 @@ def held_tensors(model: nn.Module) -> dict[int, Holder]:
     return out
 
 
-def stamp(t: torch.Tensor) -> tuple[Any, ...]:
-    """What changes when a tensor's values may have: an in-place write bumps the version, ``.data =`` or ``.to()``
-    gives it other storage."""
-    return tensor_version(t), t.data_ptr(), t.dtype, tuple(t.shape)
+def stamp(t: torch.Tensor) -> tuple[int, int]:
+    """What changes when a tensor's values may have: an in-place write bumps the version, ``.data =`` (another
+    dtype, device or shape included) gives it other storage. Read for every tensor before every batch: kept lean."""
+    return tensor_version(t), t.data_ptr()
 
 
 @dataclass(eq=False, repr=False)
@@ -55,7 +55,7 @@ class Read:
 
     tensor: torch.Tensor  # held here too: its stamp must stay comparable (the model's own are replaced, not freed)
     layer: int
-    stamp: tuple[Any, ...]
+    stamp: tuple[int, int]
     holder: Holder | None
     trains: bool  # it requires grad: it changes at every optimizer step
 
@@ -76,7 +76,7 @@ class Read:
         now = stamp(t)
         if now == self.stamp:
             return None
-        return "modified in place" if now[1:] == self.stamp[1:] else "moved to other storage or dtype"
+        return "modified in place" if now[1] == self.stamp[1] else "given other storage (.data =, .to())"
 
 
 class StateWatch:
@@ -93,12 +93,17 @@ class StateWatch:
 
     def changed(self) -> Iterator[tuple[Read, str]]:
         """The reads that changed, each once: restamped (or forgotten, when replaced) as they are reported."""
-        for key, read in list(self.reads.items()):
+        suspects = [  # one pass over every read tensor before every batch: kept to attribute reads
+            r
+            for r in self.reads.values()
+            if tensor_version(r.tensor) != r.stamp[0]
+            or r.tensor.data_ptr() != r.stamp[1]
+            or (r.holder is not None and r.holder.table.get(r.holder.key) is not r.tensor)
+        ]
+        for read in suspects:
             how = read.changed()
-            if how is None:
-                continue
             if how == "replaced":
-                del self.reads[key]
+                del self.reads[id(read.tensor)]
             else:
                 read.stamp = stamp(read.tensor)
             yield read, how
