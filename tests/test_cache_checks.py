@@ -254,3 +254,11 @@ def test_verify_must_be_a_share(verify):
     sched = freezeout.FreezeOut(torch.optim.SGD(model.parameters(), lr=0.1), layers, 10)
     with pytest.raises(ValueError, match=r"verify must be a number in \[0, 1\]"):
         freezeout.PrefixCache(sched, cc.N, verify=verify)
+
+
+def test_the_stamps_are_the_model_s_tensors_not_the_cache_s_own():
+    run = exact(cc.plain)
+    reads = run.cache._proofs.watch.reads.values()
+    names = {r.name for r in reads}
+    want = {"scale", *(f"blocks.{i}.1.{p}" for i in range(3) for p in ("weight", "bias"))}
+    assert names == want  # no row table, random state or index the cache itself read while proving

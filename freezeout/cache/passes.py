@@ -210,8 +210,12 @@ class Recording:
         rec.enter(layer, standin.module, (args, kwargs))
         rec.inside += 1
         try:
-            if layer < self.start:
-                out = self.replay[c] = self.base.call(standin, args, kwargs)
+            if layer < self.start:  # what these layers read is the base proof's: the ops here are the cache's own
+                rec.quiet += 1
+                try:
+                    out = self.replay[c] = self.base.call(standin, args, kwargs)
+                finally:
+                    rec.quiet -= 1
             else:
                 if self.base is not None:
                     self.base.finish()  # the layers it covered ran as proven: their placeholders went nowhere else

@@ -95,6 +95,7 @@ class Recorder(TorchFunctionMode):
         super().__init__()
         self.depth, self.batch, self.device, self.held = depth, batch, device, held
         self.inside = 0  # inside a frozen call: its own ops are not glue
+        self.quiet = 0  # the cache's own ops (rows served from its tables, these checks): no reads of the model's
         self.done = 0  # frozen calls finished
         self.layer = 0  # the frozen layer running, or the last one that ran
         self.frontier_done = 0  # ``done`` after the last call of layers[depth - 1]
@@ -158,7 +159,7 @@ class Recorder(TorchFunctionMode):
         return out
 
     def _note_reads(self, inputs: Any, out: Any) -> None:
-        for t in tensors(inputs):
+        for t in tensors(inputs) if not self.quiet else ():
             made = self.made.get(id(t))
             if (made is None or made() is not t) and id(t) not in self.reads:
                 self.reads[id(t)] = (t, self.layer, self.done)
@@ -207,8 +208,12 @@ class Recorder(TorchFunctionMode):
         return False
 
     def _state(self) -> None:
-        if any(not torch.equal(a, b) for a, b in zip(_rng(self.device), self.rng)):
-            self.fail("random numbers are drawn before the frozen layers end (dropout outside them, training)")
+        self.quiet += 1
+        try:
+            if any(not torch.equal(a, b) for a, b in zip(_rng(self.device), self.rng)):
+                self.fail("random numbers are drawn before the frozen layers end (dropout outside them, training)")
+        finally:
+            self.quiet -= 1
         if any(tensor_version(b) != v for b, v in self.buffers):
             self.fail("a buffer outside the frozen layers changes before they end (a BatchNorm training)")
 
