@@ -5,8 +5,8 @@
    cache, in lockstep (medians);
 2. a FreezeOut run with the cache (cubic, t0 = 0.5, ``--steps`` steps): the seconds spent proving each new depth
    (the watched forward) and showing its rows each example's own, against a step of the baseline (nothing frozen);
-3. per batch: the fingerprint, the comparison of the stamps of what the frozen prefix read, a spot check of every
-   served row.
+3. per batch (medians): the fingerprint, the comparison of the stamps of what the frozen prefix read, a spot
+   check of every served row.
 
 Run: PYTHONPATH=. .venv/bin/python benchmarks/cache_checks.py [--out benchmarks/results/cache_checks.json]
 """
@@ -32,11 +32,23 @@ from freezeout.experiment.runfiles import atomic_json
 
 
 class Timed:
-    """Wraps ``module.name`` to add up the seconds spent in it (and count the calls)."""
+    """Wraps ``module.name`` to time each call: ``seconds`` in all, ``calls``, the ``median`` call."""
 
     def __init__(self, module: Any, name: str) -> None:
         self.module, self.name, self.real = module, name, getattr(module, name)
-        self.seconds, self.calls = 0.0, 0
+        self.times: list[float] = []
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.times)
+
+    @property
+    def calls(self) -> int:
+        return len(self.times)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times) if self.times else 0.0
 
     def __enter__(self) -> Timed:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -44,8 +56,7 @@ class Timed:
             try:
                 return self.real(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - start
-                self.calls += 1
+                self.times.append(time.perf_counter() - start)
 
         setattr(self.module, self.name, timed)
         return self
@@ -92,18 +103,19 @@ def proving(make: Callable, args: argparse.Namespace) -> dict[str, float]:
 def per_batch(make: Callable, args: argparse.Namespace) -> dict[str, float]:
     data = Data(args.examples, args.batch, args.steps)
     x = data(data.order[0])
-    start = time.perf_counter()
+    times = []
     for _ in range(args.rounds):
+        start = time.perf_counter()
         fingerprints(((), x), args.batch)
-    fp_s = (time.perf_counter() - start) / args.rounds
+        times.append(time.perf_counter() - start)
     step = _warm(make, data, args.steps, {"verify": 1.0})
     with Timed(cache_module, "spot_check") as spot, Timed(Proofs, "refresh") as stamps:
         for _ in range(args.rounds):
             step()
     return {
-        "fingerprint_s": fp_s,
-        "spot_check_s": spot.seconds / max(spot.calls, 1),
-        "stamps_s": stamps.seconds / max(stamps.calls, 1),
+        "fingerprint_s": statistics.median(times),
+        "spot_check_s": spot.median,
+        "stamps_s": stamps.median,
     }
 
 
