@@ -71,8 +71,9 @@ def test_frozen_layers_on_a_data_dependent_subset_of_rows_take_the_plain_path(sa
 
 
 def test_without_the_subset_rule_the_served_forward_differs_and_runs_again(monkeypatch):
+    """Then the shapes the blocks return tell: a call made from the input is not taken for a batch-free one."""
     _off(monkeypatch, recorder, "_picks_rows", lambda *args: False)
-    with pytest.warns(freezeout.CacheWarning, match="differed"):
+    with pytest.warns(freezeout.CacheWarning, match="differed.*returns other shapes"):
         exact(cc.subset_rows, shuffle=False)
     with pytest.raises(freezeout.CacheWarning):  # what the rule spares: the warning, the cache off
         exact(cc.subset_rows, shuffle=False)
@@ -246,6 +247,12 @@ def test_spot_checks_cover_the_share_of_served_rows_asked_for(verify):
     run = exact(cc.plain, cache={"verify": verify})
     s = run.cache.stats
     assert s["served"] > 0 and verify * s["served"] - cc.B <= s["verified"] <= verify * s["served"]
+
+
+def test_a_batch_of_one_waits_for_a_larger_batch_to_show_rows_are_each_example_s_own(said):
+    plain, cached = cr.twice(lambda: cc.stack(batch=1), epochs=2, cache={"verify": 0})
+    cr.same_training(plain, cached, exact=False, rtol=1e-10, atol=1e-12)
+    assert "a batch of one cannot show" in said() and cached.cache.stats["stored"] == 0
 
 
 @pytest.mark.parametrize("verify", [-0.1, 1.5, "often", True, None])

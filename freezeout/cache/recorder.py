@@ -185,8 +185,7 @@ class Recorder(TorchFunctionMode):
 
     def leave(self, layer: int, args: Any, output: Any) -> bool:
         """After frozen ``layers[layer]``'s call; True if it is batch-free (no tensor in or out is per example or
-        made from the input, a position embedding): such a call always runs, it costs next to nothing and is the
-        same for every batch."""
+        made from the input, a position embedding): such a call always runs, on whatever it is given."""
         self.done += 1
         if layer == self.depth - 1:
             self.frontier_done = self.done
