@@ -3,7 +3,7 @@ where inputs repeat, so the frozen layers do not run (docs/CACHE.md).
 
 - ``cache``: ``PrefixCache`` and ``CacheWarning``, the block ``batch(indices)`` and each forward's way through it;
 - ``passes``: the three kinds of forward (``Recording``, ``Serving``, ``Checking``) and a frozen call in each;
-- ``proof``: the forward that proves a depth (``Recorder``);
+- ``proof``: what the cache knows per depth (``Proof``, ``Proofs``); ``recorder``: the forward that proves one;
 - ``confirm``: the checks on real tensors (rows each example's own, spot checks);
 - ``state``: the tensors read before the frontier and their stamps;
 - ``fingerprint``: what identifies an example's input;

@@ -3,10 +3,10 @@
 Inside ``batch(indices)`` every frozen layer's modules get a stand-in ``forward`` and the model (learnt from the
 first forward: the outermost module called) an entry ``forward``, both removed at the block's end. The entry
 fingerprints each example's input and picks the forward's kind (``passes``): the first at each depth and input
-structure is a ``Recording`` (proven by ``proof.Recorder``, its rows then shown to be each example's alone by
+structure is a ``Recording`` (proven by ``recorder.Recorder``, its rows then shown to be each example's alone by
 ``confirm.rows_independent``); the next ones are ``Serving``, spot-checked at the rate ``verify`` by
 ``confirm.spot_check``. Before each batch, the tensors the proofs saw read before the frontier are compared with
-their stamps (``state.StateWatch``): rows past a changed one are dropped. What a proof cannot show means the plain
+their stamps (``proof.Proofs.refresh``): rows past a changed one are dropped. What a proof cannot show means the plain
 path at that depth, said once in the log; a forward that turns out other than proven means a ``CacheWarning``
 and the plain path from then on, the forward itself run again without the cache.
 """
