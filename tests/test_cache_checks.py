@@ -174,8 +174,13 @@ def _load_first_block(model):
     model.blocks[0].load_state_dict(state_dict)
 
 
+def _swap_storage(model):
+    weight = model.blocks[0][1].weight
+    weight.data = weight.data * 1.5  # other storage, the version counter untouched
+
+
 EDITS = {"buffer edited in place": _edit_scale_in_place, "buffer replaced": _replace_scale,
-         "frozen weights loaded": _load_first_block}  # fmt: skip
+         "frozen weights loaded": _load_first_block, "frozen weight given other storage": _swap_storage}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", EDITS)
