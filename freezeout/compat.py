@@ -36,6 +36,7 @@ __all__ = [
     "own_parameters",
     "saved_tensors_hooks_outer",
     "stock_conv",
+    "tensor_slot",
     "tensor_version",
 ]
 
@@ -108,6 +109,12 @@ def has_hooks(module: nn.Module) -> bool:
 def own_parameters(module: nn.Module) -> Any:
     """``module``'s own parameters (a view of the dict torch keeps; entries may be None), without a generator."""
     return module._parameters.values()
+
+
+def tensor_slot(module: nn.Module, name: str) -> tuple[dict[str, Any], str]:
+    """The dict in which ``module`` holds its parameter or buffer ``name``, and the name: ``slot[0].get(slot[1])``
+    reads it as ``getattr`` would (``None`` when unset), at a dict lookup's cost."""
+    return (module._parameters if name in module._parameters else module._buffers), name
 
 
 def global_hooks() -> int:

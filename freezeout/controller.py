@@ -9,7 +9,7 @@ from typing import Any
 
 from .checks import check_int
 from .freezing import FirstPass, FrozenPrefix, judge
-from .groups import group_owners, split_groups
+from .groups import check_optimizer, group_owners, split_groups
 from .layers import LayerLike, as_layers, check_layers
 from .options import FreezeOutOptions
 from .schedule import (
@@ -80,6 +80,9 @@ class FreezeOut:
         o = self.options
         self.t0, self.schedule, self.scale_lr = o.t0, o.schedule, o.scale_lr
         self.warmup_steps, self.strict, self.fuse = o.warmup_steps, o.strict, o.fuse
+        check_optimizer(optimizer)
+        # before anything is changed: refuses layers that another FreezeOut, still open, froze
+        self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
         if split_groups(optimizer, self._layers):
             log.info(
                 "optimizer groups spanning several layers split per layer: %d groups now", len(optimizer.param_groups)
@@ -100,7 +103,6 @@ class FreezeOut:
         self.step_count = 0
         self.closed = False
         self._warned: set[str] = set()
-        self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
         self._check: FirstPass | None = FirstPass(self._layers)  # the first training forward: order and ties
         self._apply()
 

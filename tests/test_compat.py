@@ -171,3 +171,16 @@ def test_has_hooks_and_own_parameters():
     m.bias = None
     assert [p for p in compat.own_parameters(m) if p is not None] == [m.weight]
     assert list(compat.own_parameters(nn.Sequential(m))) == []  # its own, not its children's
+
+
+def test_tensor_slot_reads_what_getattr_reads():
+    bn = nn.BatchNorm2d(3)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        holder, key = compat.tensor_slot(bn, name)
+        assert holder.get(key) is getattr(bn, name)
+    holder, key = compat.tensor_slot(bn, "running_mean")
+    bn.running_mean = torch.zeros(3)  # replaced: the slot reads the new tensor
+    assert holder.get(key) is bn.running_mean
+    linear = nn.Linear(2, 2, bias=False)
+    holder, key = compat.tensor_slot(linear, "bias")
+    assert holder.get(key) is None and linear.bias is None

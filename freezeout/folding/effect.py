@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters
+from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters, tensor_slot
 from ..freezing.cut import Prefix
 from ..freezing.effect import Effect
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
@@ -65,15 +65,26 @@ class _Fold:
         self.active = False
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
-        self._sources: list[torch.Tensor] = []
-        self._stamp: tuple = ()
+        self._eps: float | None = None
+        self._slots: list[tuple[dict, str]] | None = None  # where the sources live (``compat.tensor_slot``)
+        self._stamp: list[tuple[Any, int, int]] = []  # each source as folded: the tensor, its version, its storage
         self._maps: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.parts = [path.split(".") if path else [] for path in pair.paths]
 
-    def sources(self) -> list[torch.Tensor]:
-        bn, target = self.pair.bn, self.pair.target
-        tensors_ = (target.weight, target.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return [t for t in tensors_ if t is not None]
+    def _sources(self) -> list[torch.Tensor | None]:
+        if self._slots is None:
+            bn, target = self.pair.bn, self.pair.target
+            names = [(target, "weight"), (target, "bias"), (bn, "weight"), (bn, "bias")]
+            self._slots = [tensor_slot(m, n) for m, n in (*names, (bn, "running_mean"), (bn, "running_var"))]
+        return [holder.get(name) for holder, name in self._slots]
+
+    def _stale(self, sources: list[torch.Tensor | None]) -> bool:
+        if len(sources) != len(self._stamp):
+            return True
+        for t, (old, version, storage) in zip(sources, self._stamp):
+            if t is not old or (t is not None and (t._version != version or t.data_ptr() != storage)):
+                return True
+        return False
 
     def valid(self) -> bool:
         """The pair is still the one proven: in place, unhooked, not training, with statistics (read at every
@@ -92,10 +103,9 @@ class _Fold:
         return bn.running_var is not None and (pair.tail is None or pair.tail.eps == bn.eps)
 
     def refresh(self) -> None:
-        sources = self.sources()
-        stamp = (self.pair.bn.eps, *((t._version, t.data_ptr()) for t in sources))
-        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources))
-        if same and stamp == self._stamp:
+        """The folded weights, rebuilt if any source is another tensor, edited in place or moved since."""
+        sources = self._sources()
+        if not self._stale(sources) and self._eps == self.pair.bn.eps:
             return
         weight, bias = folded_weights(self.pair)
         source = self.pair.target.weight
@@ -103,7 +113,8 @@ class _Fold:
             # in place where the layout allows: a compiled layer keeps reading the same tensors, no recompile
             self.weight = _store(self.weight, weight, torch.empty_like(source))
             self.bias = _store(self.bias, bias, torch.empty(bias.shape, dtype=source.dtype, device=source.device))
-        self._sources, self._stamp = sources, stamp
+        self._stamp = [(t, 0, 0) if t is None else (t, t._version, t.data_ptr()) for t in sources]
+        self._eps = self.pair.bn.eps
         self._maps.clear()
 
     def map_for(self, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -120,7 +131,8 @@ class _Fold:
 
     def __getstate__(self) -> dict[str, Any]:
         # a pickled or copied model rebuilds its folds from its own tensors on its first folded call
-        return {**self.__dict__, "weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": OrderedDict()}
+        cleared = {"weight": None, "bias": None, "_slots": None, "_stamp": [], "_eps": None, "_maps": OrderedDict()}
+        return {**self.__dict__, **cleared}
 
 
 def _layout(t: torch.Tensor) -> tuple:

@@ -66,7 +66,6 @@ class _Forward:
 
     leaking: bool = False  # something keeps its gradient: later layers need not look again
     measuring: Leak | None = None
-    contexts: list[tuple[nn.Module, Any]] = field(default_factory=list)
     outside: tuple[set[int], dict[int, str]] | None = None  # the model's inputs' leaves and module-held tensors
 
 
@@ -81,17 +80,24 @@ class Prefix:
         self.reported: set[Any] = set()  # what was reported already (parameter ids, kinds per layer, reentrancy)
         self.now: _Forward | None = None  # made when something requiring grad flows in; gone at the prefix's end
         self.cut_any = False  # this forward cut something, so the prefix's output requires grad again
+        self._exit_handle: Any = None
+        self._exit_at: nn.Module | None = None
         self.root: nn.Module | None = None  # the model the training loop calls (known after its first training pass)
         self._names: Names | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (deepcopy, pickle) starts clean: ids in the name cache and open contexts belong to the original
-        return {**self.__dict__, "reports": [], "now": None, "cut_any": False, "_names": None}
+        return {**self.__dict__, "reports": [], "now": None, "cut_any": False, "_names": None, "_exit_handle": None}
 
     @property
     def exit(self) -> nn.Module | None:
         """The module whose call ends the frozen prefix (the last frozen layer's last)."""
         return self.layers[self.frozen - 1].modules[-1] if self.frozen else None
+
+    @property
+    def exit_module(self) -> nn.Module | None:
+        """The module that carries the hook ending the prefix now (``set_exit``)."""
+        return self._exit_at
 
     def names(self, sources: Sequence[torch.Tensor]) -> Names:
         """The model's parameter names, read again when a source is a parameter they miss (FSDP2 registers
@@ -156,6 +162,8 @@ class Prefix:
 
     # -- saved-tensor accounting while a leak is measured ------------------------------------------------------
     def open(self, module: nn.Module, index: int) -> None:
+        """Count what autograd saves inside this call of ``module`` (a frozen layer at or after the leak's): a
+        saved-tensor context for the call, closed by a hook of the call's own that goes with it."""
         leak = self.now.measuring
         if leak is None or index < leak.index or not torch.is_grad_enabled():
             return
@@ -165,12 +173,26 @@ class Prefix:
             ctx.__enter__()
         except RuntimeError:  # saved-tensor hooks are disabled here
             return
-        self.now.contexts.append((module, ctx))
+        closer = _Close(ctx)
+        closer.handle = module.register_forward_hook(closer, always_call=True)
 
-    def close(self, module: nn.Module) -> None:
-        now = self.now
-        if now.contexts and now.contexts[-1][0] is module:
-            now.contexts.pop()[1].__exit__(None, None, None)
+    def set_exit(self, module: nn.Module | None) -> None:
+        """The module whose call ends the frozen prefix gets the hook that ends a forward there."""
+        if self._exit_handle is not None:
+            self._exit_handle.remove()
+        self._exit_at = module
+        self._exit_handle = None if module is None else module.register_forward_hook(_CutOut(self), always_call=True)
+
+
+class _Close(OwnedHook):
+    """Ends one measured call: the saved-tensor context it opened, then itself."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.handle = ctx, None
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.ctx.__exit__(None, None, None)
+        self.handle.remove()
 
 
 def _graded(value: Any) -> list[torch.Tensor]:
@@ -178,13 +200,17 @@ def _graded(value: Any) -> list[torch.Tensor]:
 
 
 def _any_graded(value: Any) -> bool:
-    """Whether a tensor in ``value`` requires grad (the check every frozen call makes: kept cheap)."""
+    """Whether a tensor in ``value`` requires grad (the check every frozen call makes: loops, not generators)."""
     if isinstance(value, torch.Tensor):
         return value.requires_grad
     if isinstance(value, (list, tuple)):
-        return any(_any_graded(v) for v in value)
-    if isinstance(value, Mapping):
-        return any(_any_graded(v) for v in value.values())
+        for v in value:
+            if _any_graded(v):
+                return True
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            if _any_graded(v):
+                return True
     return False
 
 
@@ -237,10 +263,8 @@ class _CutOut(OwnedHook):
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         p = self.prefix
-        if not torch.compiler.is_compiling():
-            if p.now is None or in_backward() or is_tracing():
-                return None
-            p.close(module)
+        if not torch.compiler.is_compiling() and (p.now is None or in_backward() or is_tracing()):
+            return None
         if module is not p.exit:
             return None
         p.now = None  # the frozen prefix ends: the next forward starts clean
@@ -252,14 +276,22 @@ class _CutOut(OwnedHook):
 
 class GraphCut(Effect):
     """Frozen ``layer`` cuts what flows into it in every forward (see the module doc); ``prefix`` is shared by all
-    of a model's frozen layers."""
+    of a model's frozen layers. The newest frozen layer's last module also ends the prefix (``Prefix.set_exit``)."""
 
     name = "graph cut"
 
     def __init__(self, prefix: Prefix, layer: Layer) -> None:
         super().__init__()
         self.prefix, self.layer = prefix, layer
+        self.exit_before: nn.Module | None = None
 
     def install(self) -> None:
         for m in self.layer.modules:
-            self.hook(m, _CutIn(self.prefix, self.layer.index), _CutOut(self.prefix), kwargs=True)
+            self.hook(m, _CutIn(self.prefix, self.layer.index), kwargs=True)
+        self.exit_before = self.prefix.exit_module
+        self.prefix.set_exit(self.layer.modules[-1])
+
+    def remove(self) -> None:
+        super().remove()
+        if self.prefix.exit_module is self.layer.modules[-1]:
+            self.prefix.set_exit(self.exit_before)  # the layer frozen before it ends the prefix again
