@@ -229,7 +229,7 @@ def test_ctrl_c_before_a_checkpoint_and_in_a_demo_say_what_is_left(tmp_path):
 @pytest.mark.slow  # a process of its own: ~4 s
 def test_a_real_calibration_into_a_pipe_says_what_it_runs_and_when_it_is_done():
     proc = start("estimate", *TINY_MODEL, "--calibrate", "--repeats", "1", "--curve-points", "2")
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     lines = err.splitlines()
     assert lines[0] == "freezeout estimate: step-time curve: 4 training steps to run" and "\r" not in err
