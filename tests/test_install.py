@@ -80,7 +80,7 @@ def test_pip_install_without_extras_runs_every_command(tmp_path):
 
 @pytest.mark.slow  # a fresh venv and the whole default suite in it: ~3-4 min
 def test_the_test_extra_alone_gives_a_green_suite(tmp_path):
-    python, src = fresh_venv(tmp_path, "[test]", folders=("freezeout", "tests", "docs", "benchmarks", ".ci"))
+    python, src = fresh_venv(tmp_path, "[test]", folders=("freezeout", "tests", "docs", "benchmarks", ".ci", "tools"))
     for name in ("Makefile", "CONTRIBUTING.md"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, src / name)
