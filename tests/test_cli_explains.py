@@ -76,6 +76,15 @@ def test_library_names_become_the_commands_flags():
     }
     assert {m: output.in_flags(m, train) for m in said} == said
     assert output.in_flags("t0 must be a number in (0, 1)", sweep) == "--t0 must be a number in (0, 1)"  # dest t0s
+    model_folder = "model is a file, not a folder: choose another --out"  # --out model: the subject is the folder
+    assert output.in_flags(model_folder, train, given=["model", "auto"]) == model_folder
+    assert output.in_flags("model must be one of a, b", train, given=["out"]) == "--model must be one of a, b"
+
+
+def test_a_folder_named_like_a_flag_is_named_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "model").write_text("")
+    one_line_error(run("train", "--out", "model"), "error: model is a file, not a folder: choose another --out")
 
 
 def test_a_finished_run_resumed_with_other_epochs_suggests_another_out(tmp_path):

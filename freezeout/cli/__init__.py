@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,7 +45,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"freezeout {args.command}: interrupted{'; ' + then(args) if then else ''}", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError) as exc:
-        message = in_flags(_first_line(exc), _command_parser(parser, args.command))
+        given = [v for v in vars(args).values() if isinstance(v, (str, os.PathLike))]  # what the user typed
+        message = in_flags(_first_line(exc), _command_parser(parser, args.command), given)
         print(f"freezeout {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:

@@ -7,6 +7,7 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 __all__ = ["PROGRESS_EVERY", "Progress", "in_flags"]
@@ -30,16 +31,18 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, list[str]]:
     return flags
 
 
-def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+def in_flags(message: str, parser: argparse.ArgumentParser, given: Iterable[object] = ()) -> str:
     """``message`` (a library error) in the words of ``parser``'s flags: the argument it opens with, its subject
     (``data_dir is required`` -> ``--data-dir is required``, ``out_dir x is not writable`` -> ``--out x ...``),
     and every ``name=True`` / ``name=False`` (``--cache``, ``--no-augment``). Other words are left alone, even
     where one is spelt like a flag: only the subject and the ``name=value`` form are the library naming its
-    arguments."""
+    arguments; and a subject that is one of the values ``given`` on the command line (a folder named ``model``
+    given as ``--out``) is that value, not a flag."""
     flags = _flags(parser)
+    values = {str(v) for v in given}
 
     def subject(m: re.Match) -> str:
-        return flags[m.group(1)][0] if m.group(1) in flags else m.group(1)
+        return flags[m.group(1)][0] if m.group(1) in flags and m.group(1) not in values else m.group(1)
 
     def setting(m: re.Match) -> str:
         options = flags.get(m.group(1), [])
