@@ -1,5 +1,6 @@
-# Quick start: `make demo` and `make test` on a fresh machine. The venv gets the CPU torch build first,
-# since a bare `torch` requirement would pull a multi-GB CUDA build.
+# Quick start: `make demo` and `make test` on a fresh machine. The venv gets torch first: on a machine without a
+# CUDA GPU the CPU build from PyTorch's CPU index when that index answers within 5 s, else the plain requirement as
+# pip resolves it (tools/torch_index.py says which, and why); then this checkout with every extra.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $$($(BIN)/python tools/torch_index.py) $(TORCH)
 	$(BIN)/pip install -q -e '.[cli,plot,test,lightning,transformers,peft]'
 	touch $(STAMP)
 

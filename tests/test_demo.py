@@ -75,7 +75,7 @@ def test_table_and_saving_line():
     line = saving_line(lock, 2)
     assert line.startswith("saving 25.0% of training time, the runs' steps in lockstep")  # 1 alike epoch: no ±
     assert "over 2 of 2 epochs" in line and "0.0% to 50.0%" in line
-    assert "in the 1 epochs before the first freeze" in line
+    assert "in the 1 epoch before the first freeze" in line
 
 
 def test_steps_interleave_and_evaluation_is_outside_the_timing(tmp_path, tiny, monkeypatch, capsys):

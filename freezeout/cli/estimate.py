@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"]
@@ -114,7 +113,14 @@ def model_record(args: argparse.Namespace) -> dict[str, Any]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .common import MAX_REPEATS, MAX_STEPS, int_in
 
-    p = sub.add_parser("estimate", help="predicted wall-clock saving: the paper's FLOP estimate and a calibrated one")
+    p = sub.add_parser(
+        "estimate",
+        help="predicted wall-clock saving: the paper's FLOP estimate and a calibrated one",
+        description="Predict FreezeOut's saving of training time before training, for each schedule and t0 asked "
+        "for: the paper's estimate from each layer's forward FLOPs (Eq. 2-3, counted on the meta device: seconds, "
+        "no memory), and with --calibrate one measured here, the step time with the first k layers frozen "
+        "integrated over the schedule (minutes: it trains a copy of the model; its progress shows on stderr).",
+    )
     add_model_args(p)
     e = p.add_argument_group("estimate")
     e.add_argument("--calibrate", action="store_true", help="also measure step times with k layers frozen here")
@@ -175,14 +181,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _curve(args: argparse.Namespace, model: Any, layers: list, x: Any) -> dict[str, Any]:
-    """The step-time curve of ``--calibrate``, with a progress bar on a terminal."""
-    from tqdm import tqdm
-
+    """The step-time curve of ``--calibrate``, its progress on stderr (``output.Progress``)."""
     from ..analysis.timing import default_ks, step_time_curve
+    from .output import Progress
 
     ks = default_ks(len(layers), args.curve_points)
-    quiet = args.json or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
-    with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=quiet) as bar:
+    with Progress("estimate", "step-time curve", len(ks) * (args.repeats + 1), unit="training step") as bar:
         return step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
 
 

@@ -42,7 +42,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_arguments(p, per_run=False)
-    p.set_defaults(func=run)
+    p.set_defaults(
+        func=run,
+        interrupted=lambda args: (
+            "the same command continues: finished runs are skipped, an "
+            "interrupted one resumes after its last finished epoch"
+        ),
+    )
 
 
 def _pct(x: Any) -> str:
@@ -82,6 +88,7 @@ def _fit_batch(config: Any, dry_run: bool) -> tuple[Any, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment.plan import dry_run
+    from ..experiment.progress import plural
     from ..experiment.sweep import Grid, run_sweep
 
     config = config_from_args(args)
@@ -93,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
         if clipped:  # after the checks: a refusal is the one line on stderr
             notify(clipped)
         for row in plan["runs"]:
-            print(f"{row['name']:<36} {row['status']:<12} {row['epochs']} epochs")
-        print(f"{plan['num_runs']} runs, {plan['num_to_run']} to run, {plan['epochs_to_run']} epochs to run")
+            print(f"{row['name']:<36} {row['status']:<12} {plural(row['epochs'], 'epoch')}")
+        print(
+            f"{plural(plan['num_runs'], 'run')}, {plan['num_to_run']} to run, "
+            f"{plural(plan['epochs_to_run'], 'epoch')} to run"
+        )
         e = plan["estimate"]
         if e is not None:
             print(f"estimated time: {e['seconds'] / 3600:.2f} h ({e['seconds']:.0f} s; {e['method']})")

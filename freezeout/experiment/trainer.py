@@ -61,7 +61,10 @@ def _same_config(
         config, device=saved_device if isinstance(saved_device, str) else None, other_device=str(device)
     )
     if differ:
-        raise ResumeError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
+        raise ResumeError(
+            f"cannot resume {where}: it was run with a different config ({'; '.join(differ)}); a run continues only "
+            "with the config it started with: for the new one, choose another --out"
+        )
 
 
 def train(
