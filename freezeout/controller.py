@@ -48,15 +48,16 @@ class FreezeOut:
     not change. With no trainable parameter in the rest's groups (only adapters inside the layers train, say),
     the last layer trains to the end with the rest's schedule (``t_i = 1``) instead of freezing.
 
-    Freezing a layer installs its effects (``freezeout.freezing``): no gradient, inference mode in every call, the
-    graph cut at the frozen prefix (a tied weight or hooked activation flowing in), and with ``fuse`` (on by
-    default) its BatchNorms folded into its convolutions for training forwards, where that is proven exact. The
+    Freezing a layer makes it what a copy frozen by hand would be (docs/METHOD.md, "What frozen means"; the effects
+    of ``freezeout.freezing``): no gradient, inference mode however it is called, the graph cut where a tied weight
+    or hooked activation flows in, and with ``fuse=True`` its BatchNorms folded where each call proves it. The
     model's parameters, buffers and state_dict are untouched. ``close()`` (or leaving a ``with`` block) removes
     every effect: the model is as it was handed in, with its trained weights.
 
-    The first training forward is checked (``freezeout.guard``): layers out of forward order or tied to the rest
-    raise ``ValueError``; a trainable parameter flowing into frozen layers is a ``FrozenInputWarning``
-    (``strict=True``: ``ValueError``).
+    The first training forward is checked (``freezeout.freezing.guard``): layers out of forward order or tied to
+    the rest raise ``ValueError``; a trainable tensor flowing into frozen layers keeps its gradient and is a
+    ``FrozenInputWarning`` (a trainable parameter with ``strict=True``: ``ValueError``). An optimizer that keeps
+    one parameter group (LBFGS), or layers another open ``FreezeOut`` froze: ``ValueError``.
     """
 
     def __init__(

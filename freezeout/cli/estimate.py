@@ -12,6 +12,7 @@ __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model, input shape and strategy options shared with ``freezeout bench``."""
+    from ..options import FreezeOutOptions
     from ..schedule import SCHEDULES
     from .common import MAX_BATCH, MAX_CLASSES, MAX_WIDTH, add_model_arguments, int_in, unit_interval
 
@@ -31,8 +32,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--fuse",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="frozen layers' BatchNorms folded into their convs, as FreezeOut does by default (default: on)",
+        default=FreezeOutOptions().fuse,
+        help="frozen layers' BatchNorms folded into their convs, FreezeOut's fuse option (default: off)",
     )
     s = p.add_argument_group("strategies (rows: every schedule x scaling x t0)")
     s.add_argument(
