@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import Layer, LayerLike, as_layers
+from .layers import Layer, LayerLike, as_layers, param_owners
 from .norms import is_norm
 
 __all__ = [
@@ -67,7 +67,7 @@ def check_ties(model: nn.Module, layers: Sequence[Layer]) -> None:
     language model's head and its token embedding): freezing the layer would freeze that part too, silently."""
     inside = {id(m): layer.index for layer in layers for m in layer.all_modules()}
     loose = {id(p) for layer in layers for p in layer.loose}
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     paths: dict[int, list[str]] = {}
     for path, module in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(module), []).append(path)
@@ -184,7 +184,7 @@ def split_groups(optimizer: Any, layers: Sequence[Layer]) -> int:
     loads. Returns how many groups were split."""
     groups = check_optimizer(optimizer)
     n = len(layers)
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     out, split = [], 0
     for group in groups:
         parts: dict[int, list[Any]] = {}
@@ -204,7 +204,7 @@ def group_owners(optimizer: Any, layers: Sequence[Layer]) -> list[int]:
     for a group of the rest. ``ValueError`` naming a group that mixes layers, or a layer with the rest."""
     groups = check_optimizer(optimizer)
     n = len(layers)
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     owners = []
     for g, group in enumerate(groups):
         found = {owner.get(id(p), n) for p in group["params"]}

@@ -16,7 +16,6 @@ import torch
 from . import engine
 from .config import TrainConfig, fit_batch
 from .data import load_dataset
-from .engine import EVAL_BATCH, NonFiniteLossError, evaluate  # noqa: F401  (deprecated here: they live in .engine)
 from .folders import check_folder
 from .launch import Launch, launch_from_env
 from .lock import run_lock
