@@ -10,12 +10,13 @@ from typing import Any
 from ..checks import check_int, check_number
 from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
-from .models import get_model
+from .models import MODELS, get_model
 
 __all__ = [
     "DEVICES",
     "FLOAT32_MAX",
     "NONFINITE",
+    "OPTIMIZERS",
     "TrainConfig",
     "config_differences",
     "fit_batch",
@@ -24,6 +25,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "adamw")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
 # inside the first step), so they are refused up front.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -68,6 +70,9 @@ class TrainConfig:
     # The frozen-prefix cache (freezeout.PrefixCache): frozen layers at zero cost once an input repeats, which
     # needs augment=False (an augmented input never repeats)
     cache: bool = False
+    # "sgd": the paper's (Nesterov momentum); "adamw": what a language model is trained with (momentum is its
+    # beta1, beta2 = 0.99, weight decay on matrices only; nesterov does not apply)
+    optimizer: str = "sgd"
 
     def validate(self) -> TrainConfig:
         """This config with the model's default depth and width filled in and ``data_dir`` made absolute (so
@@ -106,6 +111,7 @@ class TrainConfig:
                 f"cache needs inputs that repeat: {c.dataset} is augmented (random crops{' and flips' * data.flip}) "
                 "every epoch, so turn augmentation off (augment=False, --no-augment) to use the cache"
             )
+        _check_pairing(c, data, model)
         if c.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {c.nonfinite!r}")
         if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
@@ -114,6 +120,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def metric(self) -> str:
+        """The summary's key of the number a sweep compares: ``test_error``, or ``test_bpb`` for a language model."""
+        return f"test_{get_dataset(self.dataset).metric}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -132,6 +143,19 @@ class TrainConfig:
         """The fields in which the runs of the two configs differ, as ``name: self -> other`` (see ``run_identity``;
         ``device``/``other_device``: the device each run really used, where known)."""
         return config_differences(self.to_dict(), other.to_dict(), device, other_device)
+
+
+def _check_pairing(c: TrainConfig, data: Any, model: Any) -> None:
+    """The optimizer is known, the model takes the data set's input, and a language model's stream has no cache."""
+    if c.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    takes_tokens = model.example is not None
+    if (data.models is not None and c.model not in data.models) or takes_tokens != (data.task == "lm"):
+        fits = data.models or [m for m in MODELS.values() if m.example is None]
+        names = ", ".join(m if isinstance(m, str) else m.name for m in fits)
+        raise ValueError(f"model {c.model!r} does not take dataset {c.dataset!r}'s input: use one of {names}")
+    if c.cache and data.task == "lm":
+        raise ValueError(f"cache needs inputs that repeat: {c.dataset}'s training windows are drawn anew each epoch")
 
 
 def fit_batch(config: TrainConfig, train_examples: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
@@ -154,7 +178,7 @@ def train_examples(config: TrainConfig) -> int:
     """How many examples ``config`` trains on per epoch (its data set loaded, less the validation split)."""
     from .data import load_dataset
 
-    return len(load_dataset(config.dataset, config.data_dir, config.val_split).train_y)
+    return load_dataset(config.dataset, config.data_dir, config.val_split).num_train
 
 
 def _device_kind(name: Any, used: str | None) -> Any:

@@ -46,7 +46,7 @@ def example_model(base: dict[str, Any], batch: int | None = None) -> tuple[nn.Mo
 def steps_per_epoch(base: dict[str, Any]) -> int:
     """Batches per epoch as the trainer counts them (the last partial batch is a step too), from the data."""
     data = load_dataset(base["dataset"], base.get("data_dir"), int(base.get("val_split", 0)))
-    return -(-len(data.train_y) // base["batch_size"])
+    return -(-data.num_train // base["batch_size"])
 
 
 def paper_savings(base: dict[str, Any], points: Iterable[tuple[str, float]]) -> dict[tuple[str, float], float]:
