@@ -11,8 +11,10 @@ not ``Dataset``; both tell ``num_train``, the training examples of an epoch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -50,6 +52,13 @@ PYSTDLIB = {"context": 128, "windows": 2048, "eval_windows": 512}
 Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 
+@functools.cache
+def _generated(name: str) -> Any:
+    """A generated data set, made once per process (a sweep in lockstep opens one run per grid point): MNIST-1D
+    takes seconds to generate. Shared read-only: batches gather or copy, never write into the data."""
+    return load_mnist1d() if name == "mnist1d" else load_text(name, **PYSTDLIB)
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     name: str
@@ -80,7 +89,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # MNIST-1D's standard set, generated (the [study] extra): no augmentation, as in its paper.
         DatasetSpec(
             "mnist1d",
-            lambda _dir: load_mnist1d(),
+            lambda _dir: _generated("mnist1d"),
             10,
             (1, 1, 40),
             0,
@@ -92,7 +101,7 @@ DATASETS: dict[str, DatasetSpec] = {
         # The standard library's .py files as bytes, for a language model: bits per byte on held-out files.
         DatasetSpec(
             "pystdlib",
-            lambda _dir: load_text("pystdlib", **PYSTDLIB),
+            lambda _dir: _generated("pystdlib"),
             256,
             (PYSTDLIB["context"],),
             0,

@@ -54,8 +54,10 @@ def crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor, flips: torch.Ten
 
 
 def normalise(x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
-    """uint8 images to float: ``(x - mean) * inv_std`` per channel (``mean``, ``inv_std``: 1 x C x 1 x 1)."""
-    return x.float().sub_(mean).mul_(inv_std)
+    """uint8 (or float) images to a new float tensor: ``(x - mean) * inv_std`` per channel (``mean``, ``inv_std``:
+    1 x C x 1 x 1). A copy, always: ``x`` may be a view of the data set (an evaluation batch), and float32 data
+    would otherwise be normalised in place, again at every pass."""
+    return x.to(torch.float32, copy=True).sub_(mean).mul_(inv_std)
 
 
 class Batches:
