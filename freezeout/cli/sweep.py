@@ -107,10 +107,11 @@ def _fit_batch(config: Any, dry_run: bool) -> tuple[Any, str | None]:
 
 def run(args: argparse.Namespace) -> int:
     from ..experiment.plan import dry_run
-    from ..experiment.sweep import Grid, run_sweep
+    from ..experiment.sweep import Grid, check_shorter, run_sweep
 
     config = config_from_args(args)
     grid = Grid(tuple(args.strategies), tuple(args.t0s), tuple(args.seeds), tuple(args.shorter)).validate()
+    check_shorter(config, grid)  # before anything is created
     config, clipped = _fit_batch(config, args.dry_run)
     notify = notifier("sweep")
     if args.dry_run:

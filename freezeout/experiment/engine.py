@@ -30,7 +30,7 @@ COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests
 # divergence is blamed on t0 rather than on lr.
 SCALE_SUSPECT = 0.01
 ADAMW_BETA2 = 0.99  # nanoGPT's for its small character-level models (0.95 for GPT-2 sizes)
-EVAL_WINDOWS = 64  # evaluation windows per batch: 64 x 128 bytes, as cheap to hold as EVAL_BATCH images
+EVAL_WINDOWS = 128  # evaluation windows per batch: 128 x 64 bytes, as cheap to hold as EVAL_BATCH images
 
 
 class NonFiniteLossError(ValueError):

@@ -39,7 +39,9 @@ def example_model(base: dict[str, Any], batch: int | None = None) -> tuple[nn.Mo
     # configs older than the channels_last key trained in NCHW
     model, x = build_example(base.get("model", "densenet-bc"), base.get("depth"), base.get("growth"),
                              data.num_classes, data.shape, n, bool(base.get("channels_last", False)))  # fmt: skip
-    y = torch.randint(0, data.num_classes, (n,), generator=torch.Generator().manual_seed(0))
+    # labels per example, or per position of a token sequence (a language model predicts every next token)
+    shape = tuple(x.shape) if not x.is_floating_point() else (n,)
+    y = torch.randint(0, data.num_classes, shape, generator=torch.Generator().manual_seed(0))
     return model, x, y
 
 

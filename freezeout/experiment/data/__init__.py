@@ -45,9 +45,9 @@ __all__ = [
 ]
 
 _VAL_SEED = 0  # fixed, so the validation images are the same for every seed of a sweep
-# The byte-level corpus: windows of 128 bytes (nanoGPT's CPU example trains on 64-256), 2048 of them an epoch
-# (64 steps of 32: an evaluation every 64 steps), 512 fixed windows (65,536 predicted bytes) to evaluate.
-PYSTDLIB = {"context": 128, "windows": 2048, "eval_windows": 512}
+# The byte-level corpus: windows of 64 bytes (nanoGPT's CPU example, "baby GPT", trains on 64), 1024 of them an
+# epoch (64 steps of 16: an evaluation every 64 steps), 512 fixed windows (32,768 predicted bytes) to evaluate.
+PYSTDLIB = {"context": 64, "windows": 1024, "eval_windows": 512}
 
 Parts = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 

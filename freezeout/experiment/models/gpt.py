@@ -37,7 +37,9 @@ def check_gpt_depth(depth: int) -> int:
 def _heads(width: int) -> int:
     heads = max(1, width // HEAD_WIDTH)
     if width % heads:
-        raise ValueError(f"growth (the gpt's width) must be below {HEAD_WIDTH} or a multiple of it, got {width}")
+        raise ValueError(
+            f"growth (the gpt's width) must be below {HEAD_WIDTH} or a multiple of {HEAD_WIDTH}, got {width}"
+        )
     return heads
 
 
