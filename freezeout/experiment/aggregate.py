@@ -36,7 +36,8 @@ from typing import Any
 from .data import get_dataset
 from .equal_time import add_equal_time
 from .runfiles import atomic_bytes
-from .sweep import PER_RUN_FIELDS, SHORTER, SWEEP_FILE, read_summary, run_name, strategy_of
+from .runstate import read_summary
+from .sweep import PER_RUN_FIELDS, SHORTER, SWEEP_FILE, run_name, strategy_of
 
 __all__ = ["COLUMNS", "aggregate", "collect_runs", "columns", "mean_std", "metric_of", "write_aggregate"]
 

@@ -28,6 +28,7 @@ from .engine import task_loss
 from .launch import SingleProcess
 from .lock import run_lock
 from .recover import ResumeError
+from .runstate import clear_run, read_summary, run_status
 from .session import Session
 from .trainer import open_run
 
@@ -38,15 +39,13 @@ log = logging.getLogger(__name__)
 
 def _open(held: contextlib.ExitStack, config: Any, run_dir: Path, status: str) -> Session | dict:
     """The run in ``run_dir`` opened for the group: resumed if interrupted, started over if it cannot be."""
-    from .sweep import clear_run as _clear
-
     if status == "new":
-        _clear(run_dir)
+        clear_run(run_dir)
     try:
         return held.enter_context(open_run(config, run_dir, resume=status == "interrupted", launch=SingleProcess()))
     except ResumeError as exc:  # a torn checkpoint, or files of another config: redo the run
         log.warning("%s cannot be resumed (%s): starting it over", run_dir.name, exc)
-        _clear(run_dir)
+        clear_run(run_dir)
         return held.enter_context(open_run(config, run_dir, resume=False, launch=SingleProcess()))
 
 
@@ -104,38 +103,36 @@ def _progress(bar: Any, seed: int, sessions: dict[str, Session]) -> Callable[[st
 
 
 def _open_group(
-    group: list[Any], record: dict[str, Any], sweep_dir: Path, make_config: Callable, held: contextlib.ExitStack
+    group: list[tuple[str, dict[str, Any]]], sweep_dir: Path, make_config: Callable, held: contextlib.ExitStack
 ) -> dict[str, Session | dict]:
-    """Each run of ``group`` locked for the block and opened: a ``Session``, or the summary of a finished run."""
-    from .sweep import read_summary, run_config, run_status
-
+    """Each run of ``group`` (name, expected config) locked for the block and opened: a ``Session``, or the summary
+    of a finished run."""
     opened: dict[str, Session | dict] = {}
-    for spec in group:
-        run_dir = sweep_dir / spec.name
-        expected = run_config(record["base_config"], spec)
+    for name, expected in group:
+        run_dir = sweep_dir / name
         held.enter_context(run_lock(run_dir))  # held to the end: nobody else may change the run meanwhile
         status = run_status(run_dir, expected)
         if status == "finished":
-            opened[spec.name] = read_summary(run_dir, expected)
+            opened[name] = read_summary(run_dir, expected)
         else:
-            log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
-            opened[spec.name] = _open(held, make_config(expected), run_dir, status)
+            log.info("%s: %s", name, "resuming" if status == "interrupted" else "starting")
+            opened[name] = _open(held, make_config(expected), run_dir, status)
     return opened
 
 
 def run_lockstep(
-    specs: list[Any],
-    record: dict[str, Any],
+    runs: list[tuple[str, int, dict[str, Any]]],
     sweep_dir: Path,
     make_config: Callable[[dict[str, Any]], Any],
     bar: Any = None,
 ) -> dict[str, dict]:
-    """Train the runs of ``specs`` (``sweep.RunSpec``) into ``sweep_dir``, one seed's runs at a time in lockstep;
+    """Train ``runs`` (name, seed, the run's config dict) into ``sweep_dir``, one seed's runs at a time in lockstep;
     finished runs are read back. Returns every run's summary by name."""
     summaries: dict[str, dict] = {}
-    for seed in dict.fromkeys(spec.seed for spec in specs):
+    for seed in dict.fromkeys(s for _, s, _ in runs):
         with contextlib.ExitStack() as held:
-            opened = _open_group([s for s in specs if s.seed == seed], record, sweep_dir, make_config, held)
+            group = [(name, expected) for name, s, expected in runs if s == seed]
+            opened = _open_group(group, sweep_dir, make_config, held)
             sessions = {n: s for n, s in opened.items() if isinstance(s, Session)}
             if sessions:
                 train_together(sessions, _progress(bar, seed, sessions))

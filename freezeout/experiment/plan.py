@@ -22,7 +22,8 @@ from ..checks import resolve_device
 from ..schedule import freeze_times
 from .data import get_dataset, load_dataset
 from .models import build_example
-from .sweep import Grid, base_dict, check_shorter, expand, prepare_sweep_dir, run_config, run_status
+from .runstate import run_status
+from .sweep import Grid, base_dict, check_shorter, expand, prepare_sweep_dir, run_config
 
 __all__ = ["calibrated_plan", "dry_run", "example_model", "paper_savings", "steps_per_epoch"]
 

@@ -26,7 +26,8 @@ from .config import TrainConfig, config_differences, fit_batch, train_examples
 from .folders import SWEEP_FILE, check_folder
 from .lock import run_lock
 from .progress import Display
-from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, atomic_json, check_creatable, remove_stale_temps
+from .runfiles import atomic_json, check_creatable, remove_stale_temps
+from .runstate import clear_run, read_summary, run_status
 
 __all__ = [
     "PER_RUN_FIELDS",
@@ -34,14 +35,11 @@ __all__ = [
     "RunSpec",
     "base_dict",
     "check_shorter",
-    "clear_run",
     "expand",
     "fit_base",
     "prepare_sweep_dir",
-    "read_summary",
     "run_config",
     "run_name",
-    "run_status",
     "run_sweep",
     "shortened_epochs",
     "strategy_of",
@@ -210,37 +208,6 @@ def prepare_sweep_dir(
     return record
 
 
-def read_summary(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The run's summary if it finished (valid JSON object with ``finished: true`` and a config dict), else
-    ``None``; with ``expected`` (a run config dict), also ``None`` unless the summary's config has those values:
-    a summary copied in, or left from another config, is not this point's result."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("finished") is not True:
-        return None
-    config = summary.get("config")
-    if not isinstance(config, dict):
-        return None
-    if expected is not None:
-        device = summary.get("device") if isinstance(summary.get("device"), str) else None
-        try:
-            if config_differences(config, {**config, **expected}, device):
-                return None
-        except (TypeError, ValueError, AttributeError):  # a hand-edited config: not this point's result
-            return None
-    return summary
-
-
-def run_status(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> str:
-    """``"finished"``, ``"interrupted"`` (a checkpoint to resume from) or ``"new"``. A finished run's summary
-    must match ``expected`` (see ``read_summary``); otherwise, like a torn checkpoint, it is redone."""
-    if read_summary(run_dir, expected) is not None:
-        return "finished"
-    return "interrupted" if (Path(run_dir) / CHECKPOINT).is_file() else "new"
-
-
 def _make_config(d: dict[str, Any]) -> Any:
     from .config import TrainConfig
 
@@ -277,7 +244,8 @@ def run_sweep(
             if lockstep:
                 from .lockstep import run_lockstep
 
-                by_name = run_lockstep(specs, record, Path(sweep_dir), make_config, bar)
+                runs = [(spec.name, spec.seed, run_config(record["base_config"], spec)) for spec in specs]
+                by_name = run_lockstep(runs, Path(sweep_dir), make_config, bar)
                 summaries = [by_name[spec.name] for spec in specs]
             for spec in specs if not lockstep else ():
                 summaries.append(_one_run(spec, record, Path(sweep_dir), train_fn, make_config, bar))
@@ -299,13 +267,6 @@ def fit_base(base_config: Any) -> Any:
     if line:
         log.warning("%s", line)
     return fitted
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove what the trainer wrote in ``run_dir`` (not the lock, nor a file of the user's); lock held."""
-    for name in (SUMMARY, CHECKPOINT, METRICS, CONFIG):
-        (run_dir / name).unlink(missing_ok=True)
-    remove_stale_temps(run_dir)
 
 
 def _one_run(
