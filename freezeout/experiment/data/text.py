@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .batches import check_pass
+
 __all__ = ["EXCLUDED_DIRS", "TextBatches", "TextData", "load_text", "stdlib_files"]
 
 EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
@@ -120,13 +122,7 @@ class TextBatches:
             raise ValueError(f"stream must be 1-d and longer than context + 1 = {context + 1}, got {len(stream)}")
         if batch_size < 1 or windows < 1:
             raise ValueError(f"batch_size and windows must be >= 1, got {batch_size} and {windows}")
-        if train and generator is None:
-            raise ValueError("train=True needs a seeded torch.Generator")
-        rank, world = shard
-        if world < 1 or not 0 <= rank < world or (world > 1 and not train):
-            raise ValueError(
-                f"shard must be (rank, world_size) with 0 <= rank < world_size, training only; got {shard}"
-            )
+        rank, world = check_pass(train, generator, shard)
         self.device = torch.device(device)
         self.stream = stream.to(self.device)
         self.context, self.batch_size, self.windows, self.train = context, batch_size, windows, train
