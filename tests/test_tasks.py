@@ -212,7 +212,7 @@ def stdlib_hash(names: list[str]) -> str:
 
 
 @pytest.mark.slow  # reads and hashes the 12 MB of the library, trains and evaluates: seconds
-def test_a_byte_level_run_reports_bits_per_byte_and_its_data(tmp_path):
+def test_a_byte_level_run_reports_bits_per_byte_and_its_data(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--dataset", "pystdlib", "--model", "gpt", "--depth", "1", "--growth", "16", "--epochs", "1",
             "--batch-size", "512", "--optimizer", "adamw", "--lr", "0.001", "--weight-decay", "0.1", "--device", "cpu",
@@ -221,6 +221,7 @@ def test_a_byte_level_run_reports_bits_per_byte_and_its_data(tmp_path):
         assert main(["train", *args]) == 0
     summary = json.loads((out / "summary.json").read_text())
     config = json.loads((out / "config.json").read_text())
+    assert f"test {summary['test_bpb']:.3f} bits per byte" in capsys.readouterr().out
     assert summary["test_bpb"] == pytest.approx(summary["test_loss"] / math.log(2))
     assert 0 < summary["test_bpb"] < 8.5  # a uniform guess is 8 bits; one epoch of 2 steps is near it
     files = config["data"]["train_files"]
@@ -239,3 +240,11 @@ def test_the_image_timing_commands_refuse_a_language_model_in_one_line(command, 
                 [command, "--model", "gpt"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "takes token ids" in err[0] and "estimate_saving" in err[0]
+
+
+def test_an_epoch_line_of_a_language_model_shows_its_bits_per_byte():
+    from freezeout.experiment.progress import epoch_line
+
+    record = {"epoch": 2, "train_loss": 2.5, "test_bpb": 3.14159, "test_accuracy": 0.4, "num_frozen": 1,
+              "epoch_seconds": 1.25}  # fmt: skip
+    assert epoch_line(record, 5, 5) == "epoch 2/5: loss 2.5000, test 3.142 bits/byte, frozen 1/5, 1.2 s"

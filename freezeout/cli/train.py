@@ -46,9 +46,13 @@ def print_summary(summary: dict, out: str) -> None:
     c = summary["config"]
     what = "baseline (t0 = 1)" if c["t0"] == 1 else f"FreezeOut {c['schedule']} t0={c['t0']:g}"
     print(f"{c['dataset']} {c['model']}-{c['depth']} (width {c['growth']}), {what}, {summary['epochs']} epochs")
+    metric = (
+        f"test {summary['test_bpb']:.3f} bits per byte"
+        if "test_bpb" in summary  # a language model's metric
+        else f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%})"
+    )
     print(
-        f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}), "
-        f"train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
+        f"{metric}, train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
     )
     print(f"results in {out}/ (summary.json, metrics.jsonl)")
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..analysis.runs import lockstep
 from .engine import task_loss
-from .launch import SingleProcess
+from .launch import SingleProcess, launch_from_env
 from .lock import run_lock
 from .recover import ResumeError
 from .runstate import clear_run, read_summary, run_status
@@ -128,6 +128,8 @@ def run_lockstep(
 ) -> dict[str, dict]:
     """Train ``runs`` (name, seed, the run's config dict) into ``sweep_dir``, one seed's runs at a time in lockstep;
     finished runs are read back. Returns every run's summary by name."""
+    if launch_from_env().world_size > 1:
+        raise ValueError("a sweep in lockstep trains in one process: run it without torchrun")
     summaries: dict[str, dict] = {}
     for seed in dict.fromkeys(s for _, s, _ in runs):
         with contextlib.ExitStack() as held:
