@@ -176,3 +176,30 @@ def test_a_shortened_baseline_of_part_of_an_epoch_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "0.5 of 3 epochs is not a whole number of epochs" in err[0]
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.slow  # three small sweeps: seconds
+def test_a_sweep_in_lockstep_resumes_with_the_runs_behind_catching_up_alone(tmp_path, monkeypatch):
+    from freezeout.experiment.session import Session
+
+    args = ["--dataset", "digits", "--model", "resnet", "--depth", "8", "--growth", "2", "--epochs", "2",
+            "--batch-size", "500", "--device", "cpu", "--no-progress", "--strategies", "linear-unscaled",
+            "--t0", "0.5", "--seeds", "0", "--shorter", "0.5", "--lockstep"]  # fmt: skip
+    real_end, ends = Session.end_epoch, []
+
+    def end_then_stop(self, *a, **kw):  # the first run's first epoch is written, then the process is killed
+        if ends:
+            raise KeyboardInterrupt
+        ends.append(self.out.name)
+        return real_end(self, *a, **kw)
+
+    with one_thread():
+        assert main(["sweep", *args, "--out", str(tmp_path / "once")]) == 0
+        monkeypatch.setattr(Session, "end_epoch", end_then_stop)
+        assert main(["sweep", *args, "--out", str(tmp_path / "twice")]) == 130
+        monkeypatch.setattr(Session, "end_epoch", real_end)
+        assert main(["sweep", *args, "--out", str(tmp_path / "twice")]) == 0
+    assert ends == ["baseline_seed=0"]
+    assert run_files(tmp_path / "twice") == run_files(tmp_path / "once")  # resumed and caught up: the same numbers
+    caught_up = (tmp_path / "twice" / "linear-unscaled_t0=0.5_seed=0" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["lockstep"] for line in caught_up] == [False, True]  # epoch 1 alone, then together
