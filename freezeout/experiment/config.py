@@ -121,10 +121,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def metric(self) -> str:
-        """The summary's key of the number a sweep compares: ``test_error``, or ``test_bpb`` for a language model."""
-        return f"test_{get_dataset(self.dataset).metric}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

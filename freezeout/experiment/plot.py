@@ -156,8 +156,8 @@ def plot_figure2(path: str | os.PathLike, table: dict[str, Any], title: str = ""
         for x, y, t0 in zip(d["speedup"], d["error"], d["t0"]):
             ax.annotate(f"{t0:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xlabel("wall-clock speedup vs. same-seed baseline (% of training time saved)")
-    ax.set_ylabel("test bits per byte" if bits else "test error (%)")
-    what = "validation bits per byte" if bits else "test error"
+    ax.set_ylabel("bits per byte on held-out text" if bits else "test error (%)")
+    what = "bits per byte" if bits else "test error"
     ax.set_title(title or f"FreezeOut: speedup vs. {what} (mean ±1 std over seeds; labels: t$_0$)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
