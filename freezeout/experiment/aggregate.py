@@ -13,7 +13,7 @@ directory is listed under ``incomplete`` and never enters a mean. Each run is co
 ``std`` is the sample standard deviation (ddof = 1); with a single seed it is undefined: NaN in memory
 and in the CSV, ``null`` in the JSON.
 
-The compared number is the data set's metric (``TrainConfig.metric``): ``test_error``, or ``test_bpb`` (bits per
+The compared number is the data set's metric (``DatasetSpec.metric``): ``test_error``, or ``test_bpb`` (bits per
 byte) for a language model; ``rel_error`` and ``error_increase`` are its relative and absolute increase. A sweep
 with shortened baselines (``shorter_f=0.7_seed=0``, rows of strategy ``shorter`` with their ``fraction``) also
 gives every FreezeOut run its equal-time baseline (``equal_time``: the same seed's shortened-baseline curve at the

@@ -121,7 +121,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """The inverse of ``to_dict``; unknown keys raise ``ValueError`` (a typo must not pass silently)."""
