@@ -50,12 +50,13 @@ def _open(held: contextlib.ExitStack, config: Any, run_dir: Path, status: str) -
 
 
 def _warm_up(sessions: list[Session]) -> None:
-    """One untimed forward and backward of a copy of each model on its first evaluation batch: the process's
+    """One untimed forward and backward of a copy of a model on its first evaluation batch: the process's
     first-call costs (thread pools, kernel choices, the allocator's first blocks) would otherwise land in the
-    first run's first step. Copies: the runs are left as they were."""
-    for s in sessions:
-        x, y = next(iter(s.run.eval_sets["test"]))
-        task_loss(copy.deepcopy(s.run.model)(x), y).backward()
+    first run's first step. The runs of a sweep share their model's shapes, so one model warms all. A copy: the
+    runs are left as they were."""
+    if sessions:
+        x, y = next(iter(sessions[0].run.eval_sets["test"]))
+        task_loss(copy.deepcopy(sessions[0].run.model)(x), y).backward()
 
 
 def train_together(sessions: dict[str, Session], on_epoch: Callable[[str, dict], None] | None = None) -> None:
