@@ -51,20 +51,15 @@ def test_interpolation_is_piecewise_linear_and_never_extrapolates():
 
 
 def write_run(root, name, t0, seed, value, seconds, epochs=20, metric="test_error", schedule="cubic", scale=True):
-    d = root / name
-    d.mkdir(parents=True)
-    config = {**root.base, "schedule": schedule, "scale_lr": scale, "t0": t0, "seed": seed, "epochs": epochs}
-    (d / "summary.json").write_text(json.dumps({"config": config, metric: value, "train_seconds": seconds,
-                                                "finished": True}))  # fmt: skip
+    """A finished run's summary as the trainer writes it, with the base config of the sweep in ``root``."""
+    base = json.loads((root / "sweep.json").read_text())["base_config"]
+    config = {**base, "schedule": schedule, "scale_lr": scale, "t0": t0, "seed": seed, "epochs": epochs}
+    (root / name).mkdir(parents=True)
+    summary = {"config": config, metric: value, "train_seconds": seconds, "finished": True}
+    (root / name / "summary.json").write_text(json.dumps(summary))
 
 
-class Sweep(type(__import__("pathlib").Path())):
-    base = BASE
-
-
-def make_sweep(tmp_path, base=BASE):
-    root = Sweep(tmp_path)
-    root.base = base
+def make_sweep(root, base=BASE):
     (root / "sweep.json").write_text(json.dumps({"version": 1, "base_config": base, "grid": {}}))
     return root
 
