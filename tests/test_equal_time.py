@@ -198,3 +198,27 @@ def test_a_sweep_in_lockstep_resumes_with_the_runs_behind_catching_up_alone(tmp_
     assert run_files(tmp_path / "twice") == run_files(tmp_path / "once")  # resumed and caught up: the same numbers
     caught_up = (tmp_path / "twice" / "linear-unscaled_t0=0.5_seed=0" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["lockstep"] for line in caught_up] == [False, True]  # epoch 1 alone, then together
+
+
+def write_epochs(root, name, seconds, lockstep=True):
+    lines = [{"epoch": e, "epoch_seconds": s, "lockstep": lockstep} for e, s in enumerate(seconds, 1)]
+    (root / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_lockstep_times_compare_epoch_by_epoch(tmp_path):
+    """The machine ran the second epoch three times slower: the totals would weigh it three times, the epoch by
+    epoch ratio weighs both alike; the shortened baseline, absent from the slow epoch, measures its fraction."""
+    root = make_sweep(tmp_path, {**BASE, "epochs": 2})
+    write_run(root, "baseline_seed=0", 1.0, 0, 0.10, 4.0, epochs=2)
+    write_epochs(root, "baseline_seed=0", [1.0, 3.0])
+    write_run(root, "shorter_f=0.5_seed=0", 1.0, 0, 0.30, 1.0, epochs=1)
+    write_epochs(root, "shorter_f=0.5_seed=0", [1.0])
+    write_run(root, "cubic-scaled_t0=0.5_seed=0", 0.5, 0, 0.20, 3.5, epochs=2)
+    write_epochs(root, "cubic-scaled_t0=0.5_seed=0", [0.5, 3.0])
+    write_run(root, "cubic-scaled_t0=0.8_seed=0", 0.8, 0, 0.20, 3.5, epochs=2)
+    write_epochs(root, "cubic-scaled_t0=0.8_seed=0", [0.5, 3.0], lockstep=False)  # timed alone: the totals
+    runs = {r["name"]: r for r in aggregate(root, paper=False)["runs"]}
+    assert runs["shorter_f=0.5_seed=0"]["time_ratio"] == pytest.approx(0.5)  # (1 / 1 + 0) / 2; totals: 0.25
+    assert runs["cubic-scaled_t0=0.5_seed=0"]["time_ratio"] == pytest.approx((0.5 / 1 + 3 / 3) / 2)  # totals: 0.875
+    assert runs["cubic-scaled_t0=0.8_seed=0"]["time_ratio"] == pytest.approx(3.5 / 4)
+    assert "epoch_seconds" not in runs["baseline_seed=0"]  # used, then dropped from the table's files

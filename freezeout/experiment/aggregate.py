@@ -5,7 +5,8 @@ directory is listed under ``incomplete`` and never enters a mean. Each run is co
 (t0 = 1) of the SAME seed:
 
 * ``speedup = 1 - train_seconds / baseline_train_seconds`` (fraction of training time saved; the paper's
-  "speedup") and ``time_ratio = train_seconds / baseline_train_seconds``;
+  "speedup") and ``time_ratio = train_seconds / baseline_train_seconds``; for runs timed in lockstep, the ratio is
+  taken epoch by epoch (``equal_time.time_ratio``);
 * ``rel_error = (test_error - baseline_test_error) / baseline_test_error`` (relative increase in error;
   NaN when the baseline made no error, where a relative change means nothing) and
   ``error_increase = test_error - baseline_test_error`` (absolute, always defined).
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import get_dataset
-from .equal_time import add_equal_time
+from .equal_time import add_equal_time, lockstep_seconds, time_ratio
 from .runfiles import atomic_bytes
 from .runstate import read_summary
 from .sweep import PER_RUN_FIELDS, SHORTER, SWEEP_FILE, run_name, strategy_of
@@ -131,6 +132,7 @@ def _record(run_dir: Path, base: dict[str, Any] | None, metric: str) -> dict[str
             "fraction": fraction,
             metric: float(summary[metric]),
             "train_seconds": float(summary["train_seconds"]),
+            "epoch_seconds": lockstep_seconds(run_dir),  # for the time ratios, then dropped
         }
         named = run_name(strategy, record["t0"], record["seed"], fraction) == run_dir.name
         ok = named and (fraction < 1 or not shortened)
@@ -201,12 +203,13 @@ def _compare(runs: list[dict[str, Any]], metric: str) -> None:
     baselines = {r["seed"]: r for r in runs if r["strategy"] == "baseline"}
     for r in runs:
         b = baselines.get(r["seed"])
-        timed = b is not None and b["train_seconds"] > 0
-        r["time_ratio"] = r["train_seconds"] / b["train_seconds"] if timed else math.nan
+        r["time_ratio"] = time_ratio(r, b) if b is not None else math.nan
         r["speedup"] = 1.0 - r["time_ratio"]
         r["error_increase"] = r[metric] - b[metric] if b is not None else math.nan
         r["rel_error"] = r["error_increase"] / b[metric] if b is not None and b[metric] > 0 else math.nan
     add_equal_time(runs, metric, SHORTER)
+    for r in runs:
+        r.pop("epoch_seconds", None)
 
 
 def _base_config(sweep_dir: Path, runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -11,6 +11,11 @@ The equal-time baseline of a FreezeOut run is that curve of the SAME seed read a
 (``train_seconds / baseline train_seconds``), linearly between the two fractions around it; outside the curve
 (a run that took less time than the shortest baseline, or more than the full one) it is NaN, never extrapolated.
 ``vs_equal_time`` is the run's metric minus that value: below zero, FreezeOut did better than training shorter.
+
+A time ratio of two runs trained in lockstep (``experiment.lockstep``) is taken epoch by epoch (``time_ratio``):
+the mean over the baseline's epochs of the run's seconds in that epoch over the baseline's, in the same rounds (an
+epoch the run did not train counts 0). A machine whose speed drifts from epoch to epoch then weighs no epoch more
+than another, and a shortened baseline, absent from the later epochs' rounds, measures its fraction.
 """
 
 from __future__ import annotations
@@ -18,9 +23,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
-__all__ = ["add_equal_time", "interpolate"]
+from .recover import read_jsonl
+from .runfiles import METRICS
+
+__all__ = ["add_equal_time", "interpolate", "lockstep_seconds", "time_ratio"]
 
 
 def interpolate(curve: list[tuple[float, float]], x: float) -> float:
@@ -49,3 +58,24 @@ def add_equal_time(runs: list[dict[str, Any]], metric: str, shorter: str = "shor
         has_full = any(x == 1.0 for x, _ in curves.get(r["seed"], []))  # a curve needs its seed's baseline
         r["equal_time"] = interpolate(curves[r["seed"]], r["time_ratio"]) if has_full else math.nan
         r["vs_equal_time"] = r[metric] - r["equal_time"]
+
+
+def lockstep_seconds(run_dir: str | Path) -> list[float] | None:
+    """The training seconds of each epoch of the run in ``run_dir``, in order, if every epoch was timed in lockstep
+    (``metrics.jsonl``'s ``"lockstep": true``); ``None`` otherwise."""
+    records, _ = read_jsonl(Path(run_dir) / METRICS)
+    if not records or any(r.get("lockstep") is not True for r in records):
+        return None
+    if [r.get("epoch") for r in records] != list(range(1, len(records) + 1)):
+        return None
+    seconds = [r.get("epoch_seconds") for r in records]
+    return seconds if all(isinstance(x, (int, float)) and x > 0 for x in seconds) else None
+
+
+def time_ratio(run: dict[str, Any], baseline: dict[str, Any]) -> float:
+    """``run``'s training time over ``baseline``'s: epoch by epoch (see the module doc) where both have every epoch
+    timed in lockstep (``epoch_seconds``) and the run no more epochs, else their total ``train_seconds``."""
+    mine, theirs = run.get("epoch_seconds"), baseline.get("epoch_seconds")
+    if mine and theirs and len(mine) <= len(theirs):
+        return sum(a / b for a, b in zip(mine, theirs)) / len(theirs)
+    return run["train_seconds"] / baseline["train_seconds"] if baseline["train_seconds"] > 0 else math.nan
