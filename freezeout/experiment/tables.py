@@ -12,7 +12,9 @@ __all__ = ["markdown_table"]
 def _cell(mean: Any, std: Any, scale: float, digits: int, sign: bool = False) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    text = f"{scale * mean:+.{digits}f}" if sign else f"{scale * mean:.{digits}f}"
+    value = scale * mean
+    value = 0.0 if abs(value) < 0.5 * 10**-digits else value  # no "-0.00"
+    text = f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return text
     return f"{text} ± {scale * std:.{digits}f}"
