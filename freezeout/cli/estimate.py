@@ -67,8 +67,14 @@ def build(
 
     from ..analysis.memory import size_batch
     from ..checks import resolve_device
-    from ..experiment.models import build_example, example_input
+    from ..experiment.models import MODELS, build_example, example_input, get_model
 
+    if get_model(args.model).example is not None:  # its input is token ids, not the images these commands make
+        images = ", ".join(name for name, spec in MODELS.items() if spec.example is None)
+        raise ValueError(
+            f"--model {args.model} takes token ids: this command times image models ({images}); for a language "
+            "model, freezeout.analysis.estimate_saving(model, layers, token_ids) from Python"
+        )
     args.device = str(resolve_device(args.device))
     shape = (args.channels, args.input_size, args.input_size)
     model, _ = build_example(args.model, args.depth, args.growth, args.num_classes, shape, 1, args.channels_last)

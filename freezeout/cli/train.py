@@ -62,9 +62,13 @@ def print_summary(summary: dict, out: str) -> None:
     print(
         f"{c['dataset']} {c['model']}-{c['depth']} (width {c['growth']}), {what}, {plural(summary['epochs'], 'epoch')}"
     )
+    metric = (
+        f"test {summary['test_bpb']:.3f} bits per byte"
+        if "test_bpb" in summary  # a language model's metric
+        else f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%})"
+    )
     print(
-        f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}), "
-        f"train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
+        f"{metric}, train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
     )
     print(f"results in {out}/ (summary.json, metrics.jsonl)")
 

@@ -12,13 +12,14 @@ from ..checks import check_int, check_number
 from ..options import FreezeOutOptions
 from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
-from .models import get_model
+from .models import MODELS, get_model
 from .progress import plural
 
 __all__ = [
     "DEVICES",
     "FLOAT32_MAX",
     "NONFINITE",
+    "OPTIMIZERS",
     "TrainConfig",
     "config_differences",
     "fit_batch",
@@ -27,6 +28,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "adamw")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
 # inside the first step), so they are refused up front.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -71,6 +73,9 @@ class TrainConfig:
     # The frozen-prefix cache (freezeout.PrefixCache): frozen layers at zero cost once an input repeats, which
     # needs augment=False (an augmented input never repeats)
     cache: bool = False
+    # "sgd": the paper's (Nesterov momentum); "adamw": what a language model is trained with (momentum is its
+    # beta1, beta2 = 0.99, weight decay on matrices only; nesterov does not apply)
+    optimizer: str = "sgd"
 
     def validate(self) -> TrainConfig:
         """This config with the model's default depth and width filled in and ``data_dir`` made absolute (so
@@ -112,6 +117,7 @@ class TrainConfig:
                 f"cache=True needs inputs that repeat: {c.dataset} is augmented (random crops"
                 f"{' and flips' * data.flip}) every epoch, so turn augmentation off (augment=False) to use the cache"
             )
+        _check_pairing(c, data, model)
         if c.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {c.nonfinite!r}")
         if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
@@ -155,6 +161,19 @@ def _check_float32(name: str, value: Any, *, positive: bool) -> float:
     return number
 
 
+def _check_pairing(c: TrainConfig, data: Any, model: Any) -> None:
+    """The optimizer is known, the model takes the data set's input, and a language model's stream has no cache."""
+    if c.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    takes_tokens = model.example is not None
+    if (data.models is not None and c.model not in data.models) or takes_tokens != (data.task == "lm"):
+        fits = data.models or [m for m in MODELS.values() if m.example is None]
+        names = ", ".join(m if isinstance(m, str) else m.name for m in fits)
+        raise ValueError(f"model {c.model!r} does not take dataset {c.dataset!r}'s input: use one of {names}")
+    if c.cache and data.task == "lm":
+        raise ValueError(f"cache needs inputs that repeat: {c.dataset}'s training windows are drawn anew each epoch")
+
+
 def fit_batch(config: TrainConfig, train_examples: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
     """``config`` with a batch no larger than its training set of ``train_examples``, and the line that says so
     when it had to be clipped (``None`` otherwise). Clipped, the config records the batch that ran, so that a
@@ -175,7 +194,7 @@ def train_examples(config: TrainConfig) -> int:
     """How many examples ``config`` trains on per epoch (its data set loaded, less the validation split)."""
     from .data import load_dataset
 
-    return len(load_dataset(config.dataset, config.data_dir, config.val_split).train_y)
+    return load_dataset(config.dataset, config.data_dir, config.val_split).num_train
 
 
 def _device_kind(name: Any, used: str | None) -> Any:

@@ -203,7 +203,13 @@ class Display:
 
 
 def _accuracy(record: dict[str, Any]) -> str:
-    parts = [f"{name} acc {record[f'{name}_accuracy']:.2%}" for name in ("test", "val") if f"{name}_accuracy" in record]
+    """The test (and validation) accuracy, or a language model's bits per byte, its metric."""
+    parts = []
+    for name in ("test", "val"):
+        if f"{name}_bpb" in record:
+            parts.append(f"{name} {record[f'{name}_bpb']:.3f} bits/byte")
+        elif f"{name}_accuracy" in record:
+            parts.append(f"{name} acc {record[f'{name}_accuracy']:.2%}")
     return ", ".join(parts)
 
 

@@ -83,7 +83,8 @@ class Session:
                  if self.epoch < config.epochs else f"resuming {out}: {last}", logging.INFO)  # fmt: skip
         elif self.main:
             with self._kept():
-                atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__})
+                data = {} if run.data_info is None else {"data": run.data_info}  # how the data was made
+                atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__, **data})
                 truncate_jsonl(out / METRICS, lambda r: False)  # a run killed before its first checkpoint: redone
         run.net = launch.wrap(run.model, run.sched)  # after loading: under torchrun, DDP over what still trains
         self.loss_sum = torch.zeros((), device=run.device)
@@ -166,6 +167,8 @@ class Session:
         for name, batches in run.eval_sets.items() if main else ():
             loss, acc = evaluate(run.model, batches, config.bf16)
             record.update({f"{name}_loss": loss, f"{name}_error": 1 - acc, f"{name}_accuracy": acc})
+            if run.task == "lm":  # a language model's loss per byte, in bits: its metric
+                record[f"{name}_bpb"] = loss / math.log(2)
         sync(device)
         record["eval_seconds"] = time.perf_counter() - t
         record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
@@ -226,6 +229,8 @@ class Session:
             "world_size": run.world_size,
             "finished": True,
         }
+        if run.data_info is not None:  # the data's provenance less its file lists (config.json has those)
+            summary["data"] = {k: v for k, v in run.data_info.items() if not isinstance(v, list)}
         if self.main:
             with self._kept():
                 atomic_json(self.out / SUMMARY, summary)

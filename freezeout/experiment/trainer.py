@@ -161,10 +161,10 @@ def open_run(
         device = launch.device(config.device)
         finished, ckpt = _existing_run(out, config, resume, device, launch, clip=True)  # before the data's checks
         data = load_dataset(config.dataset, config.data_dir, config.val_split)
-        config, clipped = fit_batch(config, len(data.train_y), launch.world_size)
+        config, clipped = fit_batch(config, data.num_train, launch.world_size)
         for saved in (s for s in (finished, ckpt) if s is not None):  # the batch size, now that it is known
             # clipped as well: a run of an older version recorded the batch asked for, and ran the clipped one
-            ran, _ = fit_batch(TrainConfig.from_dict(saved["config"]), len(data.train_y), launch.world_size)
+            ran, _ = fit_batch(TrainConfig.from_dict(saved["config"]), data.num_train, launch.world_size)
             _same_config(ran, saved.get("device"), config, device, out)
         launch.batch_per_process(config.batch_size)
         if finished is not None:
