@@ -1,28 +1,8 @@
-"""A frozen layer's BatchNorms folded into the adjacent convolutions, exact or not at all (``fuse=True``).
-
-A frozen layer is an inference function: its BatchNorm uses fixed statistics, an affine map that merges into the
-neighbouring conv or linear weights (``folding.pairs``). What the user sees does not change: parameters, buffers,
-``state_dict()`` and checkpoints are untouched; the folded weights live beside the modules and carry no autograd
-history.
-
-**Proven on the call that runs, then confirmed on real tensors.** Each module of the layer that holds a foldable
-pair gets an instance ``forward`` (``freezing.forwards``), the *scope*. At the first call of each kind (the
-non-tensor arguments, the tensors' dtypes and ranks), the scope traces its forward with that call's non-tensor
-arguments fixed (``pairs.call_pairs``); a module fx cannot trace so hands the proof to its children. Then the call
-runs twice, unfolded (what it returns) and folded (the random number generator rewound between them), and the two
-outputs must agree to the rounding of the dtype: if they do not, one ``FoldWarning`` names the layer and it stays
-unfolded for that kind of call. Later calls of a proven kind run folded.
-
-**When a fold runs**: in a training forward only (autograd on, the layer's mode as the user set it training),
-never while the model is traced as a program (fx, export, jit) nor with a global module hook, and per pair only while
-it is still what was proven: both modules at their places, no hook on either but FreezeOut's own (a user's hook sees
-the real tensors), none of its parameters requiring grad again, statistics present. Otherwise the real modules run.
-
-**Never stale**: the folded weights are rebuilt from the live tensors whenever a source tensor changed (another
-object, storage or ``_version``: ``load_state_dict``, ``.to()``, an in-place edit), checked at each folded call. An
-edit through ``.data`` bypasses the version counter and is *not* seen: edit frozen weights in place under
-``torch.no_grad()``, or load them with ``load_state_dict``.
-"""
+"""A frozen layer's BatchNorms folded into the adjacent convolutions (``fuse=True``): each kind of call proven on
+its own arguments and confirmed on its real tensors before it runs folded, checked again at every call, the folded
+weights rebuilt whenever a source tensor changed (docs/METHOD.md, "What frozen means", Folding). A fold that does
+not agree with the real modules is one ``FoldWarning`` and the real modules from then on. An edit through ``.data``
+bypasses the version counter and is not seen: edit frozen weights under ``torch.no_grad()``, or load them."""
 
 from __future__ import annotations
 

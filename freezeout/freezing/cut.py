@@ -1,25 +1,8 @@
-"""What flows into the frozen layers, in every forward: the graph cut at their inputs (docs/METHOD.md, "What frozen
-means").
-
-Frozen layers leave the backward pass only if nothing that requires grad flows into them; then the cut has
-nothing to do, and its hooks (one before and one after each frozen layer's call, none on the modules inside)
-return at once. When something does, the leaf tensors it came from decide (walking the autograd graph, which
-upstream of the frozen prefix is short):
-
-- a weight tied to the head (GPT-2's token embedding; trained as the head), or an activation that a hook inside
-  the forward made require grad with nothing trainable behind it (Hugging Face does so for activation
-  checkpointing): the frozen layer's inputs are *cut* (detached), and the frozen prefix's output requires grad again,
-  as a leaf, so the shared weight trains through the head alone and the frozen layers leave backward;
-- anything else keeps its gradient through the frozen layers, exactly as through a copy frozen by hand: a trainable
-  parameter upstream, a tensor you differentiate (an input with ``requires_grad``, as adversarial training does), a
-  trainable tensor held by a module (a learned prompt). Nothing is cut; the controller is told (``Prefix.reports``)
-  and says which and what it costs (``FrozenInputWarning``; with ``strict``, a trainable parameter is a
-  ``ValueError``).
-
-Nothing is cut inside a backward pass (a reentrant checkpoint recomputing a frozen layer needs its graph as
-recorded) nor while the model is traced as a program (fx, export, jit). Under ``torch.compile`` the walk cannot be
-traced: a layer cuts there as its last eager forward decided.
-"""
+"""What flows into the frozen layers: checked before each frozen layer's call, cut where it is a tied weight or an
+activation made to require grad inside the forward, kept (and named) where it is anything else: a trainable
+parameter, an input whose gradient is asked for, a tensor a module holds (docs/METHOD.md, "What frozen means").
+Nothing is cut inside a backward pass or while the model is traced as a program; under ``torch.compile`` a layer
+cuts as its last eager forward decided."""
 
 from __future__ import annotations
 
