@@ -14,10 +14,10 @@ otherwise be blamed on another scheduler:
 since torch 2.0) and reads the optimizer's state when FreezeOut is built (or its state loaded) and at the
 optimizer's first step after. Only state that arrived in between counts as a resume: PyTorch's order builds
 FreezeOut before loading the optimizer's state. State the optimizer held already when FreezeOut was built is a
-deliberate start on a trained optimizer (a second ``Trainer.train()`` keeps its optimizer). Steps the optimizer skips (an AMP scaler's
-overflow) are not counted, FreezeOut's clock moves on them: that only ever puts the optimizer behind, which is
-not a mistake. Accelerate steps a scheduler once per process for each optimizer step (``split_batches=False``):
-FreezeOut ahead, not behind, again no mistake.
+deliberate start on a trained optimizer (a second ``Trainer.train()`` keeps its optimizer). Steps the optimizer
+skips (an AMP scaler's overflow) are not counted, FreezeOut's clock moves on them: that only ever puts the optimizer
+behind, which is not a mistake. Accelerate steps a scheduler once per process for each optimizer step
+(``split_batches=False``): FreezeOut ahead, not behind, again no mistake.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ def test_freezeout_is_a_torch_lr_scheduler_with_its_surface():
 
 def test_stepping_before_the_optimizer_or_without_it_warns_nothing():
     # torch's schedulers warn about step order (filterwarnings = error would fail here): FreezeOut's clock is its own
-    model, opt, sched = build()
+    sched = build()[2]
     sched.step()
     sched.step()
     assert sched.step_count == 2
@@ -68,7 +68,7 @@ def test_stepping_before_the_optimizer_or_without_it_warns_nothing():
 
 @pytest.mark.parametrize("first", [True, False], ids=["freezeout-first", "freezeout-second"])
 def test_sequential_lr_is_refused_by_freezeout_naming_warmup_steps(first):
-    model, opt, sched = build()
+    _, opt, sched = build()
     warm = LinearLR(opt, start_factor=0.1, total_iters=3)
     schedulers = [sched, warm] if first else [warm, sched]
     with pytest.raises(ValueError, match=r"^FreezeOut\.last_epoch .* inside SequentialLR .* warmup_steps=W"):
