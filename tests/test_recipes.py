@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import freezeout
-from tests.helpers import doc_blocks
+from tests.helpers import accelerate_runs, doc_blocks
 from tests.helpers.drop_in import NanoGPT, closed_form_lr, create_optimizer_v2, get_batch
 from tests.helpers.lookalikes import VisionTransformer
 from tests.helpers.models import TinyNet, batch
@@ -246,45 +246,27 @@ def test_the_lightning_recipe_takes_the_users_optimizer_under_accumulation(tmp_p
     assert len(c.optimizer.param_groups) == len(net.layers) + 1
 
 
-def accelerate_names(tmp_path, **overrides):
-    torch.manual_seed(0)
-    net = TinyNet()
-    for m in net.modules():
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0  # the resumed run draws no random numbers to differ in
-    data = torch.utils.data.TensorDataset(*batch(0, n=20))
-    loader = torch.utils.data.DataLoader(data, batch_size=4)  # 5 batches: the last accumulation is partial
-    names = dict(model=net, loader=loader, epochs=3, accumulation=2, out_dir=str(tmp_path), resume_from=None,
-                 first_epoch=0)  # fmt: skip
-    return {**names, **overrides}
-
-
 @pytest.fixture
 def fresh_accelerate():
-    from accelerate.state import AcceleratorState, GradientState
-
+    pytest.importorskip("accelerate")
     yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    accelerate_runs.reset()
 
 
 @pytest.mark.usefixtures("fresh_accelerate")
-def test_the_accelerate_recipe_steps_once_per_optimizer_step_and_resumes_bit_identically(tmp_path, monkeypatch):
-    pytest.importorskip("accelerate")
+def test_the_accelerate_recipe_steps_once_per_optimizer_step_and_resumes_bit_identically(tmp_path):
     from accelerate.scheduler import AcceleratedScheduler
 
-    clocks = []
-    real = freezeout.FreezeOut.step
-    monkeypatch.setattr(freezeout.FreezeOut, "step", lambda self: (real(self), clocks.append(self.step_count)))
-    straight = run("accelerate", **accelerate_names(tmp_path))
+    with accelerate_runs.clock() as clock:
+        straight = accelerate_runs.run(tmp_path)  # 3 epochs of 5 batches, accumulation 2
     freeze, sched = straight["freeze"], straight["sched"]
     assert isinstance(sched, AcceleratedScheduler) and sched.scheduler is freeze
-    assert freeze.total_steps == 3 * 3 and clocks == list(range(1, 10))  # ceil(5 / 2) optimizer steps per epoch
+    assert freeze.total_steps == 3 * 3 and clock == list(range(1, 10))  # ceil(5 / 2) optimizer steps per epoch
     assert freeze.closed and freeze.num_frozen == 4
     assert (tmp_path / "epoch0" / "scheduler.bin").exists()
-    clocks.clear()
-    resumed = run("accelerate", **accelerate_names(tmp_path / "b", resume_from=str(tmp_path / "epoch0"),
-                                                   first_epoch=1))  # fmt: skip
-    assert clocks == list(range(4, 10))  # continued from the saved step 3, not from 0
+    accelerate_runs.reset()  # a new process
+    with accelerate_runs.clock() as clock:
+        resumed = accelerate_runs.run(tmp_path / "b", resume_from=str(tmp_path / "epoch0"), first_epoch=1)
+    assert clock == list(range(4, 10))  # continued from the saved step 3, not from 0
     for (k, a), b in zip(straight["model"].state_dict().items(), resumed["model"].state_dict().values()):
         assert torch.equal(a, b), k
