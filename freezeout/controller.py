@@ -31,7 +31,9 @@ _DEFAULT = FreezeOutOptions()  # the signature's defaults are the options' own: 
 
 
 class ScheduleWarning(UserWarning):
-    """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups."""
+    """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups; or FreezeOut is
+    driven wrong (``freezeout.driving``: a resumed optimizer without FreezeOut's state, ``step()`` called less often
+    than ``optimizer.step()``)."""
 
 
 class FreezeOut(SchedulerSurface):
