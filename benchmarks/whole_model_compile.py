@@ -1,23 +1,29 @@
 """A whole-model ``torch.compile`` (nanoGPT's ``compile = True``) under FreezeOut: recompiles, and step time per phase.
 
-Run: .venv/bin/python benchmarks/whole_model_compile.py [--blocks 8 --dim 64 --steps 60] [--no-allowance]
+Run: .venv/bin/python benchmarks/whole_model_compile.py [--blocks 8 --dim 64 --steps 200] [--no-allowance] [--untied]
 
-A small GPT (token and position embeddings, ``--blocks`` pre-norm transformer blocks, a tied head) trains under
-FreezeOut (linear, t0 = 0.3: the position embedding and every block freeze, one phase each) twice in lockstep, an
-eager copy and a ``torch.compile(model)`` copy (inductor) of the same weights, their steps alternated. Per phase
-(the steps between two freezes, the first step after each freeze left out: it recompiles) the median step time of
-each and their ratio; the seconds each freeze's recompile took; how many steps ran compiled (a counter inside the
-compiled graph's forward). ``--no-allowance`` keeps torch's recompile limit (8) as it is: what FreezeOut did before
-it raised the limit. Writes benchmarks/results/whole_model_compile[_no_allowance].json.
+A small GPT (token and position embeddings, ``--blocks`` pre-norm transformer blocks, a head tied to the token
+embedding as nanoGPT's) trains under FreezeOut (linear, t0 = 0.3: the position embedding and every block freeze, one
+phase each) twice in lockstep, an eager copy and a ``torch.compile(model)`` copy (inductor, a fresh cache: every
+compile is timed cold) of the same weights, their steps alternated. Per phase (the steps between two freezes, less
+the first after each freeze when it compiled) the median step time of each, their ratio, and whether the phase got
+a graph of its own (none: dynamo had given up and ran it eagerly); the seconds of each step that compiled.
+``--no-allowance`` keeps torch's recompile limit (8) as it is: what FreezeOut did before it raised the limit.
+``--untied``: the token embedding untied from the head and frozen with the position embedding, so that nothing
+trainable flows into the frozen layers. Writes benchmarks/results/whole_model_compile[_no_allowance][_untied].json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
+
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="inductor-"))  # cold: no earlier run's cache
 
 import torch
 import torch._dynamo
@@ -29,7 +35,7 @@ from freezeout import compat
 
 
 class GPT(nn.Module):
-    def __init__(self, vocab: int, dim: int, blocks: int, context: int) -> None:
+    def __init__(self, vocab: int, dim: int, blocks: int, context: int, tied: bool = True) -> None:
         super().__init__()
         self.wte, self.wpe = nn.Embedding(vocab, dim), nn.Embedding(context, dim)
         self.h = nn.ModuleList(
@@ -37,7 +43,8 @@ class GPT(nn.Module):
             for _ in range(blocks)
         )
         self.ln_f, self.head = nn.LayerNorm(dim), nn.Linear(dim, vocab, bias=False)
-        self.head.weight = self.wte.weight  # nanoGPT's tying
+        if tied:
+            self.head.weight = self.wte.weight  # nanoGPT's tying
         self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(context), persistent=False)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -63,8 +70,10 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=64)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--context", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--no-allowance", action="store_true", help="keep torch's recompile limit")
+    ap.add_argument("--backend", default="inductor", help="torch.compile's backend (eager: dynamo alone, fast)")
+    ap.add_argument("--untied", action="store_true", help="untie the head; the token embedding freezes first")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -74,11 +83,11 @@ def main() -> None:
     copies = {}
     for name in ("eager", "compiled"):
         torch.manual_seed(0)
-        model = GPT(256, args.dim, args.blocks, args.context)
+        model = GPT(256, args.dim, args.blocks, args.context, tied=not args.untied)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        layers = [model.wpe, *model.h]
+        layers = [[model.wte, model.wpe] if args.untied else model.wpe, *model.h]
         sched = freezeout.FreezeOut(opt, layers, args.steps, t0=0.3, schedule="linear")
-        copies[name] = (torch.compile(model) if name == "compiled" else model, opt, sched)
+        copies[name] = (torch.compile(model, backend=args.backend) if name == "compiled" else model, opt, sched)
     g = torch.Generator().manual_seed(0)
     data = torch.randint(256, (args.steps, args.batch, args.context + 1), generator=g)
     rows, recompile_s, frames_before = [], [], 0
@@ -115,7 +124,7 @@ def main() -> None:
     for p in phases:
         print(f"{p['frozen']:>6} {p['steps']:>5} {'own' if p['own_graph'] else 'none':>6} {p['eager_ms']:>9.1f} "
               f"{p['compiled_ms']:>12.1f} {p['compiled_over_eager']:>15.2f}")  # fmt: skip
-    suffix = "_no_allowance" if args.no_allowance else ""
+    suffix = ("_no_allowance" if args.no_allowance else "") + ("_untied" if args.untied else "")
     out = args.out or Path(f"benchmarks/results/whole_model_compile{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

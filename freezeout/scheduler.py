@@ -30,7 +30,7 @@ from . import compat
 
 __all__ = ["ALONE", "SchedulerSurface"]
 
-log = logging.getLogger("freezeout.controller")
+log = logging.getLogger(__name__)
 
 ALONE = (
     "FreezeOut is the whole LR schedule: it cannot run inside SequentialLR or ChainedScheduler, nor beside another LR "

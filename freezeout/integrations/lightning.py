@@ -147,8 +147,6 @@ class FreezeOutCallback(pl.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning has restored the optimizer's state (and an adopted FreezeOut's): FreezeOut's comes after
-        if self.controller is None:  # fit_loop.run without on_fit_start (never in fit(), but cheap to cover)
-            self.on_fit_start(trainer, pl_module)
         if self._pending is not None and not self.adopted:
             self.controller.load_state_dict(self._pending)
         self._pending = None
