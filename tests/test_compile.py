@@ -51,7 +51,7 @@ def recompile_limit_hit() -> bool:
     return any("recompile limit" in k.lower() for k in counters["unimplemented"])
 
 
-@pytest.mark.slow  # dynamo compiles: 15-20 s
+@pytest.mark.slow  # dynamo compiles twice: 20-40 s
 def test_whole_model_compile_recompiles_at_every_freeze(monkeypatch):
     # What compile_blocks avoids: one graph, a whole recompile per freeze. Under torch's default limit dynamo runs
     # eagerly after 8 graphs; FreezeOut raises the limit at its first freeze, so the model stays compiled. Without

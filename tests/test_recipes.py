@@ -144,7 +144,7 @@ def test_a_nanogpt_resume_without_freezeouts_state_says_so(tmp_path):
     ]
 
 
-@pytest.mark.slow  # dynamo traces of the model: 10-20 s
+@pytest.mark.slow  # dynamo traces of the model: 15-35 s
 def test_the_nanogpt_recipe_with_compile_stays_compiled_through_every_freeze(tmp_path, monkeypatch, caplog):
     import logging
 

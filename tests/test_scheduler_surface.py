@@ -275,7 +275,7 @@ def _compiled_run(n: int) -> tuple[int, list[bool]]:
     return len(graphs), steps
 
 
-@pytest.mark.slow  # ~20 dynamo traces of a small model: 5-10 s
+@pytest.mark.slow  # ~20 dynamo traces of a small model: 10-25 s
 def test_a_whole_model_compile_stays_compiled_through_every_freeze():
     n = 10
     graphs, steps = compiled_run(n, allowance=False)

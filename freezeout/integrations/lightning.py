@@ -147,6 +147,7 @@ class FreezeOutCallback(pl.Callback):
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning has restored the optimizer's state (and an adopted FreezeOut's): FreezeOut's comes after
+        self._check_objects(trainer, pl_module)
         if self._pending is not None and not self.adopted:
             self.controller.load_state_dict(self._pending)
         self._pending = None
