@@ -31,9 +31,11 @@ __all__ = [
     "has_hooks",
     "in_backward",
     "is_tracing",
+    "lr_scheduler_attached",
     "outermost_call",
     "outermost_module",
     "own_parameters",
+    "raise_recompile_limit",
     "saved_tensors_hooks_outer",
     "stock_conv",
     "tensor_slot",
@@ -170,3 +172,22 @@ def fsdp_collectives() -> tuple[type, type]:
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 
     return DefaultAllGather, DefaultReduceScatter
+
+
+def lr_scheduler_attached(optimizer: Any) -> bool:
+    """Whether a torch LR scheduler was built on ``optimizer``: ``LRScheduler.__init__`` wraps its ``step`` once and
+    marks the wrapper (to warn about step order). FreezeOut does not, so the mark is another scheduler's."""
+    return hasattr(getattr(optimizer, "step", None), "_wrapped_by_lr_sched")
+
+
+def raise_recompile_limit(by: int) -> tuple[int, int] | None:
+    """Raise dynamo's recompile limits (per code object, and accumulated) by ``by`` if dynamo is loaded, that is if
+    ``torch.compile`` was used in this process; ``(old, new)`` per-code-object limit, or None when it is not."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return None
+    config = dynamo.config
+    old = config.recompile_limit
+    config.recompile_limit = old + by
+    config.accumulated_recompile_limit += by
+    return old, old + by

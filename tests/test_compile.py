@@ -51,16 +51,24 @@ def recompile_limit_hit() -> bool:
     return any("recompile limit" in k.lower() for k in counters["unimplemented"])
 
 
-@pytest.mark.slow  # dynamo compiles: 7-9 s
-def test_whole_model_compile_runs_out_of_recompiles_when_layers_freeze():
-    # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8. Without fusion, whose
-    # per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces: worse still.
-    model = densenet()
-    cnt = CompileCounter()
-    compiled = torch.compile(model, backend=cnt)
-    run_whole = run(compiled, model.layers, fuse=False)
-    assert run_whole[-1] == 9
-    assert cnt.frame_count == 8 and recompile_limit_hit()
+@pytest.mark.slow  # dynamo compiles twice: 20-40 s
+def test_whole_model_compile_recompiles_at_every_freeze(monkeypatch):
+    # What compile_blocks avoids: one graph, a whole recompile per freeze. Under torch's default limit dynamo runs
+    # eagerly after 8 graphs; FreezeOut raises the limit at its first freeze, so the model stays compiled. Without
+    # fusion, whose per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces.
+    from freezeout import compat
+
+    for allowance in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        model = densenet()
+        cnt = CompileCounter()
+        compiled = torch.compile(model, backend=cnt)
+        with monkeypatch.context() as patch, torch._dynamo.config.patch(recompile_limit=8):
+            if not allowance:
+                patch.setattr(compat, "raise_recompile_limit", lambda by: None)
+            assert run(compiled, model.layers, fuse=False)[-1] == 9
+        assert (cnt.frame_count, recompile_limit_hit()) == ((1 + 9, False) if allowance else (8, True))
 
 
 def test_per_block_compile_recompiles_at_most_three_times_per_layer():
