@@ -132,3 +132,26 @@ def test_inductor_per_block_matches_eager():
     run(model, model.layers, steps=6, t0=0.5)
     for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_under_a_whole_model_compile_a_tied_embedding_is_cut_as_in_eager():
+    # nanoGPT's compile = True with its tied head: the graph cut decides once, outside the compiled graph, and the
+    # frozen blocks leave the compiled backward as they leave the eager one
+    from freezeout import find_layers, saved_tensor_bytes
+    from tests.helpers.lookalikes import TinyGPT
+
+    def all_frozen_bytes(compiled: bool) -> int:
+        torch.manual_seed(0)
+        model = TinyGPT(depth=3)
+        ids = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(1))
+        layers = find_layers(model, ids)
+        sched = FreezeOut(torch.optim.SGD(param_groups(model, layers), lr=0.1), layers, 10, t0=0.3, schedule="linear")
+        sched.step_to(9)
+        run = torch.compile(model, backend="eager") if compiled else model
+        loss, saved = saved_tensor_bytes(lambda: F.cross_entropy(run(ids).flatten(0, 1), ids.flatten()))
+        loss.backward()
+        assert model.wte.weight.grad is not None  # the tied weight trains, through the head
+        return saved
+
+    eager = all_frozen_bytes(False)
+    assert all_frozen_bytes(True) == eager

@@ -215,29 +215,43 @@ class _CutIn(OwnedHook):
         if not (_any_graded(args) or (kwargs and _any_graded(kwargs))):
             return None  # nothing flows in that autograd would record: the frozen layer leaves it by itself
         p = self.prefix
-        if torch.compiler.is_compiling():  # the walk cannot be traced: cut as the last eager forward decided
-            cut = p.decision.get(self.index, False) and not torch.compiler.is_exporting()
+        if torch.compiler.is_compiling():
+            if torch.compiler.is_exporting():
+                return None
+            known = p.decision.get(self.index)  # once decided, a compiled graph reads the decision
+            cut = known if known is not None else _decide(self, args, kwargs)
         elif in_backward() or is_tracing():
             return None
         else:
-            if p.now is None:
-                p.now = _Forward()
-            cut = False if p.now.leaking else self._decide(_graded((args, kwargs)))
-            p.open(module, self.index)
+            cut = _decide(self, args, kwargs)
+            _open(p, module, self.index)
         if not cut:
             return None
         p.cut_any = True
         return _detach(args), _detach(kwargs)
 
-    def _decide(self, graded: list[torch.Tensor]) -> bool:
-        p = self.prefix
-        kind, kept = p.kept(leaves(graded))
-        grad = torch.is_grad_enabled()  # off: a reentrant checkpoint's forward, its backward recomputes this layer
-        if kept or not grad:
-            p.report(self.index, kind, kept, reentrant=not grad)
-        if grad:
-            p.decision[self.index] = not kept
-        return grad and not kept
+
+# The walk over the autograd graph reads real tensors and the Python stack, which torch.compile cannot trace: these
+# run eagerly wherever they are called from (under compile, a graph break, once per layer: the decision is kept).
+@torch.compiler.disable
+def _decide(hook: _CutIn, args: Any, kwargs: Any) -> bool:
+    p, index = hook.prefix, hook.index
+    if p.now is None:
+        p.now = _Forward()
+    if p.now.leaking:
+        return False
+    kind, kept = p.kept(leaves(_graded((args, kwargs))))
+    grad = torch.is_grad_enabled()  # off: a reentrant checkpoint's forward, its backward recomputes this layer
+    if kept or not grad:
+        p.report(index, kind, kept, reentrant=not grad)
+    if grad:
+        p.decision[index] = not kept
+    return grad and not kept
+
+
+@torch.compiler.disable
+def _open(p: Prefix, module: nn.Module, index: int) -> None:
+    p.open(module, index)
 
 
 class _CutOut(OwnedHook):

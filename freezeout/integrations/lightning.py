@@ -28,6 +28,7 @@ schedule, and the refusal says how to keep a warmup (``warmup_steps``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -75,6 +76,7 @@ class FreezeOutCallback(pl.Callback):
         self.controller: FreezeOut | None = None
         self.adopted = False  # the controller is configure_optimizers' lr_scheduler: Lightning steps and saves it
         self._pending: dict[str, Any] | None = None  # state loaded before the optimizer exists
+        self._hush: Any = None  # a warnings context from fit's start to train's
 
     def _resolve_layers(self, pl_module: Any) -> Sequence[nn.Module]:
         if self.layers_arg is None:
@@ -105,6 +107,7 @@ class FreezeOutCallback(pl.Callback):
             raise ValueError(f"FreezeOutCallback needs exactly one optimizer, got {len(trainer.optimizers)}")
         self.adopted = self._adopt(trainer.lr_scheduler_configs, trainer.optimizers[0])
         if self.adopted:
+            self._hush_frozen_eval_modules()
             return
         total = trainer.estimated_stepping_batches
         if total == float("inf"):
@@ -145,8 +148,18 @@ class FreezeOutCallback(pl.Callback):
         self.controller = config.scheduler
         return True
 
+    def _hush_frozen_eval_modules(self) -> None:
+        # Lightning restores an adopted FreezeOut's state (its frozen layers read eval mode, as they should) just
+        # before it warns of every module in eval mode at the start of training: not a user's mistake, so not said
+        self._hush = warnings.catch_warnings()
+        self._hush.__enter__()
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # Lightning has restored the optimizer's state (and an adopted FreezeOut's): FreezeOut's comes after
+        if self._hush is not None:
+            self._hush.__exit__(None, None, None)
+            self._hush = None
         self._check_objects(trainer, pl_module)
         if self._pending is not None and not self.adopted:
             self.controller.load_state_dict(self._pending)
