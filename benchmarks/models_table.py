@@ -172,7 +172,7 @@ Measured on {machine}. {busy}
   ({hand_written}).
 - **GPT-2's token embedding is its head's weight** (tied), so it is not among the layers: the embedding layer
   is the position embedding `wpe`, and once blocks freeze FreezeOut cuts the token embedding's flow into them,
-  so with all frozen autograd keeps only what the head needs (`freezeout/guard.py`).
+  so with all frozen autograd keeps only what the head needs (`freezeout/freezing/cut.py`).
 - **Memory falls further than time.** With all layers frozen a frozen layer keeps nothing for backward, but
   it still runs its forward, so the step cannot fall below the forward of the layers plus the head's step.
   GPT-2's LM head and loss (a vocabulary of 2048 over a width of 128: about a fifth of the forward FLOPs, as in

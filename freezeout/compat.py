@@ -31,12 +31,14 @@ __all__ = [
     "has_hooks",
     "in_backward",
     "is_tracing",
+    "lr_scheduler_attached",
     "outermost_call",
     "outermost_module",
     "own_parameters",
+    "raise_recompile_limit",
     "saved_tensors_hooks_outer",
     "stock_conv",
-    "tensor_tables",
+    "tensor_slot",
     "tensor_version",
 ]
 
@@ -111,6 +113,12 @@ def own_parameters(module: nn.Module) -> Any:
     return module._parameters.values()
 
 
+def tensor_slot(module: nn.Module, name: str) -> tuple[dict[str, Any], str]:
+    """The dict in which ``module`` holds its parameter or buffer ``name``, and the name: ``slot[0].get(slot[1])``
+    reads it as ``getattr`` would (``None`` when unset), at a dict lookup's cost."""
+    return (module._parameters if name in module._parameters else module._buffers), name
+
+
 def global_hooks() -> int:
     """How many module hooks are registered for every module (``nn.modules.module.register_module_forward_hook``)."""
     return len(_module._global_forward_pre_hooks) + len(_module._global_forward_hooks)
@@ -134,13 +142,6 @@ def conv_pads(conv: nn.Module) -> bool:
 def stock_conv(module: nn.Module, base: type) -> bool:
     """``module`` is a ``base`` conv whose forward and convolution are torch's own (a subclass may change them)."""
     return type(module).forward is base.forward and type(module)._conv_forward is base._conv_forward
-
-
-def tensor_tables(module: nn.Module) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Where ``module`` holds tensors of its own: the dicts torch keeps its parameters and buffers in, and its
-    attributes (a plain tensor attribute is neither). Entries may be None; assigning to an entry replaces the
-    tensor the module uses."""
-    return module._parameters, module._buffers, module.__dict__
 
 
 def tensor_version(t: torch.Tensor) -> int:
@@ -171,3 +172,22 @@ def fsdp_collectives() -> tuple[type, type]:
     from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather, DefaultReduceScatter
 
     return DefaultAllGather, DefaultReduceScatter
+
+
+def lr_scheduler_attached(optimizer: Any) -> bool:
+    """Whether a torch LR scheduler was built on ``optimizer``: ``LRScheduler.__init__`` wraps its ``step`` once and
+    marks the wrapper (to warn about step order). FreezeOut does not, so the mark is another scheduler's."""
+    return hasattr(getattr(optimizer, "step", None), "_wrapped_by_lr_sched")
+
+
+def raise_recompile_limit(by: int) -> tuple[int, int] | None:
+    """Raise dynamo's recompile limits (per code object, and accumulated) by ``by`` if dynamo is loaded, that is if
+    ``torch.compile`` was used in this process; ``(old, new)`` per-code-object limit, or None when it is not."""
+    dynamo = sys.modules.get("torch._dynamo")
+    if dynamo is None:
+        return None
+    config = dynamo.config
+    old = config.recompile_limit
+    config.recompile_limit = old + by
+    config.accumulated_recompile_limit += by
+    return old, old + by

@@ -7,9 +7,11 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from . import compat
 from .checks import check_int
+from .driving import StepWatch
 from .freezing import FirstPass, FrozenPrefix, judge
-from .groups import group_owners, split_groups
+from .groups import check_optimizer, group_owners, split_groups
 from .layers import LayerLike, as_layers, check_layers
 from .options import FreezeOutOptions
 from .schedule import (
@@ -19,6 +21,7 @@ from .schedule import (
     progress,
     validate_total_steps,
 )
+from .scheduler import ALONE, SchedulerSurface
 
 __all__ = ["FreezeOut", "ScheduleWarning"]
 
@@ -27,10 +30,12 @@ _DEFAULT = FreezeOutOptions()  # the signature's defaults are the options' own: 
 
 
 class ScheduleWarning(UserWarning):
-    """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups."""
+    """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups; or FreezeOut is
+    driven wrong (``freezeout.driving``: a resumed optimizer without FreezeOut's state, ``step()`` called less often
+    than ``optimizer.step()``)."""
 
 
-class FreezeOut:
+class FreezeOut(SchedulerSurface):
     """Per-layer cosine annealing that freezes layers input side first (Brock et al., 2017): the LR schedule.
 
     ``layers``: the freezable layers in forward order, each an ``nn.Module`` or a list/tuple of modules and
@@ -48,15 +53,21 @@ class FreezeOut:
     not change. With no trainable parameter in the rest's groups (only adapters inside the layers train, say),
     the last layer trains to the end with the rest's schedule (``t_i = 1``) instead of freezing.
 
-    Freezing a layer installs its effects (``freezeout.freezing``): no gradient, inference mode in every call, the
-    graph cut at the frozen prefix (a tied weight or hooked activation flowing in), and with ``fuse`` (on by
-    default) its BatchNorms folded into its convolutions for training forwards, where that is proven exact. The
+    Freezing a layer makes it what a copy frozen by hand would be (docs/METHOD.md, "What frozen means"; the effects
+    of ``freezeout.freezing``): no gradient, inference mode however it is called, the graph cut where a tied weight
+    or hooked activation flows in, and with ``fuse=True`` its BatchNorms folded where each call proves it. The
     model's parameters, buffers and state_dict are untouched. ``close()`` (or leaving a ``with`` block) removes
     every effect: the model is as it was handed in, with its trained weights.
 
-    The first training forward is checked (``freezeout.guard``): layers out of forward order or tied to the rest
-    raise ``ValueError``; a trainable parameter flowing into frozen layers is a ``FrozenInputWarning``
-    (``strict=True``: ``ValueError``).
+    The first training forward is checked (``freezeout.freezing.guard``): layers out of forward order or tied to
+    the rest raise ``ValueError``; a trainable tensor flowing into frozen layers keeps its gradient and is a
+    ``FrozenInputWarning`` (a trainable parameter with ``strict=True``: ``ValueError``). An optimizer that keeps
+    one parameter group (LBFGS), or layers another open ``FreezeOut`` froze: ``ValueError``.
+
+    To the ecosystem FreezeOut is a torch ``LRScheduler`` (``freezeout.scheduler``: accelerate, Lightning, torch's
+    compositions, ``torch.compile``); how it is driven is watched (``freezeout.driving``): a resumed optimizer
+    whose FreezeOut state was not loaded, or ``step()`` called less often than ``optimizer.step()``, is a
+    ``ScheduleWarning`` saying so.
     """
 
     def __init__(
@@ -80,6 +91,9 @@ class FreezeOut:
         o = self.options
         self.t0, self.schedule, self.scale_lr = o.t0, o.schedule, o.scale_lr
         self.warmup_steps, self.strict, self.fuse = o.warmup_steps, o.strict, o.fuse
+        check_optimizer(optimizer)
+        # before anything is changed: refuses layers that another FreezeOut, still open, froze
+        self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
         if split_groups(optimizer, self._layers):
             log.info(
                 "optimizer groups spanning several layers split per layer: %d groups now", len(optimizer.param_groups)
@@ -99,8 +113,9 @@ class FreezeOut:
         self.base_lrs = [float(g["initial_lr"]) for g in optimizer.param_groups]
         self.step_count = 0
         self.closed = False
+        self._recompiles: tuple[int, int] | None = None  # dynamo's recompile limit raised (old, new), once
+        self._watch = StepWatch(optimizer)
         self._warned: set[str] = set()
-        self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
         self._check: FirstPass | None = FirstPass(self._layers)  # the first training forward: order and ties
         self._apply()
 
@@ -137,19 +152,11 @@ class FreezeOut:
         """For each optimizer group, the index of its layer, or ``len(layers)`` for a group of the rest."""
         return list(self._owners)
 
-    @property
-    def last_epoch(self) -> int:
-        """Steps taken, as torch's schedulers count them (they call every ``step()`` an epoch)."""
-        return self.step_count
-
     def step(self, epoch: Any = None) -> None:
         """Advance one optimizer step: set the LRs for the new ``t`` and freeze the layers due."""
         if epoch is not None:
-            raise ValueError(
-                "FreezeOut.step() takes no argument: FreezeOut is the whole LR schedule and cannot run inside "
-                "SequentialLR or ChainedScheduler; for a warmup use FreezeOut(..., warmup_steps=W)"
-            )
-        self._advance(self.step_count + 1)
+            raise ValueError(f"FreezeOut.step() takes no argument: {ALONE}")
+        self._advance(self.step_count + 1, counted=True)
 
     def step_to(self, n: int) -> None:
         """The schedule at optimizer step ``n``, an explicit clock (timm's ``step_update(num_updates)``): after it the
@@ -163,7 +170,7 @@ class FreezeOut:
             )
         self._advance(n)
 
-    def _advance(self, n: int) -> None:
+    def _advance(self, n: int, counted: bool = False) -> None:
         if self.closed:
             raise RuntimeError("FreezeOut.step() after close(): build a fresh FreezeOut to train with it again")
         if self._check is not None:
@@ -173,7 +180,14 @@ class FreezeOut:
         reports, self._frozen.prefix.reports = self._frozen.prefix.reports, []
         judge(reports, self.strict)
         self._adopt_new_groups()
-        self._check_lrs()
+        rare = self._watch.too_rare()  # counts afresh from here on, also after step_to (an explicit clock)
+        if rare and counted:
+            self._warn_once("rare", rare)
+        missing, resumed = self._watch.judge(n)
+        if missing:
+            self._warn_once("missing", missing)
+        if not resumed:  # a resumed optimizer holds the checkpoint's LRs: said above if wrong, not blamed elsewhere
+            self._check_lrs()
         self.step_count = n
         self._apply()
 
@@ -204,6 +218,7 @@ class FreezeOut:
         if not self.closed:
             self._closed_at = self._frozen.num_frozen
         self._frozen.close()
+        self._watch.close()
         self.closed = True
 
     def __enter__(self) -> FreezeOut:
@@ -233,12 +248,14 @@ class FreezeOut:
         while self.num_frozen < due:
             i = self.num_frozen
             groups = [g for g, owner in zip(self.optimizer.param_groups, self._owners) if owner == i]
+            self._allow_recompiles()
             record = self._frozen.freeze_next(groups, self.optimizer)
             if self._check is not None:
                 self._check.release(i)
             log.debug("froze layer %d at step %d (t=%.4f, t_i=%.4f): %s", i, self.step_count, self.progress,
                       self.times[i], ", ".join(record.names))  # fmt: skip
         self._set = [g["lr"] for g in self.optimizer.param_groups]
+        self._last_lr = list(self._set)
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -266,10 +283,13 @@ class FreezeOut:
     def _check_lrs(self) -> None:
         for g, (group, mine) in enumerate(zip(self.optimizer.param_groups, self._set)):
             if group["lr"] != mine:
+                found = f"the LR of optimizer param group {g} was changed outside FreezeOut (set {mine:g}, found "
+                if compat.lr_scheduler_attached(self.optimizer):  # a torch scheduler: it would fight every step
+                    raise ValueError(f"{found}{group['lr']:g}) by a torch LR scheduler on this optimizer. {ALONE}")
                 self._warn_once(
                     "lr",
-                    f"the LR of optimizer param group {g} was changed outside FreezeOut (set {mine:g}, found "
-                    f"{group['lr']:g}): another LR scheduler or a manual write. FreezeOut is the LR schedule (the "
+                    f"{found}{group['lr']:g}): another LR scheduler or a manual write, or the optimizer's state_dict "
+                    "loaded without FreezeOut's (load FreezeOut's after it). FreezeOut is the LR schedule (the "
                     "paper's per-layer cosine; warmup_steps=W adds a warmup) and sets every LR at each step(): "
                     "drop the other scheduler",
                 )
@@ -309,4 +329,5 @@ class FreezeOut:
             )
         self.base_lrs = base_lrs
         self.step_count = step
+        self._watch.rearm()
         self._apply()

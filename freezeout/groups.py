@@ -10,12 +10,21 @@ import fnmatch
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
-from .layers import Layer, LayerLike, as_layers
+from .layers import Layer, LayerLike, as_layers, param_owners
 from .norms import is_norm
 
-__all__ = ["check_ties", "default_no_decay", "group_owners", "param_groups", "split_groups", "unwrap"]
+__all__ = [
+    "check_optimizer",
+    "check_ties",
+    "default_no_decay",
+    "group_owners",
+    "param_groups",
+    "split_groups",
+    "unwrap",
+]
 
 NoDecay = Callable[[str, nn.Parameter, nn.Module], bool]
 
@@ -58,7 +67,7 @@ def check_ties(model: nn.Module, layers: Sequence[Layer]) -> None:
     language model's head and its token embedding): freezing the layer would freeze that part too, silently."""
     inside = {id(m): layer.index for layer in layers for m in layer.all_modules()}
     loose = {id(p) for layer in layers for p in layer.loose}
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     paths: dict[int, list[str]] = {}
     for path, module in model.named_modules(remove_duplicate=False):
         paths.setdefault(id(module), []).append(path)
@@ -147,17 +156,35 @@ def param_groups(
     return groups
 
 
+# Optimizers that keep one parameter group by design: their step reads the group they were built with
+_ONE_GROUP = ("LBFGS",)
+
+
+def check_optimizer(optimizer: Any) -> list[dict[str, Any]]:
+    """``optimizer``'s parameter groups, if it can hold one group per layer (each with its own learning rate);
+    ``ValueError`` naming it otherwise, before anything is changed."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not isinstance(groups, list):
+        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    name = type(optimizer).__name__
+    if any(isinstance(optimizer, getattr(torch.optim, one)) for one in _ONE_GROUP):
+        raise ValueError(
+            f"optimizer {name} holds one parameter group only (its step reads the group it was built with), and "
+            "FreezeOut gives each layer a group of its own, with its own learning rate and freeze time: use an "
+            "optimizer that takes parameter groups (SGD, Adam, AdamW, ...), or freeze layers by hand"
+        )
+    return groups
+
+
 def split_groups(optimizer: Any, layers: Sequence[Layer]) -> int:
     """Split, in place, each of ``optimizer``'s groups that holds parameters of several layers (or of layers and
     the rest) into one group per layer it touches, in layer order, then one for the rest: each a copy of the group
     with every option it had (``lr``, ``weight_decay``, betas, ``lr_scale``, ...). Optimizer state is kept (it is
     held per parameter). Deterministic: an optimizer built the same way splits the same way, so its state dict
     loads. Returns how many groups were split."""
-    groups = getattr(optimizer, "param_groups", None)
-    if not isinstance(groups, list):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    groups = check_optimizer(optimizer)
     n = len(layers)
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     out, split = [], 0
     for group in groups:
         parts: dict[int, list[Any]] = {}
@@ -175,11 +202,9 @@ def split_groups(optimizer: Any, layers: Sequence[Layer]) -> int:
 def group_owners(optimizer: Any, layers: Sequence[Layer]) -> list[int]:
     """For each of ``optimizer``'s groups, the index of the layer whose parameters it holds, or ``len(layers)``
     for a group of the rest. ``ValueError`` naming a group that mixes layers, or a layer with the rest."""
-    groups = getattr(optimizer, "param_groups", None)
-    if not isinstance(groups, list):
-        raise ValueError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    groups = check_optimizer(optimizer)
     n = len(layers)
-    owner = {id(p): layer.index for layer in layers for p in layer.parameters()}
+    owner = param_owners(layers)
     owners = []
     for g, group in enumerate(groups):
         found = {owner.get(id(p), n) for p in group["params"]}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Layer", "LayerLike", "as_layers", "check_layers", "describe"]
+__all__ = ["Layer", "LayerLike", "as_layers", "check_layers", "describe", "param_owners"]
 
 LayerLike = nn.Module | Sequence[nn.Module | nn.Parameter]
 
@@ -38,6 +38,11 @@ class Layer:
         """The layer's modules and everything inside them."""
         for m in self.modules:
             yield from m.modules()
+
+
+def param_owners(layers: Sequence[Layer]) -> dict[int, int]:
+    """Each layer's parameters (by id) -> the layer's index."""
+    return {id(p): layer.index for layer in layers for p in layer.parameters()}
 
 
 def describe(layer: LayerLike) -> str:

@@ -110,7 +110,7 @@ def test_a_torn_last_metrics_line_is_recovered_from_the_checkpoint(freezeout, tm
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip().splitlines() == [
         f"freezeout train: {out / 'metrics.jsonl'}: the line of epoch 3 was torn; recovered it from checkpoint.pt",
-        f"freezeout train: resuming {out}: all 3 epochs done, writing its summary",
+        f"freezeout train: resuming {out}: epoch 3 of 3 is done, writing its summary",
     ]
     assert metrics(out) == whole  # the epoch's own line, whole again, timings included
 

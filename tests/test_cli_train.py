@@ -88,7 +88,7 @@ def one_line_error(capsys, argv, word):
     [
         (["--dataset", "cifar10", "--data-dir", "{data}/nope"], "does not exist"),
         (["--dataset", "cifar10", "--data-dir", "{data}/empty"], "is empty"),
-        (["--dataset", "cifar10"], "data_dir is required"),
+        (["--dataset", "cifar10"], "error: --data-dir is required for cifar10"),  # flags, not Python's field names
         (["--dataset", "cifar10", "--data-dir", "{data}/bad"], "corrupt or truncated"),
         (["--dataset", "cifar100", "--data-dir", "{data}/c10"], "holds CIFAR-10, not CIFAR-100"),
         (["--dataset", "cifar10", "--data-dir", "{data}/c100"], "holds CIFAR-100, not CIFAR-10"),
@@ -98,14 +98,27 @@ def one_line_error(capsys, argv, word):
         (["--batch-size", "0"], "--batch-size"),
         (["--t0", "0"], "(0, 1]"),
         (["--t0", "1.5"], "(0, 1]"),
-        (["--out", "{data}/c10/cifar-10-python.tar.gz/run"], "not writable"),
+        (
+            ["--out", "{data}/c10/cifar-10-python.tar.gz/run"],
+            "error: --out {data}/c10/cifar-10-python.tar.gz/run is not",
+        ),
+        (["--lr", "-1"], "error: --lr must be a positive number, got -1.0"),  # no "(0, 3.40282e+38]"
+        (["--lr", "nan"], "error: --lr must be a positive number, got nan"),
+        (["--lr", "1e39"], "error: --lr must be a positive number that float32 can hold (at most 3.4e38)"),
+        (["--weight-decay", "-1"], "error: --weight-decay must be a number >= 0, got -1.0"),
+        (["--val-split", "100000"], "error: --val-split must be an integer in [0, 1496]"),
+        (
+            ["--cache"],
+            "error: --cache needs inputs that repeat: digits is augmented (random crops) every epoch, so "
+            "turn augmentation off (--no-augment)",
+        ),
         (["--resume"], "no checkpoint"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(data, tmp_path, capsys, args, word):
     out = tmp_path / "out"
     argv = ["train", *TINY, "--out", str(out), *[a.format(data=data) for a in args]]
-    one_line_error(capsys, argv, word)
+    one_line_error(capsys, argv, word.format(data=data))
     assert not out.exists()
 
 

@@ -173,10 +173,50 @@ def test_has_hooks_and_own_parameters():
     assert list(compat.own_parameters(nn.Sequential(m))) == []  # its own, not its children's
 
 
-def test_tensor_tables_hold_what_the_module_uses():
-    m = nn.BatchNorm1d(2)
-    m.scale = torch.ones(1)
-    params, buffers, attrs = compat.tensor_tables(m)
-    assert params["weight"] is m.weight and buffers["running_mean"] is m.running_mean and attrs["scale"] is m.scale
-    m.running_mean = torch.zeros(2)  # assigning replaces the entry the module reads
-    assert compat.tensor_tables(m)[1]["running_mean"] is m.running_mean
+def test_tensor_slot_reads_what_getattr_reads():
+    bn = nn.BatchNorm2d(3)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        holder, key = compat.tensor_slot(bn, name)
+        assert holder.get(key) is getattr(bn, name)
+    holder, key = compat.tensor_slot(bn, "running_mean")
+    bn.running_mean = torch.zeros(3)  # replaced: the slot reads the new tensor
+    assert holder.get(key) is bn.running_mean
+    linear = nn.Linear(2, 2, bias=False)
+    holder, key = compat.tensor_slot(linear, "bias")
+    assert holder.get(key) is None and linear.bias is None
+
+
+def test_lr_scheduler_attached_sees_torchs_scheduler_mark_on_the_optimizer():
+    opt = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    assert not compat.lr_scheduler_attached(opt)
+    torch.optim.lr_scheduler.StepLR(opt, 1)  # LRScheduler.__init__ wraps opt.step and marks the wrapper
+    assert compat.lr_scheduler_attached(opt)
+    assert not compat.lr_scheduler_attached(object())
+
+
+def test_raise_recompile_limit_lets_dynamo_compile_past_its_limit():
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounter
+
+    def graphs(raise_by: int) -> tuple[int, tuple[int, int] | None]:
+        torch._dynamo.reset()
+        cnt = CompileCounter()
+        f = torch.compile(lambda x: x * 2, backend=cnt)
+        with torch._dynamo.config.patch(recompile_limit=2, accumulated_recompile_limit=256):
+            raised = compat.raise_recompile_limit(raise_by) if raise_by else None
+            for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32):
+                f(torch.ones(2, dtype=dtype))  # a guard on the dtype fails: one recompile each
+        torch._dynamo.reset()
+        return cnt.frame_count, raised
+
+    assert graphs(0) == (2, None)  # dynamo's limit: eager after 2 graphs
+    assert graphs(3) == (5, (2, 5))  # raised by 3: all 5 compiled
+    assert isinstance(torch._dynamo.config.recompile_limit, int)
+    assert isinstance(torch._dynamo.config.accumulated_recompile_limit, int)
+
+
+def test_raise_recompile_limit_is_a_no_op_without_dynamo(monkeypatch):
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch._dynamo")
+    assert compat.raise_recompile_limit(4) is None

@@ -51,16 +51,24 @@ def recompile_limit_hit() -> bool:
     return any("recompile limit" in k.lower() for k in counters["unimplemented"])
 
 
-@pytest.mark.slow  # dynamo compiles: 7-9 s
-def test_whole_model_compile_runs_out_of_recompiles_when_layers_freeze():
-    # The problem compile_blocks solves: one graph, a recompile per freeze, eager after 8. Without fusion, whose
-    # per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces: worse still.
-    model = densenet()
-    cnt = CompileCounter()
-    compiled = torch.compile(model, backend=cnt)
-    run_whole = run(compiled, model.layers, fuse=False)
-    assert run_whole[-1] == 9
-    assert cnt.frame_count == 8 and recompile_limit_hit()
+@pytest.mark.slow  # dynamo compiles twice: 20-40 s
+def test_whole_model_compile_recompiles_at_every_freeze(monkeypatch):
+    # What compile_blocks avoids: one graph, a whole recompile per freeze. Under torch's default limit dynamo runs
+    # eagerly after 8 graphs; FreezeOut raises the limit at its first freeze, so the model stays compiled. Without
+    # fusion, whose per-layer hooks (eager under compile_blocks) would break a whole-model graph into pieces.
+    from freezeout import compat
+
+    for allowance in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        model = densenet()
+        cnt = CompileCounter()
+        compiled = torch.compile(model, backend=cnt)
+        with monkeypatch.context() as patch, torch._dynamo.config.patch(recompile_limit=8):
+            if not allowance:
+                patch.setattr(compat, "raise_recompile_limit", lambda by: None)
+            assert run(compiled, model.layers, fuse=False)[-1] == 9
+        assert (cnt.frame_count, recompile_limit_hit()) == ((1 + 9, False) if allowance else (8, True))
 
 
 def test_per_block_compile_recompiles_at_most_three_times_per_layer():
@@ -124,3 +132,26 @@ def test_inductor_per_block_matches_eager():
     run(model, model.layers, steps=6, t0=0.5)
     for (k, a), b in zip(eager.state_dict().items(), model.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_under_a_whole_model_compile_a_tied_embedding_is_cut_as_in_eager():
+    # nanoGPT's compile = True with its tied head: the graph cut decides once, outside the compiled graph, and the
+    # frozen blocks leave the compiled backward as they leave the eager one
+    from freezeout import find_layers, saved_tensor_bytes
+    from tests.helpers.lookalikes import TinyGPT
+
+    def all_frozen_bytes(compiled: bool) -> int:
+        torch.manual_seed(0)
+        model = TinyGPT(depth=3)
+        ids = torch.randint(0, 13, (4, 8), generator=torch.Generator().manual_seed(1))
+        layers = find_layers(model, ids)
+        sched = FreezeOut(torch.optim.SGD(param_groups(model, layers), lr=0.1), layers, 10, t0=0.3, schedule="linear")
+        sched.step_to(9)
+        run = torch.compile(model, backend="eager") if compiled else model
+        loss, saved = saved_tensor_bytes(lambda: F.cross_entropy(run(ids).flatten(0, 1), ids.flatten()))
+        loss.backward()
+        assert model.wte.weight.grad is not None  # the tied weight trains, through the head
+        return saved
+
+    eager = all_frozen_bytes(False)
+    assert all_frozen_bytes(True) == eager

@@ -4,9 +4,6 @@ text around it says."""
 
 from __future__ import annotations
 
-import functools
-import types
-
 import numpy
 import pytest
 import torch
@@ -68,31 +65,17 @@ def test_the_readme_drop_in_runs_and_freezes_everything(capsys):
 @pytest.mark.filterwarnings("ignore:.*GPU available but not used.*")
 @pytest.mark.filterwarnings(r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning")
 @pytest.mark.filterwarnings("ignore:.*number of training batches.*is smaller than the logging interval.*")
-def test_the_readme_lightning_block(tmp_path):
-    pl = pytest.importorskip("lightning.pytorch")
-
-    class UsersModule(pl.LightningModule):  # what the block leaves out: the user's model and training_step
-        def __init__(self):
-            super().__init__()
-            net = TinyNet()
-            self.stem, self.blocks, self.head = net.stem, net.blocks, net.head
-            self.net = net
-
-        def training_step(self, b, _):
-            return F.cross_entropy(self.net(b[0]), b[1])
-
-    quiet = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer = functools.partial(pl.Trainer, accelerator="cpu", default_root_dir=str(tmp_path), **quiet)
+@pytest.mark.filterwarnings("ignore:Starting from v1.9.0, `tensorboardX` has been removed:UserWarning")  # its logger
+def test_the_readme_lightning_block_runs_as_written(tmp_path, monkeypatch):
+    pytest.importorskip("lightning.pytorch")
+    monkeypatch.chdir(tmp_path)  # where Lightning writes its logs and checkpoints
     code = block(README, "class Net(L.LightningModule):").replace("max_epochs=100", "max_epochs=2")
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*batch(0, n=12)), batch_size=4)
-    fitted = []
-    lightning = types.SimpleNamespace(
-        LightningModule=UsersModule, Trainer=lambda **kw: fitted.append(kw) or trainer(**kw)
-    )
-    names = run(code, "README.md", L=lightning, torch=torch, freezeout=freezeout, loader=loader)
-    callback = fitted[0]["callbacks"][0]
-    assert callback.controller.closed and callback.controller.step_count == 6
-    assert callback.controller.num_frozen == len(names["Net"]().freezable_layers())
+    code = code.replace("256", "64")  # a smaller data set: 2 batches an epoch
+    torch.manual_seed(0)
+    names = run(code, "README.md")  # its imports, model, data and Trainer: nothing given by the test
+    (callback,) = [c for c in names["trainer"].callbacks if type(c).__name__ == "FreezeOutCallback"]
+    assert callback.controller.closed and callback.controller.step_count == 2 * len(names["loader"])
+    assert callback.controller.num_frozen == len(names["Net"]().freezable_layers()) == 5  # t0 = 0.8: all, by the end
 
 
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")
@@ -182,15 +165,16 @@ def test_the_distributed_blocks_on_two_ranks(tmp_path):
 def test_the_readme_cache_loop_runs_and_serves():
     torch.manual_seed(0)
     model = TinyNet()
-    data = [batch(i) for i in range(3)]
-    dataset = [(x[j], y[j]) for x, y in data for j in range(len(y))]
-    size = len(data[0][1])
-    loader = [(torch.arange(i * size, (i + 1) * size), x, y) for i, (x, y) in enumerate(data)] * 4
+    x, y = batch(0, n=24)
+    dataset = torch.utils.data.TensorDataset(x, y)  # 24 examples: one batch of the block's 32 per epoch
+    epochs = 12
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    sched = freezeout.FreezeOut(opt, model.layers, len(loader), t0=0.3)
-    names = run(block(README, "cache = PrefixCache(sched"), "README.md", model=model, loader=loader,
-                dataset=dataset, opt=opt, sched=sched)  # fmt: skip
+    sched = freezeout.FreezeOut(opt, model.layers, epochs, t0=0.3)
+    names = run(block(README, "cache = PrefixCache(sched"), "README.md", model=model, dataset=dataset, opt=opt,
+                sched=sched, epochs=epochs)  # fmt: skip
     assert names["cache"].stats["hits"] > 0 and sched.num_frozen == len(model.layers)
+    indices, _, _ = next(iter(names["loader"]))
+    assert sorted(indices.tolist()) == list(range(24))  # the loader yields each example's position
 
 
 def test_the_cache_pages_trainer_block(tmp_path):

@@ -76,7 +76,8 @@ def test_resume_from_another_working_folder_and_with_cpu_for_auto(tmp_path, monk
     assert main([*again, "--resume"]) == 0, capsys.readouterr().err
     assert main([*again, "--resume"]) == 0  # finished: read back, compared the same way
     assert main([*again, "--resume", "--lr", "0.2"]) == 2
-    assert capsys.readouterr().err.strip().endswith("it was run with a different config (lr: 0.1 -> 0.2)")
+    refusal = "it was run with a different config (lr: 0.1 -> 0.2); a run continues only with the config it started "
+    assert capsys.readouterr().err.strip().endswith(refusal + "with: for the new one, choose another --out")
 
 
 def test_a_run_folder_written_before_paths_were_resolved_still_resumes(tmp_path, monkeypatch):

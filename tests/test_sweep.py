@@ -11,7 +11,8 @@ import pytest
 
 from freezeout.experiment.lock import LOCK_FILE
 from freezeout.experiment.plan import dry_run
-from freezeout.experiment.sweep import Grid, expand, run_status, run_sweep
+from freezeout.experiment.runstate import run_status
+from freezeout.experiment.sweep import Grid, expand, run_sweep
 from freezeout.schedule import STRATEGIES, parse_strategy
 from tests.helpers.sweep_fakes import FakeTrainer
 from tests.helpers.terminal import Terminal

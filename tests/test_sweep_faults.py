@@ -7,7 +7,8 @@ import json
 
 from freezeout.experiment.aggregate import aggregate
 from freezeout.experiment.plan import dry_run
-from freezeout.experiment.sweep import Grid, run_status, run_sweep
+from freezeout.experiment.runstate import run_status
+from freezeout.experiment.sweep import Grid, run_sweep
 from tests.helpers.sweep_fakes import FakeTrainer, fake_error
 
 BASE = {"dataset": "digits", "depth": 10, "growth": 4, "epochs": 3, "batch_size": 50, "lr": 0.1}

@@ -101,6 +101,9 @@ def test_steps_lrs_and_logs_follow_trainer(tmp_path, examples, options, steps, w
     for e in logged:  # each log is about the optimizer step just taken
         assert e["learning_rate"] == recorder.lrs[e["step"] - 1][0] == closed_form(e["step"] - 1, steps, n, n, warmup)
         assert e["freezeout/num_frozen"] == recorder.frozen[e["step"] - 1]
+        frozen = recorder.frozen[e["step"] - 1]  # the first layer still training, beside the head: none once all froze
+        first = closed_form(e["step"] - 1, steps, frozen, n, warmup) if frozen < n else None
+        assert e.get("freezeout/lr_first_layer") == first
     assert recorder.frozen[-1] > 0 and logged[-1]["learning_rate"] > 0  # Trainer alone logged a frozen layer's 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..layers import LayerLike
+from ..options import FreezeOutOptions
 from ..schedule import freeze_times, validate_schedule, validate_t0
 from .cost import LINEAR_CORRECTION, integrate_step_times, paper_saving, zero_cost_saving
 from .flops import batch_size_of, layer_flops
@@ -22,13 +23,15 @@ from .timing import step_time_curve
 
 __all__ = ["estimate_saving", "predict"]
 
+_DEFAULT = FreezeOutOptions()  # the strategy FreezeOut runs by default is the one estimated by default
+
 
 def predict(
     flops: Sequence[float],
     rest_flops: float,
-    t0: float = 0.8,
-    schedule: str = "cubic",
-    scale_lr: bool = True,
+    t0: float = _DEFAULT.t0,
+    schedule: str = _DEFAULT.schedule,
+    scale_lr: bool = _DEFAULT.scale_lr,
     *,
     linear_correction: bool = False,
     step_times: Sequence[float] | None = None,
@@ -61,9 +64,9 @@ def estimate_saving(
     model: nn.Module,
     layers: Sequence[LayerLike],
     example_input: Any,
-    t0: float = 0.8,
-    schedule: str = "cubic",
-    scale_lr: bool = True,
+    t0: float = _DEFAULT.t0,
+    schedule: str = _DEFAULT.schedule,
+    scale_lr: bool = _DEFAULT.scale_lr,
     *,
     linear_correction: bool = False,
     calibrate: bool = False,

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import tensor_tables, tensor_version
+from ..compat import tensor_slot, tensor_version
 
 __all__ = ["Holder", "Read", "StateWatch", "held_tensors", "stamp"]
 
@@ -36,10 +36,13 @@ def held_tensors(model: nn.Module) -> dict[int, Holder]:
     """Every tensor ``model`` holds (parameters, buffers, tensor attributes), by id, with where it is held."""
     out: dict[int, Holder] = {}
     for prefix, m in model.named_modules(remove_duplicate=False):
-        for table in tensor_tables(m):
-            for key, value in table.items():
-                if isinstance(value, torch.Tensor):
-                    out.setdefault(id(value), Holder(f"{prefix}.{key}" if prefix else key, table, key))
+        names = [n for n, _ in m.named_parameters(recurse=False)] + [n for n, _ in m.named_buffers(recurse=False)]
+        slots = [tensor_slot(m, n) for n in names]
+        slots += [(vars(m), k) for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+        for table, key in slots:
+            t = table.get(key)
+            if isinstance(t, torch.Tensor):
+                out.setdefault(id(t), Holder(f"{prefix}.{key}" if prefix else key, table, key))
     return out
 
 

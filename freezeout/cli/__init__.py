@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 from .. import __version__
 from .common import CLIError, OneLineParser
+from .output import in_flags
 
 __all__ = ["build_parser", "main", "no_command"]
 
@@ -39,10 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("freezeout: interrupted", file=sys.stderr)
+        then = getattr(args, "interrupted", None)  # what a command can say about continuing
+        print(f"freezeout {args.command}: interrupted{'; ' + then(args) if then else ''}", file=sys.stderr)
         return 130
     except (CLIError, ValueError, OSError) as exc:
-        print(f"freezeout {args.command}: error: {_first_line(exc)}", file=sys.stderr)
+        given = [v for v in vars(args).values() if isinstance(v, (str, os.PathLike))]  # what the user typed
+        message = in_flags(_first_line(exc), _command_parser(parser, args.command), given)
+        print(f"freezeout {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
         if not _out_of_memory(exc):
@@ -54,9 +59,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _commands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    return _commands(parser).choices[command]
+
+
 def no_command(parser: argparse.ArgumentParser) -> str:
     """What ``freezeout`` alone prints: the usage, each command in a line, and the command to try first."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = _commands(parser)
     commands = [f"  {a.dest:<9} {a.help}" for a in sub._choices_actions]
     return "\n".join(
         [

@@ -3,27 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import pct
 from .estimate import add_model_args, build, model_record, strategies
+from .output import Progress
 
 if TYPE_CHECKING:
     from ..analysis.bench import BenchResult
 
-__all__ = ["add_parser", "print_result"]
+__all__ = ["MIN_STEPS", "add_parser", "print_result", "warnings"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .common import MAX_REPEATS, MAX_SEED, MAX_STEPS, int_in, path
 
-    p = sub.add_parser("bench", help="measure FreezeOut's real saving vs. the baseline, next to the estimates")
+    p = sub.add_parser(
+        "bench",
+        help="measure FreezeOut's real saving vs. the baseline, next to the estimates",
+        description="Train the baseline (t0 = 1) and FreezeOut on random batches of the model's input shape over a "
+        "compressed schedule of --steps steps, alternating (or in --lockstep), and print each strategy's realized "
+        "saving next to the paper's estimate, the calibrated one and the ideal (the measured step-time curve "
+        "integrated over the same schedule). Its progress shows on stderr; docs/BENCHMARKS.md has the tables it made.",
+    )
     add_model_args(p)
     b = p.add_argument_group("benchmark")
     b.add_argument(
-        "--steps", type=int_in(1, MAX_STEPS), default=40, help="steps of the compressed schedule (default 40)"
+        "--steps",
+        type=int_in(MIN_STEPS, MAX_STEPS),
+        default=40,
+        help=f"steps of the compressed schedule (default 40; at least {MIN_STEPS}: a layer must freeze before the end)",
     )
     b.add_argument(
         "--repeats", type=int_in(1, MAX_REPEATS), default=3, help="alternating runs per row, median (default 3)"
@@ -50,8 +60,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "machine whose speed drifts (a shared CPU); the step-time curve is then timed in pairs with an unfrozen step",
     )
     b.add_argument("--out", type=lambda t: Path(path(t)), default=None, help="write the results as JSON here")
-    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    b.add_argument("--quiet", action="store_true", help="no progress (bar or lines) on stderr")
     p.set_defaults(func=run)
+
+
+# With fewer steps no layer of the paper's default (cubic, t0 = 0.8: the first freezes at 51 % of the run) freezes
+# before the last step: there would be no saving to measure, only the runs' noise.
+MIN_STEPS = 3
+# Past this share of the training time, FreezeOut's one-off work per freeze (tracing, folding: milliseconds per
+# layer) is what a row measures, not the saving of a real run of thousands of steps (docs/BENCHMARKS.md).
+ONE_OFF_SHARE = 0.05
 
 
 def _check_out(out: Path) -> None:
@@ -64,8 +82,6 @@ def _check_out(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..analysis.bench import BenchConfig, run_bench, total_work
     from ..analysis.flops import layer_flops_meta
     from ..experiment.runfiles import atomic_json
@@ -88,8 +104,7 @@ def run(args: argparse.Namespace) -> int:
         compare_fuse=args.compare_fuse,
         lockstep=args.lockstep,
     ).validate()
-    quiet = args.quiet or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
-    with tqdm(total=total_work(config, len(layers)), desc="bench steps", unit="step", disable=quiet) as bar:
+    with Progress("bench", "bench", total_work(config, len(layers)), unit="training step", quiet=args.quiet) as bar:
         result = run_bench(model, layers, x, config, progress=bar.update, flops=layer_flops_meta(model, layers, x))
     result.model = model_record(args)
     print_result(result, args)
@@ -101,10 +116,12 @@ def run(args: argparse.Namespace) -> int:
 
 def print_result(result: BenchResult, args: argparse.Namespace) -> None:
     """The benchmark as a table, a row per strategy and t0, and its footnotes."""
+    from ..experiment.progress import plural
+
     base = result["baseline"]
     print(
-        f"{args.model}-{args.depth} (width {args.growth}), batch {args.batch_size}, {args.steps} steps, "
-        f"{result['num_layers']} layers, {result['threads']} threads on {result['device']}: "
+        f"{args.model}-{args.depth} (width {args.growth}), batch {args.batch_size}, {plural(args.steps, 'step')}, "
+        f"{plural(result['num_layers'], 'layer')}, {plural(result['threads'], 'thread')} on {result['device']}: "
         f"baseline {base['seconds']:.2f} s ({1e3 * base['step_seconds']:.1f} ms/step)"
     )
     print(
@@ -112,13 +129,13 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
         f"{'0-cost':>7} {'realized':>8} {'real/ideal':>10} {'step()+frz':>10}"
     )
     for row in result["rows"]:
-        ratio = row["realized_saving"] / row["ideal_saving"] if row["ideal_saving"] else float("nan")
+        ratio = f"{row['realized_saving'] / row['ideal_saving']:>10.3f}" if row["ideal_saving"] else f"{'-':>10}"
         print(
             f"{row['schedule']:<8} {'scaled' if row['scale_lr'] else 'unscaled':<8} {row['t0']:>5.2f} "
             f"{'on' if row['fuse'] else 'off':>5} "
             f"{pct(row['paper_saving'])} {pct(row['paper_saving_corrected'])} {pct(row['calibrated_saving'])} "
             f"{pct(row['ideal_saving'])} {pct(row['zero_cost_saving'])} "
-            f"{pct(row['realized_saving']):>8} {ratio:>10.3f} "
+            f"{pct(row['realized_saving']):>8} {ratio} "
             f"{100 * row['sched_step_fraction']:>9.3f}%"
         )
     if args.lockstep:
@@ -137,3 +154,28 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
         f"saved for backward: {saved['none_frozen'] / 2**20:.1f} MiB (none frozen) -> "
         f"{saved['all_frozen'] / 2**20:.1f} MiB (all frozen)"
     )
+    for line in warnings(result, args.steps):
+        print(f"warning: {line}")
+
+
+def warnings(result: BenchResult, steps: int) -> list[str]:
+    """What makes rows of ``result`` (a run of ``steps`` steps) no measure of FreezeOut's saving: no layer froze
+    before the end, or the one-off work of the freezes outweighs what a freeze saves in so short a run."""
+    from ..experiment.progress import plural
+
+    out = []
+    idle = [row["name"] for row in result["rows"] if not row["ideal_saving"]]
+    if idle:
+        out.append(
+            f"no layer froze before the last of the {plural(steps, 'step')} in {', '.join(idle)}: realized is the "
+            "runs' noise and FreezeOut's first-step work, not a saving (ideal 0); use more --steps (default 40)"
+        )
+    heavy = [row for row in result["rows"] if row["ideal_saving"] and row["sched_step_fraction"] > ONE_OFF_SHARE]
+    if heavy:
+        worst = max(row["sched_step_fraction"] for row in heavy)
+        out.append(
+            f"in {', '.join(row['name'] for row in heavy)} the freezes' one-off work (tracing, folding) took up to "
+            f"{worst:.0%} of the training time: {plural(steps, 'step')} are too few for it to vanish as in a real "
+            "run, so realized is low; use more --steps (default 40)"
+        )
+    return out

@@ -133,7 +133,11 @@ def _data_arguments(g: Any, d: Any) -> None:
     from ..experiment.data import DATASETS
 
     g.add_argument(
-        "--dataset", choices=list(DATASETS), default=d.dataset, help="digits is embedded (default: %(default)s)"
+        "--dataset",
+        choices=list(DATASETS),
+        default=d.dataset,
+        help="digits is embedded; mnist1d is generated (the [study] extra; --model resnet1d); pystdlib is the Python "
+        "standard library's source as bytes (--model gpt, --optimizer adamw) (default: %(default)s)",
     )
     g.add_argument(
         "--data-dir",
@@ -146,8 +150,15 @@ def _data_arguments(g: Any, d: Any) -> None:
 
 
 def _optimisation_arguments(g: Any, d: Any) -> None:
-    from ..experiment.config import NONFINITE
+    from ..experiment.config import NONFINITE, OPTIMIZERS
 
+    g.add_argument(
+        "--optimizer",
+        choices=OPTIMIZERS,
+        default=d.optimizer,
+        help="sgd: the paper's, Nesterov momentum; adamw: --momentum is its beta1, beta2 0.99, decay on matrices only "
+        "(default: %(default)s)",
+    )
     g.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=d.epochs, help="(default: %(default)s)")
     g.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=d.batch_size, help="(default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default: %(default)s)")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from typing import Any
 
 __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"]
@@ -13,6 +12,7 @@ __all__ = ["add_model_args", "add_parser", "build", "model_record", "strategies"
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Model, input shape and strategy options shared with ``freezeout bench``."""
+    from ..options import FreezeOutOptions
     from ..schedule import SCHEDULES
     from .common import MAX_BATCH, MAX_CLASSES, MAX_WIDTH, add_model_arguments, int_in, unit_interval
 
@@ -32,8 +32,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     m.add_argument(
         "--fuse",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="frozen layers' BatchNorms folded into their convs, as FreezeOut does by default (default: on)",
+        default=FreezeOutOptions().fuse,
+        help="frozen layers' BatchNorms folded into their convs, FreezeOut's fuse option (default: off)",
     )
     s = p.add_argument_group("strategies (rows: every schedule x scaling x t0)")
     s.add_argument(
@@ -67,8 +67,14 @@ def build(
 
     from ..analysis.memory import size_batch
     from ..checks import resolve_device
-    from ..experiment.models import build_example, example_input
+    from ..experiment.models import MODELS, build_example, example_input, get_model
 
+    if get_model(args.model).example is not None:  # its input is token ids, not the images these commands make
+        images = ", ".join(name for name, spec in MODELS.items() if spec.example is None)
+        raise ValueError(
+            f"--model {args.model} takes token ids: this command times image models ({images}); for a language "
+            "model, freezeout.analysis.estimate_saving(model, layers, token_ids) from Python"
+        )
     args.device = str(resolve_device(args.device))
     shape = (args.channels, args.input_size, args.input_size)
     model, _ = build_example(args.model, args.depth, args.growth, args.num_classes, shape, 1, args.channels_last)
@@ -114,7 +120,14 @@ def model_record(args: argparse.Namespace) -> dict[str, Any]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from .common import MAX_REPEATS, MAX_STEPS, int_in
 
-    p = sub.add_parser("estimate", help="predicted wall-clock saving: the paper's FLOP estimate and a calibrated one")
+    p = sub.add_parser(
+        "estimate",
+        help="predicted wall-clock saving: the paper's FLOP estimate and a calibrated one",
+        description="Predict FreezeOut's saving of training time before training, for each schedule and t0 asked "
+        "for: the paper's estimate from each layer's forward FLOPs (Eq. 2-3, counted on the meta device: seconds, "
+        "no memory), and with --calibrate one measured here, the step time with the first k layers frozen "
+        "integrated over the schedule (minutes: it trains a copy of the model; its progress shows on stderr).",
+    )
     add_model_args(p)
     e = p.add_argument_group("estimate")
     e.add_argument("--calibrate", action="store_true", help="also measure step times with k layers frozen here")
@@ -175,14 +188,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _curve(args: argparse.Namespace, model: Any, layers: list, x: Any) -> dict[str, Any]:
-    """The step-time curve of ``--calibrate``, with a progress bar on a terminal."""
-    from tqdm import tqdm
-
+    """The step-time curve of ``--calibrate``, its progress on stderr (``output.Progress``)."""
     from ..analysis.timing import default_ks, step_time_curve
+    from .output import Progress
 
     ks = default_ks(len(layers), args.curve_points)
-    quiet = args.json or not sys.stderr.isatty()  # off a terminal, a bar's carriage returns would fill the log
-    with tqdm(total=len(ks) * (args.repeats + 1), desc="step-time curve", disable=quiet) as bar:
+    with Progress("estimate", "step-time curve", len(ks) * (args.repeats + 1), unit="training step") as bar:
         return step_time_curve(model, layers, x, ks=ks, repeats=args.repeats, progress=bar.update, fuse=args.fuse)
 
 

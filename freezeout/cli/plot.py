@@ -13,7 +13,7 @@ __all__ = ["add_parser"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "plot",
-        help="draw Figure 1 (LR schedules) and Figure 2 (a sweep's speedup vs. test error) as PNGs",
+        help="draw Figure 1 (LR schedules) and Figure 2 (a sweep's speedup vs. test error, its table beside it)",
         description="Figure 1 needs no data; Figure 2 reads a sweep directory's finished runs (nothing is retrained).",
     )
     p.add_argument(
@@ -51,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out, "--out")  # a read-only folder named as the user gave it, before any figure is drawn
     written = [plot_figure1(out / "figure1.png")] if figure in ("1", "all") else []
     if table is not None:
+        from ..experiment.runfiles import atomic_bytes
+        from ..experiment.tables import markdown_table
+
         written.append(plot_figure2(out / "figure2.png", table))
+        atomic_bytes(out / "aggregate.md", markdown_table(table).encode())  # the figure's numbers, as a table
+        written.append(out / "aggregate.md")
     for written_path in written:
         print(f"wrote {written_path}")
     return 0

@@ -39,16 +39,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="no progress bar and no line per epoch (by default: a bar on a terminal, a line per epoch on stderr)",
     )
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, interrupted=interrupted)
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves to do: resume from the checkpoint of the last finished epoch, or start again."""
+    from pathlib import Path
+
+    from ..experiment.runfiles import CHECKPOINT
+
+    if (Path(args.out) / CHECKPOINT).is_file():
+        again = "the same command" if args.resume else "the same command with --resume"
+        return f"{again} continues after the last finished epoch (its checkpoint is in {args.out})"
+    return "no epoch had finished, so there is nothing to resume: run the same command to start again"
 
 
 def print_summary(summary: dict, out: str) -> None:
+    from ..experiment.progress import plural
+
     c = summary["config"]
     what = "baseline (t0 = 1)" if c["t0"] == 1 else f"FreezeOut {c['schedule']} t0={c['t0']:g}"
-    print(f"{c['dataset']} {c['model']}-{c['depth']} (width {c['growth']}), {what}, {summary['epochs']} epochs")
     print(
-        f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%}), "
-        f"train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
+        f"{c['dataset']} {c['model']}-{c['depth']} (width {c['growth']}), {what}, {plural(summary['epochs'], 'epoch')}"
+    )
+    metric = (
+        f"test {summary['test_bpb']:.3f} bits per byte"
+        if "test_bpb" in summary  # a language model's metric
+        else f"test accuracy {summary['test_accuracy']:.2%} (error {summary['test_error']:.2%})"
+    )
+    print(
+        f"{metric}, train {summary['train_seconds']:.1f} s, wall {summary['wall_seconds']:.1f} s on {summary['device']}"
     )
     print(f"results in {out}/ (summary.json, metrics.jsonl)")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -11,12 +12,14 @@ from ..checks import check_int, check_number
 from ..options import FreezeOutOptions
 from ..schedule import validate_schedule, validate_t0
 from .data import get_dataset
-from .models import get_model
+from .models import MODELS, get_model
+from .progress import plural
 
 __all__ = [
     "DEVICES",
     "FLOAT32_MAX",
     "NONFINITE",
+    "OPTIMIZERS",
     "TrainConfig",
     "config_differences",
     "fit_batch",
@@ -25,6 +28,7 @@ __all__ = [
 ]
 
 DEVICES = ("auto", "cpu", "cuda")
+OPTIMIZERS = ("sgd", "adamw")
 # torch's SGD multiplies float32 tensors by lr and weight_decay: larger numbers cannot be converted (a RuntimeError
 # inside the first step), so they are refused up front.
 FLOAT32_MAX = 3.4028234663852886e38
@@ -69,6 +73,9 @@ class TrainConfig:
     # The frozen-prefix cache (freezeout.PrefixCache): frozen layers at zero cost once an input repeats, which
     # needs augment=False (an augmented input never repeats)
     cache: bool = False
+    # "sgd": the paper's (Nesterov momentum); "adamw": what a language model is trained with (momentum is its
+    # beta1, beta2 = 0.99, weight decay on matrices only; nesterov does not apply)
+    optimizer: str = "sgd"
 
     def validate(self) -> TrainConfig:
         """This config with the model's default depth and width filled in and ``data_dir`` made absolute (so
@@ -76,7 +83,10 @@ class TrainConfig:
         ``ValueError`` naming the field otherwise."""
         data = get_dataset(self.dataset)
         if data.needs_dir and not self.data_dir:
-            raise ValueError(f"data_dir is required for dataset {self.dataset!r} (no download is possible)")
+            raise ValueError(
+                f"data_dir is required for {self.dataset}: the folder holding its python-version archive (nothing is "
+                "downloaded)"
+            )
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise ValueError(f"data_dir must be a path string or None, got {self.data_dir!r}")
         model = get_model(self.model)
@@ -92,9 +102,9 @@ class TrainConfig:
             check_int(name, getattr(c, name), low, high)
         check_int("val_split", c.val_split, 0)
         check_int("warmup_steps", c.warmup_steps, 0)
-        check_number("lr", c.lr, 0.0, FLOAT32_MAX, low_open=True)
+        _check_float32("lr", c.lr, positive=True)
         check_number("momentum", c.momentum, 0.0, 1.0, high_open=True)
-        check_number("weight_decay", c.weight_decay, 0.0, FLOAT32_MAX)
+        _check_float32("weight_decay", c.weight_decay, positive=False)
         validate_schedule(c.schedule)
         validate_t0(c.t0)
         for name in ("nesterov", "scale_lr", "channels_last", "bf16", "compile", "fuse", "augment", "cache"):
@@ -104,9 +114,10 @@ class TrainConfig:
             raise ValueError("momentum must be > 0 with nesterov=True (torch's SGD requires it)")
         if c.cache and c.augment and (data.pad or data.flip):
             raise ValueError(
-                f"cache needs inputs that repeat: {c.dataset} is augmented (random crops{' and flips' * data.flip}) "
-                "every epoch, so turn augmentation off (augment=False, --no-augment) to use the cache"
+                f"cache=True needs inputs that repeat: {c.dataset} is augmented (random crops"
+                f"{' and flips' * data.flip}) every epoch, so turn augmentation off (augment=False) to use the cache"
             )
+        _check_pairing(c, data, model)
         if c.nonfinite not in NONFINITE:
             raise ValueError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {c.nonfinite!r}")
         if c.device not in DEVICES and not str(c.device).startswith("cuda:"):
@@ -135,6 +146,34 @@ class TrainConfig:
         return config_differences(self.to_dict(), other.to_dict(), device, other_device)
 
 
+def _check_float32(name: str, value: Any, *, positive: bool) -> float:
+    """``value`` as a float if it is a finite number > 0 (``positive``) or >= 0, no larger than float32 can hold
+    (torch's SGD multiplies float32 tensors by it); ``ValueError`` naming ``name`` and the range in words."""
+    kind = "a positive number" if positive else "a number >= 0"
+    try:
+        number = float(value) if not isinstance(value, (bool, str, bytes)) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (math.isfinite(number) and (number > 0 if positive else number >= 0)):
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    if number > FLOAT32_MAX:
+        raise ValueError(f"{name} must be {kind} that float32 can hold (at most 3.4e38), got {value!r}")
+    return number
+
+
+def _check_pairing(c: TrainConfig, data: Any, model: Any) -> None:
+    """The optimizer is known, the model takes the data set's input, and a language model's stream has no cache."""
+    if c.optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {c.optimizer!r}")
+    takes_tokens = model.example is not None
+    if (data.models is not None and c.model not in data.models) or takes_tokens != (data.task == "lm"):
+        fits = data.models or [m for m in MODELS.values() if m.example is None]
+        names = ", ".join(m if isinstance(m, str) else m.name for m in fits)
+        raise ValueError(f"model {c.model!r} does not take dataset {c.dataset!r}'s input: use one of {names}")
+    if c.cache and data.task == "lm":
+        raise ValueError(f"cache needs inputs that repeat: {c.dataset}'s training windows are drawn anew each epoch")
+
+
 def fit_batch(config: TrainConfig, train_examples: int, world_size: int = 1) -> tuple[TrainConfig, str | None]:
     """``config`` with a batch no larger than its training set of ``train_examples``, and the line that says so
     when it had to be clipped (``None`` otherwise). Clipped, the config records the batch that ran, so that a
@@ -145,7 +184,7 @@ def fit_batch(config: TrainConfig, train_examples: int, world_size: int = 1) -> 
         return config, None
     clipped = max(world_size, train_examples // world_size * world_size)
     line = (
-        f"batch size {config.batch_size} is larger than the training set ({train_examples} examples of "
+        f"batch size {config.batch_size} is larger than the training set ({plural(train_examples, 'example')} of "
         f"{config.dataset}): clipped to {clipped}, one step per epoch"
     )
     return replace(config, batch_size=clipped), line
@@ -155,7 +194,7 @@ def train_examples(config: TrainConfig) -> int:
     """How many examples ``config`` trains on per epoch (its data set loaded, less the validation split)."""
     from .data import load_dataset
 
-    return len(load_dataset(config.dataset, config.data_dir, config.val_split).train_y)
+    return load_dataset(config.dataset, config.data_dir, config.val_split).num_train
 
 
 def _device_kind(name: Any, used: str | None) -> Any:

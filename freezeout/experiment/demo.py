@@ -27,13 +27,13 @@ import torch.nn.functional as F
 
 from ..analysis.runs import lockstep
 from ..schedule import freeze_times, num_frozen_at
-from .config import TrainConfig
+from .config import TrainConfig, config_differences
 from .folders import DEMO_FILE, check_folder
 from .launch import SingleProcess, launch_from_env
 from .lock import run_lock
-from .progress import Display, StepClock, epoch_fields
+from .progress import Display, StepClock, epoch_fields, plural
 from .recover import read_jsonl
-from .runfiles import CHECKPOINT, METRICS, SUMMARY, atomic_json, remove_stale_temps
+from .runfiles import CHECKPOINT, METRICS, SUMMARY, atomic_json, read_json, remove_stale_temps
 from .session import Notify, Session, note
 from .trainer import open_run
 
@@ -173,6 +173,56 @@ def _train_all(sessions: dict[str, Session], partners: int, progress: bool, noti
             display.close()
 
 
+def _saved_configs(out: Path) -> tuple[bool, dict[str, Any]] | None:
+    """Whether the demo in ``out`` finished, and its runs' configs (``demo.json`` holds them from its start);
+    ``None`` where there is none, or none readable (the runs' own checks then decide)."""
+    try:
+        saved = read_json(out / DEMO_FILE)
+    except ValueError:
+        return None
+    if not isinstance(saved, dict):
+        return None
+    finished = saved.get("finished") is True
+    runs = saved.get("runs") if finished else saved.get("configs")
+    if not isinstance(runs, dict):
+        return None
+    configs = {n: (r.get("config") if finished else r) for n, r in runs.items() if isinstance(r, dict)}
+    return finished, {n: c for n, c in configs.items() if isinstance(c, dict)}
+
+
+def _demo_words(config: dict[str, Any], shown: tuple[str, ...]) -> str:
+    """``3 epochs`` or ``3 epochs, seed 1``: the settings of a demo a user may give, those in ``shown``."""
+    return plural(config["epochs"], "epoch") + (f", seed {config['seed']}" if "seed" in shown else "")
+
+
+def _check_existing(out: Path, configs: dict[str, TrainConfig], notify: Notify | None) -> None:
+    """A demo already in ``out``: one asked with other settings is refused, saying what to do; a finished one is
+    shown, saying so."""
+    found = _saved_configs(out) if (out / DEMO_FILE).is_file() else None
+    if found is None:
+        return
+    finished, saved = found
+    for name, config in configs.items():
+        if name not in saved:
+            continue
+        differ = config_differences(saved[name], config.to_dict())
+        if not differ:
+            continue
+        old = {**TrainConfig().to_dict(), **saved[name]}
+        fields = {d.split(":")[0] for d in differ}
+        if fields <= {"epochs", "seed"}:
+            shown = ("epochs", "seed") if "seed" in fields else ("epochs",)
+            same = " ".join(f"--{k} {old[k]}" for k in ("epochs", "seed") if k in fields)
+            verb = "see" if finished else "continue"
+            raise ValueError(
+                f"{out} holds a demo of {_demo_words(old, shown)}: choose another --out for one of "
+                f"{_demo_words(config.to_dict(), shown)} (or give {same} to {verb} that one)"
+            )
+        raise ValueError(f"{out} holds a demo with other settings ({'; '.join(differ)}): choose another --out")
+    if finished:
+        note(notify, f"{out} holds a finished demo: showing its result (choose another --out to train a new one)")
+
+
 def run_demo(
     out: str | os.PathLike, epochs: int, seed: int, progress: bool = False, notify: Notify | None = None
 ) -> dict[str, Any]:
@@ -192,6 +242,7 @@ def run_demo(
     try:
         with run_lock(out), contextlib.ExitStack() as held:  # one demo per folder; each run's is locked too
             check_folder(out, "demo")
+            _check_existing(out, configs, notify)
             remove_stale_temps(out)
             if not (out / DEMO_FILE).is_file():  # the folder's kind, from the start (folders.py)
                 started = {n: c.to_dict() for n, c in configs.items()}

@@ -18,17 +18,19 @@ from ..compat import foreach_copy_
 from ..controller import FreezeOut
 from ..groups import param_groups
 from .config import FLOAT32_MAX, TrainConfig
-from .data import Batches, Dataset, channel_stats
+from .data import Batches, Dataset, TextBatches, TextData, channel_stats
 from .launch import Launch, SingleProcess
 from .models import build_model
 
-__all__ = ["COMPILE_KWARGS", "EVAL_BATCH", "NonFiniteLossError", "Run", "evaluate"]
+__all__ = ["COMPILE_KWARGS", "EVAL_BATCH", "NonFiniteLossError", "Run", "evaluate", "task_loss"]
 
 EVAL_BATCH = 500  # evaluation keeps no activations for backward, so larger batches are cheap
 COMPILE_KWARGS: dict[str, Any] = {}  # torch.compile options of --compile (tests pick a cheaper backend here)
 # A scaled schedule multiplies the first layer's LR by 1 / t_1: beyond 100x (t_1 < 0.01: cubic t0 < 0.22) a
 # divergence is blamed on t0 rather than on lr.
 SCALE_SUSPECT = 0.01
+ADAMW_BETA2 = 0.99  # nanoGPT's for its small character-level models (0.95 for GPT-2 sizes)
+EVAL_WINDOWS = 128  # evaluation windows per batch: 128 x 64 bytes, as cheap to hold as EVAL_BATCH images
 
 
 class NonFiniteLossError(ValueError):
@@ -39,18 +41,65 @@ def _autocast(device: torch.device, bf16: bool) -> Any:
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
-def evaluate(model: nn.Module, batches: Batches, bf16: bool = False) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``model`` in eval mode over ``batches`` (one sync at the end)."""
+def task_loss(out: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of logits ``(batch, classes)`` against labels, or of a language model's ``(batch, length,
+    vocabulary)`` against the next tokens ``(batch, length)``: per prediction, classes along the last dimension."""
+    return F.cross_entropy(out.flatten(0, -2), y.flatten(), reduction=reduction)
+
+
+def evaluate(model: nn.Module, batches: Batches | TextBatches, bf16: bool = False) -> tuple[float, float]:
+    """Mean cross-entropy (nats per prediction: per image, or per byte of a language model) and accuracy of
+    ``model`` in eval mode over ``batches`` (one sync at the end)."""
     model.eval()
     loss = torch.zeros((), device=batches.device, dtype=torch.float64)
     correct = torch.zeros((), device=batches.device, dtype=torch.int64)
+    n = 0
     with torch.inference_mode(), _autocast(batches.device, bf16):
         for x, y in batches:
-            out = model(x).float()
-            loss += F.cross_entropy(out, y, reduction="sum")
-            correct += (out.argmax(1) == y).sum()
-    n = len(batches.y)
+            out = model(x).float().flatten(0, -2)
+            loss += task_loss(out, y, "sum")
+            correct += (out.argmax(1) == y.flatten()).sum()
+            n += y.numel()
     return loss.item() / n, correct.item() / n
+
+
+def _optimizer(model: nn.Module, layers: list, c: TrainConfig) -> torch.optim.Optimizer:
+    """The paper's SGD with Nesterov momentum; or AdamW (``c.momentum`` its beta1), the optimizer a language model
+    is trained with, with weight decay on matrices only (``param_groups``' decay / no-decay split)."""
+    if c.optimizer == "adamw":
+        groups = param_groups(model, layers, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(groups, lr=c.lr, betas=(c.momentum, ADAMW_BETA2))
+    groups = param_groups(model, layers)
+    return torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay)
+
+
+def _image_batches(
+    data: Dataset, c: TrainConfig, launch: Launch, generator: torch.Generator, device: torch.device
+) -> tuple[Batches, dict[str, Batches]]:
+    """Training batches (shuffled, augmented) and the evaluation sets of an image (or signal) data set."""
+    mean, std = channel_stats(data.train_x)
+    kw = {"device": device, "channels_last": c.channels_last}
+    train = Batches(
+        data.train_x, data.train_y, launch.batch_per_process(c.batch_size), mean, std, train=True,
+        pad=data.pad if c.augment else 0, flip=data.flip and c.augment, generator=generator,
+        shard=(launch.rank, launch.world_size), **kw,
+    )  # fmt: skip
+    evals = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
+    if data.val_x is not None:
+        evals["val"] = Batches(data.val_x, data.val_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)
+    return train, evals
+
+
+def _text_batches(
+    data: TextData, c: TrainConfig, launch: Launch, generator: torch.Generator, device: torch.device
+) -> tuple[TextBatches, dict[str, TextBatches]]:
+    """Random training windows of the byte stream and the fixed windows of its held-out files."""
+    train = TextBatches(
+        data.train, data.context, launch.batch_per_process(c.batch_size), data.windows, train=True,
+        generator=generator, device=device, shard=(launch.rank, launch.world_size),
+    )  # fmt: skip
+    test = TextBatches(data.test, data.context, max(c.batch_size, EVAL_WINDOWS), data.eval_windows, device=device)
+    return train, {"test": test}
 
 
 class Run:
@@ -67,22 +116,14 @@ class Run:
         self.layers = self.model.layers
         if config.compile:  # per layer: freezing recompiles each layer at most 3 times, never the whole model
             compile_blocks(self.layers, **COMPILE_KWARGS)
-        groups = param_groups(self.model, self.layers)
+        self.opt = _optimizer(self.model, self.layers, config)
         c = config
-        self.opt = torch.optim.SGD(
-            groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov, weight_decay=c.weight_decay
-        )
         self.generator = torch.Generator().manual_seed(config.seed)  # shuffling and augmentation
-        mean, std = channel_stats(data.train_x)
-        kw = {"device": device, "channels_last": config.channels_last}
-        self.train_batches = Batches(
-            data.train_x, data.train_y, launch.batch_per_process(c.batch_size), mean, std, train=True,
-            pad=data.pad if c.augment else 0, flip=data.flip and c.augment, generator=self.generator,
-            shard=(launch.rank, launch.world_size), **kw,
-        )  # fmt: skip
-        self.eval_sets = {"test": Batches(data.test_x, data.test_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)}
-        if data.val_x is not None:
-            self.eval_sets["val"] = Batches(data.val_x, data.val_y, max(EVAL_BATCH, c.batch_size), mean, std, **kw)
+        self.data_info, self.task = data.info, data.task  # how the data was made (the run's files record it)
+        if isinstance(data, TextData):
+            self.train_batches, self.eval_sets = _text_batches(data, config, launch, self.generator, device)
+        else:
+            self.train_batches, self.eval_sets = _image_batches(data, config, launch, self.generator, device)
         self.steps_per_epoch = len(self.train_batches)  # the last partial batch is a step too
         self.total_steps = c.epochs * self.steps_per_epoch
         self.sched = FreezeOut(
@@ -91,7 +132,7 @@ class Run:
         )  # fmt: skip
         if c.cache and self.world_size > 1:
             raise ValueError(f"cache trains in one process, this run has {self.world_size} (torchrun)")
-        self.cache = PrefixCache(self.sched, len(data.train_y)) if c.cache else None
+        self.cache = PrefixCache(self.sched, data.num_train) if c.cache else None
         self.net: Any = self.model  # what the forward pass goes through: DDP under torchrun (Launch.wrap)
         top = max(self.sched.get_last_lr())  # LRs only fall from here
         if top > FLOAT32_MAX:  # torch's SGD could not even convert it: say so before anything is written
@@ -158,7 +199,7 @@ class Run:
                 foreach_copy_(self.backup, self.buffers)
             cached = self.cache.batch(self.train_batches.indices.cpu()) if self.cache else contextlib.nullcontext()
             with _autocast(self.device, self.config.bf16), cached:
-                loss = F.cross_entropy(net(x), y)
+                loss = task_loss(net(x), y)
             opt.zero_grad(set_to_none=True)
             if skip:
                 if not self._guarded_step(loss):

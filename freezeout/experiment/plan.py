@@ -22,7 +22,8 @@ from ..checks import resolve_device
 from ..schedule import freeze_times
 from .data import get_dataset, load_dataset
 from .models import build_example
-from .sweep import Grid, base_dict, expand, prepare_sweep_dir, run_config, run_status
+from .runstate import run_status
+from .sweep import Grid, base_dict, check_shorter, expand, prepare_sweep_dir, run_config
 
 __all__ = ["calibrated_plan", "dry_run", "example_model", "paper_savings", "steps_per_epoch"]
 
@@ -39,14 +40,16 @@ def example_model(base: dict[str, Any], batch: int | None = None) -> tuple[nn.Mo
     # configs older than the channels_last key trained in NCHW
     model, x = build_example(base.get("model", "densenet-bc"), base.get("depth"), base.get("growth"),
                              data.num_classes, data.shape, n, bool(base.get("channels_last", False)))  # fmt: skip
-    y = torch.randint(0, data.num_classes, (n,), generator=torch.Generator().manual_seed(0))
+    # labels per example, or per position of a token sequence (a language model predicts every next token)
+    shape = tuple(x.shape) if not x.is_floating_point() else (n,)
+    y = torch.randint(0, data.num_classes, shape, generator=torch.Generator().manual_seed(0))
     return model, x, y
 
 
 def steps_per_epoch(base: dict[str, Any]) -> int:
     """Batches per epoch as the trainer counts them (the last partial batch is a step too), from the data."""
     data = load_dataset(base["dataset"], base.get("data_dir"), int(base.get("val_split", 0)))
-    return -(-len(data.train_y) // base["batch_size"])
+    return -(-data.num_train // base["batch_size"])
 
 
 def paper_savings(base: dict[str, Any], points: Iterable[tuple[str, float]]) -> dict[tuple[str, float], float]:
@@ -102,23 +105,24 @@ def dry_run(
     if sweep_dir is not None:
         prepare_sweep_dir(base_config, grid, sweep_dir, write=False)  # the statuses would mean nothing otherwise
     epochs = int(base.get("epochs", 0))
+    check_shorter(base, grid)
     rows = []
     for spec in specs:
         expected = run_config(base, spec)
         status = run_status(Path(sweep_dir) / spec.name, expected) if sweep_dir is not None else "new"
-        rows.append({"name": spec.name, "status": status, "epochs": epochs})
+        rows.append({"name": spec.name, "status": status, "epochs": int(expected.get("epochs", 0))})
     todo = [spec for spec, row in zip(specs, rows) if row["status"] != "finished"]
     out: dict[str, Any] = {
         "runs": rows,
         "num_runs": len(rows),
         "num_to_run": len(todo),
-        "epochs_to_run": epochs * len(todo),
+        "epochs_to_run": sum(row["epochs"] for row in rows if row["status"] != "finished"),
         "estimate": None,
     }
     if timing_steps > 0 and todo:
         plan = calibrated_plan(base, [(s.schedule, s.t0) for s in todo], repeats=timing_steps)
         per_epoch = plan["seconds_per_baseline_epoch"]
-        fractions = [1.0 - plan["savings"][(s.schedule, s.t0)] if not s.baseline else 1.0 for s in todo]
+        fractions = [1.0 - plan["savings"][(s.schedule, s.t0)] if not s.baseline else s.fraction for s in todo]
         out["estimate"] = {
             "seconds": per_epoch * epochs * sum(fractions),
             "seconds_per_baseline_epoch": per_epoch,

@@ -39,29 +39,47 @@ def figure1_data(
 
 
 def figure2_data(table: dict[str, Any]) -> dict[str, Any]:
-    """From an aggregate table: the baseline's test error and, per strategy, points in order of speedup.
+    """From an aggregate table: the baseline's metric, per strategy points in order of speedup, and the equal-time
+    curve (the shortened baselines, at the time they save: ``1 - fraction``, exact; see ``experiment.equal_time``).
 
-    Values in percent. A NaN std (one seed) becomes 0: no spread is known, none is drawn.
+    Times in percent; the metric in percent for an error, as it is for bits per byte (``"metric"`` says which). A
+    NaN std (one seed) becomes 0: no spread is known, none is drawn.
     """
+    metric = table.get("metric", "test_error")
+    scale = 100.0 if metric.endswith("error") else 1.0
 
-    def pct(x: float) -> float:
-        return 0.0 if x is None or math.isnan(x) else 100.0 * x
+    def pct(x: float, by: float = 100.0) -> float:
+        return 0.0 if x is None or math.isnan(x) else by * x
 
     base = [r for r in table["rows"] if r["strategy"] == "baseline"]
-    out: dict[str, Any] = {"baseline": None, "strategies": {}}
+    out: dict[str, Any] = {"metric": metric, "baseline": None, "strategies": {}, "shorter": None}
     if base:
-        out["baseline"] = {"error": pct(base[0]["test_error_mean"]), "error_std": pct(base[0]["test_error_std"])}
+        out["baseline"] = {
+            "error": pct(base[0][f"{metric}_mean"], scale),
+            "error_std": pct(base[0][f"{metric}_std"], scale),
+        }
+    short = sorted((r for r in table["rows"] if r["strategy"] == "shorter"), key=lambda r: -r["fraction"])
+    if short and base:
+        points = [(0.0, out["baseline"]["error"], out["baseline"]["error_std"])]
+        points += [
+            (pct(1 - r["fraction"]), pct(r[f"{metric}_mean"], scale), pct(r[f"{metric}_std"], scale)) for r in short
+        ]
+        out["shorter"] = {
+            "speedup": [p[0] for p in points],
+            "error": [p[1] for p in points],
+            "error_std": [p[2] for p in points],
+        }
     for strategy in STRATEGIES:
         rows = [r for r in table["rows"] if r["strategy"] == strategy and not _nan(r["speedup_mean"])]
         rows.sort(key=lambda r: r["speedup_mean"])
         if rows:
             out["strategies"][strategy] = {
-                key: [pct(r[f"{m}_{stat}"]) for r in rows]
+                key: [pct(r[f"{m}_{stat}"], scale if m == metric else 100.0) for r in rows]
                 for key, m, stat in (
                     ("speedup", "speedup", "mean"),
                     ("speedup_std", "speedup", "std"),
-                    ("error", "test_error", "mean"),
-                    ("error_std", "test_error", "std"),
+                    ("error", metric, "mean"),
+                    ("error_std", metric, "std"),
                     ("paper_speedup", "paper", "speedup"),
                 )
             } | {"t0": [r["t0"] for r in rows], "n": [r["n"] for r in rows]}
@@ -106,19 +124,29 @@ def plot_figure1(path: str | os.PathLike, data: dict[str, dict[str, Any]] | None
 
 
 def plot_figure2(path: str | os.PathLike, table: dict[str, Any], title: str = "") -> Path:
-    """Figure 2 as a PNG at ``path``: speedup (x) vs. test error (y), mean ±1 std over seeds per strategy."""
+    """Figure 2 as a PNG at ``path``: speedup (x) vs. the metric (y), mean ±1 std over seeds per strategy, and the
+    equal-time baselines (the baseline trained shorter) on the same axes where the sweep has them."""
     from matplotlib.figure import Figure
 
     data = figure2_data(table)
     if not data["strategies"]:
         raise ValueError("the table has no FreezeOut run with a finished baseline of its seed: nothing to plot")
+    bits = not data["metric"].endswith("error")
+    unit = " bits per byte" if bits else " %"
     fig = Figure(figsize=(7.5, 5), layout="constrained")
     ax = fig.subplots()
     if data["baseline"]:
         b = data["baseline"]
-        ax.axhline(b["error"], color="k", ls="--", lw=1, label=f"baseline (t$_0$ = 1): {b['error']:.2f} %")
+        ax.axhline(
+            b["error"], color="k", ls="--", lw=1, label=f"baseline (t$_0$ = 1): {b['error']:.{3 if bits else 2}f}{unit}"
+        )
         ax.axhspan(b["error"] - b["error_std"], b["error"] + b["error_std"], color="k", alpha=0.08)
         ax.axvline(0, color="k", lw=0.5)
+    if data["shorter"]:
+        d = data["shorter"]
+        ax.plot(d["speedup"], d["error"], "s-", color="k", label="baseline trained shorter (equal time)")
+        lo = [e - s for e, s in zip(d["error"], d["error_std"])]
+        ax.fill_between(d["speedup"], lo, [e + s for e, s in zip(d["error"], d["error_std"])], color="k", alpha=0.12)
     for strategy, d in data["strategies"].items():
         (line,) = ax.plot(d["speedup"], d["error"], "o-", label=strategy)
         lo = [e - s for e, s in zip(d["error"], d["error_std"])]
@@ -128,8 +156,9 @@ def plot_figure2(path: str | os.PathLike, table: dict[str, Any], title: str = ""
         for x, y, t0 in zip(d["speedup"], d["error"], d["t0"]):
             ax.annotate(f"{t0:g}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
     ax.set_xlabel("wall-clock speedup vs. same-seed baseline (% of training time saved)")
-    ax.set_ylabel("test error (%)")
-    ax.set_title(title or "FreezeOut: speedup vs. test error (mean ±1 std over seeds; labels: t$_0$)")
+    ax.set_ylabel("bits per byte on held-out text" if bits else "test error (%)")
+    what = "bits per byte" if bits else "test error"
+    ax.set_title(title or f"FreezeOut: speedup vs. {what} (mean ±1 std over seeds; labels: t$_0$)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

@@ -24,12 +24,18 @@ from typing import Any, TextIO
 from ..schedule import num_frozen_at
 
 __all__ = [
+    "ANNOUNCE",
+    "ESTIMATE_AFTER",
     "FROZEN_COST",
+    "LONG_RUN",
     "Display",
     "StepClock",
+    "duration",
     "epoch_fields",
     "epoch_line",
+    "estimate_line",
     "freeze_steps",
+    "plural",
     "relative_step_cost",
     "remaining_seconds",
 ]
@@ -37,6 +43,11 @@ __all__ = [
 FROZEN_COST = 1 / 3  # a frozen layer's step cost over a training one's: forward only (backward ~ 2 forwards)
 RECENT = 25  # steps whose median is the step time carried forward: a stall moves it little, drift soon shows
 REFRESH = 0.5  # seconds between ETA updates of the bar (tqdm redraws at most every 0.1 s anyway)
+# A run is estimated up front once this many steps are measured: the first step pays one-off costs, and the median
+# of a few is a fair guess, shown within seconds of the start.
+ESTIMATE_AFTER = 5
+ANNOUNCE = 60.0  # seconds: a shorter run is not announced, it ends about when the line would be read
+LONG_RUN = 600.0  # seconds: a run longer than this also says how to stop it, resume it, or look quicker
 
 
 def relative_step_cost(frozen: int, num_layers: int) -> float:
@@ -106,6 +117,34 @@ class StepClock:
         return left + (self.epochs - epochs_done) * self.eval_seconds
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 epoch``, ``2 epochs`` (``many``: a plural not made with an s)."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
+
+
+def duration(seconds: float) -> str:
+    """A span in words, as precise as a reader needs: ``45 s``, ``7 min 02 s``, ``1 h 07 min``."""
+    total = max(0, round(seconds))
+    h, rest = divmod(total, 3600)
+    if h:
+        return f"{h} h {rest // 60:02d} min"
+    return f"{rest // 60} min {rest % 60:02d} s" if rest >= 60 else f"{rest} s"
+
+
+def estimate_line(seconds: float, steps: int, total_steps: int, epochs: int, device: str) -> str:
+    """The run's length said up front: ``seconds`` for its ``steps`` still to run (of ``total_steps`` over
+    ``epochs``) on ``device``; a long run says how to stop and continue it, and where a quick look is."""
+    what = f"this run's {plural(steps, 'step')}" if steps == total_steps else f"the {plural(steps, 'step')} left"
+    line = f"about {duration(seconds)} for {what} ({plural(epochs, 'epoch')} in all) on {device}, from its first steps"
+    if seconds >= LONG_RUN:
+        line += (
+            "; Ctrl-C stops it, and the same command with --resume continues after its last finished epoch (fewer "
+            "--epochs or a smaller --depth make a shorter run; `freezeout demo` compares FreezeOut with the baseline "
+            "in about a minute)"
+        )
+    return line
+
+
 def _interval(seconds: float) -> str:
     h, rest = divmod(round(seconds), 3600)
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60:02d}:{rest % 60:02d}"
@@ -164,7 +203,13 @@ class Display:
 
 
 def _accuracy(record: dict[str, Any]) -> str:
-    parts = [f"{name} acc {record[f'{name}_accuracy']:.2%}" for name in ("test", "val") if f"{name}_accuracy" in record]
+    """The test (and validation) accuracy, or a language model's bits per byte, its metric."""
+    parts = []
+    for name in ("test", "val"):
+        if f"{name}_bpb" in record:
+            parts.append(f"{name} {record[f'{name}_bpb']:.3f} bits/byte")
+        elif f"{name}_accuracy" in record:
+            parts.append(f"{name} acc {record[f'{name}_accuracy']:.2%}")
     return ", ".join(parts)
 
 

@@ -24,7 +24,7 @@ from ..measure import sync
 from . import engine
 from .engine import evaluate
 from .launch import Launch
-from .progress import Display, StepClock, epoch_line
+from .progress import ANNOUNCE, ESTIMATE_AFTER, Display, StepClock, epoch_line, estimate_line
 from .recover import repair_config, repair_metrics
 from .runfiles import (
     CHECKPOINT,
@@ -66,6 +66,7 @@ class Session:
         self.main, config = launch.is_main, run.config
         self.epoch, self.train_seconds, self.wall_before, self.skipped_total = 0, 0.0, 0.0, 0
         self.last: dict[str, Any] = {}
+        self.estimated = False  # the run's length said once, on the first steps this process runs
         self.records: list[dict[str, Any]] = []  # rank 0's: every epoch's metrics line, resumed ones included
         if ckpt is not None:
             run.load(ckpt)
@@ -77,12 +78,13 @@ class Session:
                     if line:
                         note(notify, line)
             done = f"after epoch {self.epoch} of {config.epochs}, step {run.sched.step_count}"
+            last = f"epoch {config.epochs} of {config.epochs} is done, writing its summary"
             note(notify, f"resuming {out} from epoch {self.epoch + 1} of {config.epochs} ({done})"
-                 if self.epoch < config.epochs else f"resuming {out}: all {config.epochs} epochs done, "
-                 "writing its summary", logging.INFO)  # fmt: skip
+                 if self.epoch < config.epochs else f"resuming {out}: {last}", logging.INFO)  # fmt: skip
         elif self.main:
             with self._kept():
-                atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__})
+                data = {} if run.data_info is None else {"data": run.data_info}  # how the data was made
+                atomic_json(out / CONFIG, {"config": config.to_dict(), "version": __version__, **data})
                 truncate_jsonl(out / METRICS, lambda r: False)  # a run killed before its first checkpoint: redone
         run.net = launch.wrap(run.model, run.sched)  # after loading: under torchrun, DDP over what still trains
         self.loss_sum = torch.zeros((), device=run.device)
@@ -126,13 +128,25 @@ class Session:
                 if run.sched.num_frozen != frozen:
                     frozen = run.sched.num_frozen
                     display.set_info(self.info())
-                display.update(1, clock.remaining(run.sched.step_count, self.epoch))
+                left = clock.remaining(run.sched.step_count, self.epoch)
+                display.update(1, left)
+                if not self.estimated and len(clock.recent) >= min(ESTIMATE_AFTER, run.total_steps):
+                    self._announce(display, clock, left)
 
         sync(device)
         t = time.perf_counter()
         run.train_epoch(self.loss_sum, on_step)
         sync(device)
         return time.perf_counter() - t
+
+    def _announce(self, display: Display, clock: StepClock, left: float) -> None:
+        """The run's length, said once its first steps are measured (``left``: the seconds after them), for a run
+        long enough that the line helps."""
+        self.estimated, run = True, self.run
+        steps = run.total_steps - run.sched.step_count + len(clock.recent)
+        seconds = left + sum(clock.recent)
+        if seconds >= ANNOUNCE:
+            display.note(estimate_line(seconds, steps, run.total_steps, run.config.epochs, str(run.device)))
 
     def info(self) -> str:
         c, last = self.run.config, self.last.get("train_loss")
@@ -153,6 +167,8 @@ class Session:
         for name, batches in run.eval_sets.items() if main else ():
             loss, acc = evaluate(run.model, batches, config.bf16)
             record.update({f"{name}_loss": loss, f"{name}_error": 1 - acc, f"{name}_accuracy": acc})
+            if run.task == "lm":  # a language model's loss per byte, in bits: its metric
+                record[f"{name}_bpb"] = loss / math.log(2)
         sync(device)
         record["eval_seconds"] = time.perf_counter() - t
         record.update(epoch_seconds=epoch_seconds, num_frozen=run.sched.num_frozen, lr=run.lr_summary())
@@ -213,6 +229,8 @@ class Session:
             "world_size": run.world_size,
             "finished": True,
         }
+        if run.data_info is not None:  # the data's provenance less its file lists (config.json has those)
+            summary["data"] = {k: v for k, v in run.data_info.items() if not isinstance(v, list)}
         if self.main:
             with self._kept():
                 atomic_json(self.out / SUMMARY, summary)

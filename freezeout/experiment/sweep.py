@@ -1,5 +1,9 @@
 """The paper's study as data: a grid of strategies x t0 x seeds plus one baseline per seed, run resumably.
 
+With ``shorter`` fractions, every seed also gets the baseline trained for that fraction of the epochs, its own cosine
+schedule over the fewer steps (``shorter_f=0.7_seed=0``): what the same time buys without FreezeOut (the equal-time
+baselines, ``equal_time``). ``lockstep=True`` trains each seed's runs side by side, step by step (``lockstep``).
+
 A sweep directory holds ``sweep.json`` (the base training config and the grid) and one run directory per
 point, named after the point (``cubic-scaled_t0=0.8_seed=0``, ``baseline_seed=0``), each written by the
 trainer (``config.json``, ``metrics.jsonl``, ``checkpoint.pt``, ``summary.json``). Re-running a sweep skips
@@ -16,38 +20,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checks import check_int
+from ..checks import check_int, check_number
 from ..schedule import STRATEGIES, parse_strategy, strategy_name, validate_t0
 from .config import TrainConfig, config_differences, fit_batch, train_examples
 from .folders import SWEEP_FILE, check_folder
 from .lock import run_lock
 from .progress import Display
-from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, atomic_json, check_creatable, remove_stale_temps
+from .runfiles import atomic_json, check_creatable, remove_stale_temps
+from .runstate import clear_run, read_summary, run_status
 
 __all__ = [
     "PER_RUN_FIELDS",
     "Grid",
     "RunSpec",
     "base_dict",
+    "check_shorter",
     "expand",
     "fit_base",
     "prepare_sweep_dir",
-    "read_summary",
     "run_config",
     "run_name",
-    "run_status",
     "run_sweep",
+    "shortened_epochs",
     "strategy_of",
 ]
 
 log = logging.getLogger(__name__)
 
-# What the sweep sets per run; everything else in the training config is the sweep's base config.
+# What the sweep sets per run; everything else in the training config is the sweep's base config (but for the
+# epochs of a shortened baseline).
 PER_RUN_FIELDS = ("schedule", "scale_lr", "t0", "seed")
+SHORTER = "shorter"  # the strategy name of a baseline shortened to a fraction of the epochs
 
 
-def run_name(strategy: str, t0: float, seed: int) -> str:
-    """The run directory's name of a grid point: ``cubic-scaled_t0=0.8_seed=0``, ``baseline_seed=0``."""
+def run_name(strategy: str, t0: float, seed: int, fraction: float = 1.0) -> str:
+    """The run directory's name of a grid point: ``cubic-scaled_t0=0.8_seed=0``, ``baseline_seed=0``, and a baseline
+    shortened to a ``fraction`` of the epochs, ``shorter_f=0.7_seed=0``."""
+    if strategy == SHORTER:
+        return f"{SHORTER}_f={float(fraction):g}_seed={seed}"
     return f"baseline_seed={seed}" if strategy == "baseline" else f"{strategy}_t0={float(t0):g}_seed={seed}"
 
 
@@ -68,6 +78,7 @@ class RunSpec:
     scale_lr: bool
     t0: float
     seed: int
+    fraction: float = 1.0  # of the base config's epochs: below 1 for a shortened baseline
 
     @property
     def baseline(self) -> bool:
@@ -81,10 +92,11 @@ class Grid:
     strategies: tuple[str, ...] = tuple(STRATEGIES)
     t0s: tuple[float, ...] = (0.5, 0.65, 0.8)  # around the paper's Figure 2 range
     seeds: tuple[int, ...] = (0, 1)  # two seeds: the fewest that give a standard deviation
+    shorter: tuple[float, ...] = ()  # shortened baselines, as fractions of the epochs in (0, 1); none by default
 
     def __post_init__(self) -> None:
         # Normalise lists to tuples (hashable, JSON round trip) and drop repeats, keeping the order.
-        for name in ("strategies", "t0s", "seeds"):
+        for name in ("strategies", "t0s", "seeds", "shorter"):
             object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
 
     def validate(self) -> Grid:
@@ -100,10 +112,13 @@ class Grid:
             validate_t0(t0, allow_one=False)
         for seed in self.seeds:
             check_int("seed", seed, 0)
+        for f in self.shorter:
+            check_number("shorter", f, 0.0, 1.0, low_open=True, high_open=True, what="a fraction of the epochs")
         return self
 
     def to_dict(self) -> dict[str, list]:
-        return {"strategies": list(self.strategies), "t0s": list(self.t0s), "seeds": list(self.seeds)}
+        d = {"strategies": list(self.strategies), "t0s": list(self.t0s), "seeds": list(self.seeds)}
+        return {**d, "shorter": list(self.shorter)} if self.shorter else d
 
 
 def expand(grid: Grid) -> list[RunSpec]:
@@ -111,6 +126,8 @@ def expand(grid: Grid) -> list[RunSpec]:
     grid = grid.validate()
     # The baseline's schedule is moot at t0 = 1 (every t_i = 1, lr_i(0) = lr); cubic-scaled is the default.
     runs = [RunSpec(run_name("baseline", 1.0, s), "baseline", "cubic", True, 1.0, s) for s in grid.seeds]
+    for seed in grid.seeds:
+        runs += [RunSpec(run_name(SHORTER, 1.0, seed, f), SHORTER, "cubic", True, 1.0, seed, f) for f in grid.shorter]
     for seed in grid.seeds:
         for strategy in grid.strategies:
             schedule, scale = parse_strategy(strategy)
@@ -123,8 +140,26 @@ def expand(grid: Grid) -> list[RunSpec]:
 
 
 def run_config(base: dict[str, Any], spec: RunSpec) -> dict[str, Any]:
-    """The training config dict of one run: the base with the run's own fields set."""
-    return {**base, "schedule": spec.schedule, "scale_lr": spec.scale_lr, "t0": spec.t0, "seed": spec.seed}
+    """The training config dict of one run: the base with the run's own fields set (a shortened baseline's epochs)."""
+    config = {**base, "schedule": spec.schedule, "scale_lr": spec.scale_lr, "t0": spec.t0, "seed": spec.seed}
+    if spec.fraction != 1.0:
+        config["epochs"] = shortened_epochs(int(base["epochs"]), spec.fraction)
+    return config
+
+
+def shortened_epochs(epochs: int, fraction: float) -> int:
+    """``fraction`` of ``epochs``, which must be a whole number of them (``ValueError`` naming both otherwise)."""
+    n = round(fraction * epochs)
+    if n < 1 or abs(n - fraction * epochs) > 1e-6 * epochs:
+        raise ValueError(f"shorter fraction {fraction:g} of {epochs} epochs is not a whole number of epochs")
+    return n
+
+
+def check_shorter(base_config: Any, grid: Grid) -> None:
+    """``ValueError`` unless every shortened baseline of ``grid`` is a whole number of the base config's epochs."""
+    epochs = int(base_dict(base_config)["epochs"])
+    for f in grid.shorter:
+        shortened_epochs(epochs, f)
 
 
 def base_dict(base_config: Any) -> dict[str, Any]:
@@ -165,42 +200,12 @@ def prepare_sweep_dir(
         if diff:
             raise ValueError(f"{out} holds a sweep with a different config ({', '.join(diff)}); use another --out")
         old_grid = old.get("grid", {})
-        record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *v])) for k, v in record["grid"].items()}
+        new = record["grid"]
+        record["grid"] = {k: list(dict.fromkeys([*old_grid.get(k, []), *new.get(k, [])])) for k in {**old_grid, **new}}
     if write:
         out.mkdir(parents=True, exist_ok=True)
         atomic_json(path, record)
     return record
-
-
-def read_summary(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The run's summary if it finished (valid JSON object with ``finished: true`` and a config dict), else
-    ``None``; with ``expected`` (a run config dict), also ``None`` unless the summary's config has those values:
-    a summary copied in, or left from another config, is not this point's result."""
-    try:
-        summary = json.loads((Path(run_dir) / SUMMARY).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(summary, dict) or summary.get("finished") is not True:
-        return None
-    config = summary.get("config")
-    if not isinstance(config, dict):
-        return None
-    if expected is not None:
-        device = summary.get("device") if isinstance(summary.get("device"), str) else None
-        try:
-            if config_differences(config, {**config, **expected}, device):
-                return None
-        except (TypeError, ValueError, AttributeError):  # a hand-edited config: not this point's result
-            return None
-    return summary
-
-
-def run_status(run_dir: str | os.PathLike, expected: dict[str, Any] | None = None) -> str:
-    """``"finished"``, ``"interrupted"`` (a checkpoint to resume from) or ``"new"``. A finished run's summary
-    must match ``expected`` (see ``read_summary``); otherwise, like a torn checkpoint, it is redone."""
-    if read_summary(run_dir, expected) is not None:
-        return "finished"
-    return "interrupted" if (Path(run_dir) / CHECKPOINT).is_file() else "new"
 
 
 def _make_config(d: dict[str, Any]) -> Any:
@@ -216,16 +221,19 @@ def run_sweep(
     train_fn: Callable[..., dict] | None = None,
     progress: bool = False,
     make_config: Callable[[dict[str, Any]], Any] = _make_config,
+    lockstep: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every point of ``grid`` into ``sweep_dir``; return the summaries in grid order.
 
     ``train_fn(config, out_dir, *, resume, progress)`` defaults to ``freezeout.experiment.trainer.train``;
-    ``make_config`` turns a run's config dict into what ``train_fn`` takes (a ``TrainConfig``).
+    ``make_config`` turns a run's config dict into what ``train_fn`` takes (a ``TrainConfig``). ``lockstep``: each
+    seed's runs train side by side, step by step, in this process (``experiment.lockstep``; ``train_fn`` unused).
     """
     specs = expand(grid)  # the grid is valid before the folder is created
     if train_fn is None:
         from .trainer import train as train_fn
     base_config = fit_base(base_config)
+    check_shorter(base_config, grid)
     check_folder(sweep_dir, "sweep")  # a file, or another kind of run: refused before the lock creates anything
     with run_lock(sweep_dir):  # one sweep per folder; each run's folder is locked too, by the trainer and here
         record = prepare_sweep_dir(base_config, grid, sweep_dir)
@@ -233,7 +241,13 @@ def run_sweep(
         bar = Display(len(specs), unit="run", leave=True) if progress else None  # a bar on a terminal only
         summaries = []
         try:
-            for spec in specs:
+            if lockstep:
+                from .lockstep import run_lockstep
+
+                runs = [(spec.name, spec.seed, run_config(record["base_config"], spec)) for spec in specs]
+                by_name = run_lockstep(runs, Path(sweep_dir), make_config, bar)
+                summaries = [by_name[spec.name] for spec in specs]
+            for spec in specs if not lockstep else ():
                 summaries.append(_one_run(spec, record, Path(sweep_dir), train_fn, make_config, bar))
                 if bar is not None:
                     bar.update(1)
@@ -253,13 +267,6 @@ def fit_base(base_config: Any) -> Any:
     if line:
         log.warning("%s", line)
     return fitted
-
-
-def _clear_run(run_dir: Path) -> None:
-    """Remove what the trainer wrote in ``run_dir`` (not the lock, nor a file of the user's); lock held."""
-    for name in (SUMMARY, CHECKPOINT, METRICS, CONFIG):
-        (run_dir / name).unlink(missing_ok=True)
-    remove_stale_temps(run_dir)
 
 
 def _one_run(
@@ -282,12 +289,12 @@ def _one_run(
             log.info("%s finished already: skipped", spec.name)
             return read_summary(run_dir, expected)
         if status == "new":
-            _clear_run(run_dir)  # the files of a run killed before its first checkpoint, or of another config
+            clear_run(run_dir)  # the files of a run killed before its first checkpoint, or of another config
         log.info("%s: %s", spec.name, "resuming" if status == "interrupted" else "starting")
         config = make_config(expected)
         try:
             return train_fn(config, run_dir, resume=status == "interrupted", progress=False)
         except ResumeError as exc:  # a torn checkpoint, or files of another config: redo the run
             log.warning("%s cannot be resumed (%s): starting it over", spec.name, exc)
-            _clear_run(run_dir)
+            clear_run(run_dir)
             return train_fn(config, run_dir, resume=False, progress=False)

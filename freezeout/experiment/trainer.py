@@ -16,7 +16,6 @@ import torch
 from . import engine
 from .config import TrainConfig, fit_batch
 from .data import load_dataset
-from .engine import EVAL_BATCH, NonFiniteLossError, evaluate  # noqa: F401  (deprecated here: they live in .engine)
 from .folders import check_folder
 from .launch import Launch, launch_from_env
 from .lock import run_lock
@@ -61,7 +60,10 @@ def _same_config(
         config, device=saved_device if isinstance(saved_device, str) else None, other_device=str(device)
     )
     if differ:
-        raise ResumeError(f"cannot resume {where}: it was run with a different config ({'; '.join(differ)})")
+        raise ResumeError(
+            f"cannot resume {where}: it was run with a different config ({'; '.join(differ)}); a run continues only "
+            "with the config it started with: for the new one, choose another --out"
+        )
 
 
 def train(
@@ -159,10 +161,10 @@ def open_run(
         device = launch.device(config.device)
         finished, ckpt = _existing_run(out, config, resume, device, launch, clip=True)  # before the data's checks
         data = load_dataset(config.dataset, config.data_dir, config.val_split)
-        config, clipped = fit_batch(config, len(data.train_y), launch.world_size)
+        config, clipped = fit_batch(config, data.num_train, launch.world_size)
         for saved in (s for s in (finished, ckpt) if s is not None):  # the batch size, now that it is known
             # clipped as well: a run of an older version recorded the batch asked for, and ran the clipped one
-            ran, _ = fit_batch(TrainConfig.from_dict(saved["config"]), len(data.train_y), launch.world_size)
+            ran, _ = fit_batch(TrainConfig.from_dict(saved["config"]), data.num_train, launch.world_size)
             _same_config(ran, saved.get("device"), config, device, out)
         launch.batch_per_process(config.batch_size)
         if finished is not None:

@@ -1,28 +1,8 @@
-"""A frozen layer's BatchNorms folded into the adjacent convolutions, exact or not at all (``fuse=True``).
-
-A frozen layer is an inference function: its BatchNorm uses fixed statistics, an affine map that merges into the
-neighbouring conv or linear weights (``folding.pairs``). What the user sees does not change: parameters, buffers,
-``state_dict()`` and checkpoints are untouched; the folded weights live beside the modules and carry no autograd
-history.
-
-**Proven on the call that runs, then confirmed on real tensors.** Each module of the layer that holds a foldable
-pair gets an instance ``forward`` (``freezing.forwards``), the *scope*. At the first call of each kind (the
-non-tensor arguments, the tensors' dtypes and ranks), the scope traces its forward with that call's non-tensor
-arguments fixed (``pairs.call_pairs``); a module fx cannot trace so hands the proof to its children. Then the call
-runs twice, unfolded (what it returns) and folded (the random number generator rewound between them), and the two
-outputs must agree to the rounding of the dtype: if they do not, one ``FoldWarning`` names the layer and it stays
-unfolded for that kind of call. Later calls of a proven kind run folded.
-
-**When a fold runs**: in a training forward only (autograd on, the layer's mode as the user set it training),
-never while the model is traced as a program (fx, export, jit) nor with a global module hook, and per pair only while
-it is still what was proven: both modules at their places, no hook on either but FreezeOut's own (a user's hook sees
-the real tensors), none of its parameters requiring grad again, statistics present. Otherwise the real modules run.
-
-**Never stale**: the folded weights are rebuilt from the live tensors whenever a source tensor changed (another
-object, storage or ``_version``: ``load_state_dict``, ``.to()``, an in-place edit), checked at each folded call. An
-edit through ``.data`` bypasses the version counter and is *not* seen: edit frozen weights in place under
-``torch.no_grad()``, or load them with ``load_state_dict``.
-"""
+"""A frozen layer's BatchNorms folded into the adjacent convolutions (``fuse=True``): each kind of call proven on
+its own arguments and confirmed on its real tensors before it runs folded, checked again at every call, the folded
+weights rebuilt whenever a source tensor changed (docs/METHOD.md, "What frozen means", Folding). A fold that does
+not agree with the real modules is one ``FoldWarning`` and the real modules from then on. An edit through ``.data``
+bypasses the version counter and is not seen: edit frozen weights under ``torch.no_grad()``, or load them."""
 
 from __future__ import annotations
 
@@ -34,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters
+from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters, tensor_slot
 from ..freezing.cut import Prefix
 from ..freezing.effect import Effect
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
@@ -65,15 +45,26 @@ class _Fold:
         self.active = False
         self.weight: torch.Tensor | None = None
         self.bias: torch.Tensor | None = None
-        self._sources: list[torch.Tensor] = []
-        self._stamp: tuple = ()
+        self._eps: float | None = None
+        self._slots: list[tuple[dict, str]] | None = None  # where the sources live (``compat.tensor_slot``)
+        self._stamp: list[tuple[Any, int, int]] = []  # each source as folded: the tensor, its version, its storage
         self._maps: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
         self.parts = [path.split(".") if path else [] for path in pair.paths]
 
-    def sources(self) -> list[torch.Tensor]:
-        bn, target = self.pair.bn, self.pair.target
-        tensors_ = (target.weight, target.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-        return [t for t in tensors_ if t is not None]
+    def _sources(self) -> list[torch.Tensor | None]:
+        if self._slots is None:
+            bn, target = self.pair.bn, self.pair.target
+            names = [(target, "weight"), (target, "bias"), (bn, "weight"), (bn, "bias")]
+            self._slots = [tensor_slot(m, n) for m, n in (*names, (bn, "running_mean"), (bn, "running_var"))]
+        return [holder.get(name) for holder, name in self._slots]
+
+    def _stale(self, sources: list[torch.Tensor | None]) -> bool:
+        if len(sources) != len(self._stamp):
+            return True
+        for t, (old, version, storage) in zip(sources, self._stamp):
+            if t is not old or (t is not None and (t._version != version or t.data_ptr() != storage)):
+                return True
+        return False
 
     def valid(self) -> bool:
         """The pair is still the one proven: in place, unhooked, not training, with statistics (read at every
@@ -92,10 +83,9 @@ class _Fold:
         return bn.running_var is not None and (pair.tail is None or pair.tail.eps == bn.eps)
 
     def refresh(self) -> None:
-        sources = self.sources()
-        stamp = (self.pair.bn.eps, *((t._version, t.data_ptr()) for t in sources))
-        same = len(sources) == len(self._sources) and all(a is b for a, b in zip(sources, self._sources))
-        if same and stamp == self._stamp:
+        """The folded weights, rebuilt if any source is another tensor, edited in place or moved since."""
+        sources = self._sources()
+        if not self._stale(sources) and self._eps == self.pair.bn.eps:
             return
         weight, bias = folded_weights(self.pair)
         source = self.pair.target.weight
@@ -103,7 +93,8 @@ class _Fold:
             # in place where the layout allows: a compiled layer keeps reading the same tensors, no recompile
             self.weight = _store(self.weight, weight, torch.empty_like(source))
             self.bias = _store(self.bias, bias, torch.empty(bias.shape, dtype=source.dtype, device=source.device))
-        self._sources, self._stamp = sources, stamp
+        self._stamp = [(t, 0, 0) if t is None else (t, t._version, t.data_ptr()) for t in sources]
+        self._eps = self.pair.bn.eps
         self._maps.clear()
 
     def map_for(self, spatial: tuple[int, ...]) -> torch.Tensor:
@@ -120,7 +111,8 @@ class _Fold:
 
     def __getstate__(self) -> dict[str, Any]:
         # a pickled or copied model rebuilds its folds from its own tensors on its first folded call
-        return {**self.__dict__, "weight": None, "bias": None, "_sources": [], "_stamp": (), "_maps": OrderedDict()}
+        cleared = {"weight": None, "bias": None, "_slots": None, "_stamp": [], "_eps": None, "_maps": OrderedDict()}
+        return {**self.__dict__, **cleared}
 
 
 def _layout(t: torch.Tensor) -> tuple:

@@ -1,30 +1,13 @@
-"""Which BatchNorms of a frozen layer fold into an adjacent convolution or linear map, and the folded weights.
+"""Which BatchNorms of a frozen module fold into an adjacent convolution or linear map in a given call, and the
+folded weights.
 
-A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t`` (``s = gamma / sqrt(var + eps)``,
-``t = beta - mean * s``), so next to a convolution it can be merged into the convolution's weights:
-
-- **Conv -> BN**, **Linear -> BN**: scale each output channel's weights by ``s``, bias ``s * (b - mean) + beta``
-  (``torch.nn.utils.fusion``). Exact whatever the padding.
-- **BN -> Conv**: scale each *input* channel's weights by ``s``; the bias gains ``W`` applied to ``t``. Exact when
-  the conv pads nothing, or pads by copying values (reflect, replicate, circular: the affine map commutes with
-  those). With zero padding the padded positions stay ``0`` where the fold would assume ``t``: near the border the
-  output misses a fixed part, the conv of ``t`` over the positions that are padding. So a zero-padding conv's fold
-  adds, instead of a bias, a *bias map*: the original conv applied to a constant input ``t`` (zeros padded), which
-  depends only on the input's spatial size and is built once per size (``border_map``). Exact too: DenseNet-BC's
-  3 x 3 convs fold like its 1 x 1 bottlenecks and transitions.
-
-The pairs come from the dataflow of the call that really runs: an fx trace of the module's forward with every
-argument that is not a tensor (``None``, flags, sizes: passed or left to its default) fixed to its value in that
-call, so the trace takes the branches the call takes (a pair folds only if the first module's output feeds the
-second alone and each is called once). Anything fx cannot follow (data-dependent control flow, an argument that is
-neither a tensor nor a plain value, ``*args``) proves nothing. Only stock ``torch.nn`` convolutions and linear maps
-fold (a subclass that overrides ``forward`` computes something else); a BatchNorm subclass that overrides it folds
-only where its traced forward is the batch norm followed by a *tail* that never reads the input again (timm's
-``BatchNormAct2d``: drop, then an activation; ``folding.tail``): the BatchNorm folds into the conv before it, and
-the tail runs on the folded output. Such a BatchNorm's output is not an affine map, so it never folds into a conv
-after it. The
-arithmetic runs in float64 and is rounded once to the weight's dtype.
-"""
+A BatchNorm with fixed statistics is a per-channel affine map ``y = s * x + t``: after a conv or linear map it
+scales the output channels' weights (``torch.nn.utils.fusion``); before a conv it scales the input channels' and
+adds ``W`` applied to ``t``, which near a zero-padded border is a *bias map* (``border_map``: the conv of the
+constant ``t``, built once per input size). A pair folds only where an fx trace of the call, its non-tensor
+arguments fixed, shows the first module's output feeding the second alone, each called once; only stock torch
+convolutions and linear maps fold, and a BatchNorm subclass only when its own traced forward is the batch norm then
+a tail (``tail``). The arithmetic runs in float64, rounded once to the weight's dtype."""
 
 from __future__ import annotations
 

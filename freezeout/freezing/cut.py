@@ -1,25 +1,8 @@
-"""What flows into the frozen layers, in every forward: the graph cut at their inputs (docs/METHOD.md, "What frozen
-means").
-
-Frozen layers leave the backward pass only if nothing that requires grad flows into them; then the cut has
-nothing to do, and its hooks (one before and one after each frozen layer's call, none on the modules inside)
-return at once. When something does, the leaf tensors it came from decide (walking the autograd graph, which
-upstream of the frozen prefix is short):
-
-- a weight tied to the head (GPT-2's token embedding; trained as the head), or an activation that a hook inside
-  the forward made require grad with nothing trainable behind it (Hugging Face does so for activation
-  checkpointing): the frozen layer's inputs are *cut* (detached), and the frozen prefix's output requires grad again,
-  as a leaf, so the shared weight trains through the head alone and the frozen layers leave backward;
-- anything else keeps its gradient through the frozen layers, exactly as through a copy frozen by hand: a trainable
-  parameter upstream, a tensor you differentiate (an input with ``requires_grad``, as adversarial training does), a
-  trainable tensor held by a module (a learned prompt). Nothing is cut; the controller is told (``Prefix.reports``)
-  and says which and what it costs (``FrozenInputWarning``; with ``strict``, a trainable parameter is a
-  ``ValueError``).
-
-Nothing is cut inside a backward pass (a reentrant checkpoint recomputing a frozen layer needs its graph as
-recorded) nor while the model is traced as a program (fx, export, jit). Under ``torch.compile`` the walk cannot be
-traced: a layer cuts there as its last eager forward decided.
-"""
+"""What flows into the frozen layers: checked before each frozen layer's call, cut where it is a tied weight or an
+activation made to require grad inside the forward, kept (and named) where it is anything else: a trainable
+parameter, an input whose gradient is asked for, a tensor a module holds (docs/METHOD.md, "What frozen means").
+Nothing is cut inside a backward pass or while the model is traced as a program; under ``torch.compile`` a layer
+cuts as its last eager forward decided."""
 
 from __future__ import annotations
 
@@ -66,7 +49,6 @@ class _Forward:
 
     leaking: bool = False  # something keeps its gradient: later layers need not look again
     measuring: Leak | None = None
-    contexts: list[tuple[nn.Module, Any]] = field(default_factory=list)
     outside: tuple[set[int], dict[int, str]] | None = None  # the model's inputs' leaves and module-held tensors
 
 
@@ -81,17 +63,24 @@ class Prefix:
         self.reported: set[Any] = set()  # what was reported already (parameter ids, kinds per layer, reentrancy)
         self.now: _Forward | None = None  # made when something requiring grad flows in; gone at the prefix's end
         self.cut_any = False  # this forward cut something, so the prefix's output requires grad again
+        self._exit_handle: Any = None
+        self._exit_at: nn.Module | None = None
         self.root: nn.Module | None = None  # the model the training loop calls (known after its first training pass)
         self._names: Names | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (deepcopy, pickle) starts clean: ids in the name cache and open contexts belong to the original
-        return {**self.__dict__, "reports": [], "now": None, "cut_any": False, "_names": None}
+        return {**self.__dict__, "reports": [], "now": None, "cut_any": False, "_names": None, "_exit_handle": None}
 
     @property
     def exit(self) -> nn.Module | None:
         """The module whose call ends the frozen prefix (the last frozen layer's last)."""
         return self.layers[self.frozen - 1].modules[-1] if self.frozen else None
+
+    @property
+    def exit_module(self) -> nn.Module | None:
+        """The module that carries the hook ending the prefix now (``set_exit``)."""
+        return self._exit_at
 
     def names(self, sources: Sequence[torch.Tensor]) -> Names:
         """The model's parameter names, read again when a source is a parameter they miss (FSDP2 registers
@@ -156,6 +145,8 @@ class Prefix:
 
     # -- saved-tensor accounting while a leak is measured ------------------------------------------------------
     def open(self, module: nn.Module, index: int) -> None:
+        """Count what autograd saves inside this call of ``module`` (a frozen layer at or after the leak's): a
+        saved-tensor context for the call, closed by a hook of the call's own that goes with it."""
         leak = self.now.measuring
         if leak is None or index < leak.index or not torch.is_grad_enabled():
             return
@@ -165,12 +156,26 @@ class Prefix:
             ctx.__enter__()
         except RuntimeError:  # saved-tensor hooks are disabled here
             return
-        self.now.contexts.append((module, ctx))
+        closer = _Close(ctx)
+        closer.handle = module.register_forward_hook(closer, always_call=True)
 
-    def close(self, module: nn.Module) -> None:
-        now = self.now
-        if now.contexts and now.contexts[-1][0] is module:
-            now.contexts.pop()[1].__exit__(None, None, None)
+    def set_exit(self, module: nn.Module | None) -> None:
+        """The module whose call ends the frozen prefix gets the hook that ends a forward there."""
+        if self._exit_handle is not None:
+            self._exit_handle.remove()
+        self._exit_at = module
+        self._exit_handle = None if module is None else module.register_forward_hook(_CutOut(self), always_call=True)
+
+
+class _Close(OwnedHook):
+    """Ends one measured call: the saved-tensor context it opened, then itself."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx, self.handle = ctx, None
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        self.ctx.__exit__(None, None, None)
+        self.handle.remove()
 
 
 def _graded(value: Any) -> list[torch.Tensor]:
@@ -178,13 +183,17 @@ def _graded(value: Any) -> list[torch.Tensor]:
 
 
 def _any_graded(value: Any) -> bool:
-    """Whether a tensor in ``value`` requires grad (the check every frozen call makes: kept cheap)."""
+    """Whether a tensor in ``value`` requires grad (the check every frozen call makes: loops, not generators)."""
     if isinstance(value, torch.Tensor):
         return value.requires_grad
     if isinstance(value, (list, tuple)):
-        return any(_any_graded(v) for v in value)
-    if isinstance(value, Mapping):
-        return any(_any_graded(v) for v in value.values())
+        for v in value:
+            if _any_graded(v):
+                return True
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            if _any_graded(v):
+                return True
     return False
 
 
@@ -206,29 +215,43 @@ class _CutIn(OwnedHook):
         if not (_any_graded(args) or (kwargs and _any_graded(kwargs))):
             return None  # nothing flows in that autograd would record: the frozen layer leaves it by itself
         p = self.prefix
-        if torch.compiler.is_compiling():  # the walk cannot be traced: cut as the last eager forward decided
-            cut = p.decision.get(self.index, False) and not torch.compiler.is_exporting()
+        if torch.compiler.is_compiling():
+            if torch.compiler.is_exporting():
+                return None
+            known = p.decision.get(self.index)  # once decided, a compiled graph reads the decision
+            cut = known if known is not None else _decide(self, args, kwargs)
         elif in_backward() or is_tracing():
             return None
         else:
-            if p.now is None:
-                p.now = _Forward()
-            cut = False if p.now.leaking else self._decide(_graded((args, kwargs)))
-            p.open(module, self.index)
+            cut = _decide(self, args, kwargs)
+            _open(p, module, self.index)
         if not cut:
             return None
         p.cut_any = True
         return _detach(args), _detach(kwargs)
 
-    def _decide(self, graded: list[torch.Tensor]) -> bool:
-        p = self.prefix
-        kind, kept = p.kept(leaves(graded))
-        grad = torch.is_grad_enabled()  # off: a reentrant checkpoint's forward, its backward recomputes this layer
-        if kept or not grad:
-            p.report(self.index, kind, kept, reentrant=not grad)
-        if grad:
-            p.decision[self.index] = not kept
-        return grad and not kept
+
+# The walk over the autograd graph reads real tensors and the Python stack, which torch.compile cannot trace: these
+# run eagerly wherever they are called from (under compile, a graph break, once per layer: the decision is kept).
+@torch.compiler.disable
+def _decide(hook: _CutIn, args: Any, kwargs: Any) -> bool:
+    p, index = hook.prefix, hook.index
+    if p.now is None:
+        p.now = _Forward()
+    if p.now.leaking:
+        return False
+    kind, kept = p.kept(leaves(_graded((args, kwargs))))
+    grad = torch.is_grad_enabled()  # off: a reentrant checkpoint's forward, its backward recomputes this layer
+    if kept or not grad:
+        p.report(index, kind, kept, reentrant=not grad)
+    if grad:
+        p.decision[index] = not kept
+    return grad and not kept
+
+
+@torch.compiler.disable
+def _open(p: Prefix, module: nn.Module, index: int) -> None:
+    p.open(module, index)
 
 
 class _CutOut(OwnedHook):
@@ -237,10 +260,8 @@ class _CutOut(OwnedHook):
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
         p = self.prefix
-        if not torch.compiler.is_compiling():
-            if p.now is None or in_backward() or is_tracing():
-                return None
-            p.close(module)
+        if not torch.compiler.is_compiling() and (p.now is None or in_backward() or is_tracing()):
+            return None
         if module is not p.exit:
             return None
         p.now = None  # the frozen prefix ends: the next forward starts clean
@@ -252,14 +273,22 @@ class _CutOut(OwnedHook):
 
 class GraphCut(Effect):
     """Frozen ``layer`` cuts what flows into it in every forward (see the module doc); ``prefix`` is shared by all
-    of a model's frozen layers."""
+    of a model's frozen layers. The newest frozen layer's last module also ends the prefix (``Prefix.set_exit``)."""
 
     name = "graph cut"
 
     def __init__(self, prefix: Prefix, layer: Layer) -> None:
         super().__init__()
         self.prefix, self.layer = prefix, layer
+        self.exit_before: nn.Module | None = None
 
     def install(self) -> None:
         for m in self.layer.modules:
-            self.hook(m, _CutIn(self.prefix, self.layer.index), _CutOut(self.prefix), kwargs=True)
+            self.hook(m, _CutIn(self.prefix, self.layer.index), kwargs=True)
+        self.exit_before = self.prefix.exit_module
+        self.prefix.set_exit(self.layer.modules[-1])
+
+    def remove(self) -> None:
+        super().remove()
+        if self.prefix.exit_module is self.layer.modules[-1]:
+            self.prefix.set_exit(self.exit_before)  # the layer frozen before it ends the prefix again

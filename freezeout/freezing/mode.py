@@ -1,14 +1,8 @@
-"""Inference mode for a frozen layer, in every call, whatever its ``.training`` flag says, at no cost per call.
-
-Training code sets modes in many ways (``model.train()``, Lightning's loops writing ``module.training`` back as
-they found it, a user's ``bn.train()``) and calls modules in many ways (``module(x)``, ``module.forward(x)``, a
-functional call of a child). So a frozen module's class is swapped for a subclass of it whose ``training`` is a
-property that reads ``False``, the way ``torch.nn.utils.parametrize`` swaps classes: every read, inside any
-forward however it was called, sees inference mode; every write (``train()``, a direct assignment) is kept as the
-mode the user asked for (``requested_training``), which the module gets back when it is unfrozen. The subclass has
-the base's name, so ``repr(model)`` and messages read as before; it pickles and deep-copies as the frozen form of
-its base. Nothing runs per call.
-"""
+"""Inference mode for a frozen layer in every call, however it is called and whatever sets its mode, at no cost per
+call: each module's class is swapped for a subclass whose ``training`` reads ``False`` (as ``torch.nn.utils.
+parametrize`` swaps classes); a write is kept as the mode the user asked for (``requested_training``) and given back
+when the module is unfrozen. The subclass has the base's name and pickles as the frozen form of its base (docs/
+METHOD.md, "What frozen means")."""
 
 from __future__ import annotations
 

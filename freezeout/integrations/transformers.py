@@ -22,13 +22,14 @@ How it works. ``add_freezeout`` takes over Trainer's two documented override poi
   ``scheduler.pt`` and, on ``resume_from_checkpoint``, loads it after the model's weights and the optimizer's
   state, so ``FreezeOut.load_state_dict`` re-freezes the layers due and the run continues bit-identically.
 
-and wraps ``trainer.log`` (also documented for overriding): ``learning_rate`` is the head's LR (or with only
-layers training, adapters say, the last layer's still training) of the step just taken, and
-``freezeout/num_frozen`` the layers frozen during it. When ``train()`` ends a callback calls
+and wraps ``trainer.log`` (also documented for overriding): ``learning_rate`` is the head's LR (or with only layers
+training, adapters say, the last layer's still training) of the step just taken, ``freezeout/lr_first_layer`` the LR
+of the first layer still training then (scaled, early layers run at up to ``1 / t_i`` times the head's; absent once
+all are frozen), and ``freezeout/num_frozen`` the layers frozen during it. When ``train()`` ends a callback calls
 ``FreezeOut.close()``: the model is left as it was handed in, with its trained weights, and a second ``train()``
-runs FreezeOut afresh. Under activation
-(gradient) checkpointing Hugging Face hooks the token embedding's output to require grad; FreezeOut's graph cut
-(``freezeout.freezing.cut``) stops it at the frozen layers' inputs, so memory falls as layers freeze.
+runs FreezeOut afresh. Under activation (gradient) checkpointing Hugging Face hooks the token embedding's output to
+require grad; FreezeOut's graph cut (``freezeout.freezing.cut``) stops it at the frozen layers' inputs, so memory
+falls as layers freeze.
 
 Why a function on the trainer, not a ``TrainerCallback`` or a ``Trainer`` subclass: a callback cannot replace
 Trainer's optimizer or scheduler (it never sees the trainer, and by ``on_train_begin`` both exist, prepared,
@@ -136,6 +137,9 @@ class TrainerFreezeOut:
             step = max(c.step_count - 1, 0)
             logs["learning_rate"] = c.head_lr(step)
             logs["freezeout/num_frozen"] = float(c.frozen_at(step))
+            first = c.first_layer_lr(step)  # scaled, early layers run at up to 1 / t_i times the head's LR
+            if first is not None:
+                logs["freezeout/lr_first_layer"] = first
         self._log(logs, *args, **kwargs)
 
     def close(self) -> None:

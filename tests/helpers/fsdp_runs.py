@@ -4,7 +4,7 @@ One spawn runs them all (a spawn costs seconds on a busy machine). The ViT-like 
 parameters of the root (``cls_token``, ``pos_embed``); dropout is off, so that 2 ranks on half the batch each compute
 what one process computes on the whole batch. TinyNet (BatchNorm) checks buffers, which FSDP leaves per rank;
 TinyGPT (a head tied to the token embedding) and a ViT whose root parameters are left out of the layers check the
-guard (``freezeout.guard``) under FSDP.
+guard (``freezeout.freezing.guard``) under FSDP.
 """
 
 from __future__ import annotations

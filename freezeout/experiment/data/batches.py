@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Batches", "channel_stats", "crop_flip", "normalise"]
+__all__ = ["Batches", "channel_stats", "check_pass", "crop_flip", "normalise"]
 
 
 def channel_stats(x: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +54,21 @@ def crop_flip(x: torch.Tensor, pad: int, offsets: torch.Tensor, flips: torch.Ten
 
 
 def normalise(x: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor) -> torch.Tensor:
-    """uint8 images to float: ``(x - mean) * inv_std`` per channel (``mean``, ``inv_std``: 1 x C x 1 x 1)."""
-    return x.float().sub_(mean).mul_(inv_std)
+    """uint8 (or float) images to a new float tensor: ``(x - mean) * inv_std`` per channel (``mean``, ``inv_std``:
+    1 x C x 1 x 1). A copy, always: ``x`` may be a view of the data set (an evaluation batch), and float32 data
+    would otherwise be normalised in place, again at every pass."""
+    return x.to(torch.float32, copy=True).sub_(mean).mul_(inv_std)
+
+
+def check_pass(train: bool, generator: torch.Generator | None, shard: tuple[int, int]) -> tuple[int, int]:
+    """``(rank, world_size)`` of a pass over the data, once checked: a training pass draws from a seeded
+    generator, and only a training pass is sharded."""
+    if train and generator is None:
+        raise ValueError("train=True needs a seeded torch.Generator")
+    rank, world = shard
+    if world < 1 or not 0 <= rank < world or (world > 1 and not train):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, training only; got {shard}")
+    return rank, world
 
 
 class Batches:
@@ -93,13 +106,7 @@ class Batches:
             raise ValueError(f"x and y must be non-empty and of equal length, got {len(x)} and {len(y)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if train and generator is None:
-            raise ValueError("train=True needs a seeded torch.Generator")
-        rank, world = shard
-        if world < 1 or not 0 <= rank < world or (world > 1 and not train):
-            raise ValueError(
-                f"shard must be (rank, world_size) with 0 <= rank < world_size, training only; got {shard}"
-            )
+        rank, world = check_pass(train, generator, shard)
         self.shard = (rank, world)
         self.device = torch.device(device)
         self.x, self.y = x.to(self.device), y.to(self.device)

@@ -14,9 +14,11 @@ import torch
 from torch import nn
 
 from .densenet import DenseNetBC, check_depth, densenet_bc
-from .resnet import ResNet, check_resnet_depth, resnet
+from .gpt import GPT, check_gpt_depth, gpt, token_example
+from .resnet import ResNet, check_resnet_depth, resnet, resnet1d
 
 __all__ = [
+    "GPT",
     "MODELS",
     "DenseNetBC",
     "ModelSpec",
@@ -26,7 +28,9 @@ __all__ = [
     "densenet_bc",
     "example_input",
     "get_model",
+    "gpt",
     "resnet",
+    "resnet1d",
 ]
 
 
@@ -39,6 +43,9 @@ class ModelSpec:
     default_depth: int
     width_help: str  # what the width (--growth) means for this model
     default_width: int
+    # (shape, batch, num_classes, seed) -> a seeded random input batch, for a model that does not take images
+    # (token ids); None: random images of ``shape`` (``example_input``)
+    example: Callable[..., torch.Tensor] | None = None
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -48,6 +55,10 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("densenet-bc", densenet_bc, check_depth, "6n + 4: 10, 40, 76, 186", 76, "growth rate k", 12),
         # The CIFAR model most users know, in the other unit order (Conv -> BN -> ReLU): ResNet-20, w = 16.
         ModelSpec("resnet", resnet, check_resnet_depth, "6n + 2: 20, 32, 56, 110", 20, "base width", 16),
+        # The same ResNet on 1-D signals (MNIST-1D), each signal an N x C x 1 x L image of the data pipeline.
+        ModelSpec("resnet1d", resnet1d, check_resnet_depth, "6n + 2: 8, 14, 20, 32", 20, "base width", 16),
+        # A byte-level GPT of nanoGPT's CPU size: 4 blocks of 128 (the pystdlib language model).
+        ModelSpec("gpt", gpt, check_gpt_depth, "transformer blocks, 1-96", 4, "embedding width", 128, token_example),
     )
 }
 
@@ -89,15 +100,20 @@ def build_example(
     """
     torch.manual_seed(seed)
     model = build_model(name, depth, growth, num_classes, shape[0])
-    x = example_input(shape, batch, False, seed)
+    spec = get_model(name)
+    x = (
+        example_input(shape, batch, False, seed)
+        if spec.example is None
+        else spec.example(shape, batch, num_classes, seed)
+    )
     try:
         with torch.no_grad():
             model.eval()(x[:1])
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"{name} cannot take a {shape[1]} x {shape[2]} input: {first}") from None
+        raise ValueError(f"{name} cannot take a {' x '.join(map(str, shape[1:]))} input: {first}") from None
     model.train()
-    if channels_last:  # NHWC, as the trainer runs: faster on CPU and CUDA (experiment.config)
+    if channels_last and spec.example is None:  # NHWC, as the trainer runs: faster on CPU and CUDA (experiment.config)
         model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     return model, x
