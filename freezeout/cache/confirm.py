@@ -114,6 +114,8 @@ def spot_check(srv: Serving, run: RunCheck) -> str | None:
     proof, depths = srv.proof, srv.depths[served]
     layers = {int(d) - 1 for d in depths.unique()}
     capture = {i for i, c in enumerate(proof.calls) if c.layer in layers and not c.batch_free}
+    if not capture:  # the served depths keep no row (their layer's calls are batch-free): nothing to compare
+        return None
     check = Checking(proof, served, srv.batch, {}, capture, max(capture))
     why = run(check)
     if why is not None:
