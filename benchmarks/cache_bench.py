@@ -35,7 +35,7 @@ from torch import nn
 import freezeout
 from freezeout.analysis.runs import lockstep
 from freezeout.experiment.runfiles import atomic_json
-from freezeout.hooks import map_tensors
+from freezeout.tensors import map_tensors
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 VOCAB, SEQ, CLASSES = 2048, 128, 10

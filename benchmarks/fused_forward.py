@@ -40,9 +40,9 @@ from torch import nn
 
 from freezeout import compile_blocks, freeze_layer, param_groups
 from freezeout.accel.fuse import fuse_layer
+from freezeout.analysis.timing import sync
 from freezeout.experiment.models import build_example, densenet
 from freezeout.experiment.runfiles import atomic_json
-from freezeout.measure import sync
 
 
 def frozen_copy(model: nn.Module, fuse: bool) -> tuple[nn.Module, list[nn.Module], torch.optim.Optimizer]:

@@ -14,8 +14,8 @@ from .controller import FreezeOut, ScheduleWarning
 from .discovery import find_layers
 from .folding import FoldWarning
 from .freezing import FrozenInputWarning, freeze_layer, is_frozen, remove_effects
+from .freezing.saved import saved_tensor_bytes
 from .groups import param_groups, unwrap
-from .measure import saved_tensor_bytes
 from .options import FreezeOutOptions
 from .schedule import STRATEGIES, freeze_times, layer_lr, learning_rates, num_frozen_at, progress
 

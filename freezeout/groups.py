@@ -13,10 +13,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .layers import Layer, LayerLike, as_layers, param_owners
-from .norms import is_norm
+from .layers import Layer, LayerLike, as_layers, is_norm, param_owners
 
 __all__ = [
+    "ParameterNames",
     "check_optimizer",
     "check_ties",
     "default_no_decay",
@@ -217,3 +217,19 @@ def group_owners(optimizer: Any, layers: Sequence[Layer]) -> list[int]:
             )
         owners.append(found.pop() if found else n)
     return owners
+
+
+class ParameterNames:
+    """Each parameter's name in ``model`` (its first), how many names it has (more than one: tied), and the ids of the
+    model's modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params: dict[int, str] = {}
+        self.count: dict[int, int] = {}
+        for name, p in model.named_parameters(remove_duplicate=False):
+            self.params.setdefault(id(p), name)
+            self.count[id(p)] = self.count.get(id(p), 0) + 1
+        self.modules = {id(m) for m in model.modules()}
+
+    def tied(self, p: torch.Tensor) -> bool:
+        return self.count.get(id(p), 0) > 1

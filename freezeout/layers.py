@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["Layer", "LayerLike", "as_layers", "check_layers", "describe", "param_owners"]
+from .compat import NormBase
+
+__all__ = ["NORMS", "Layer", "LayerLike", "as_layers", "check_layers", "describe", "is_norm", "param_owners"]
 
 LayerLike = nn.Module | Sequence[nn.Module | nn.Parameter]
 
@@ -105,3 +107,19 @@ def check_layers(layers: Sequence[LayerLike]) -> list[LayerLike]:
     """``layers`` as a list, if ``as_layers`` accepts it."""
     as_layers(layers)
     return list(layers)
+
+
+# What counts as a normalisation layer, for every rule that treats one apart (no weight decay, a model's head):
+# torch's own (every norm with running statistics, LayerNorm, GroupNorm, RMSNorm) and, since a library's norm rarely
+# subclasses these (Hugging Face's ``T5LayerNorm``, ``LlamaRMSNorm``), any class whose name ends in ``Norm``.
+NORMS: tuple[type[nn.Module], ...] = (
+    NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether ``module`` is a normalisation layer (``NORMS``, or a class named ``...Norm``)."""
+    return isinstance(module, NORMS) or type(module).__name__.endswith("Norm")

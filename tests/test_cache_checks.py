@@ -11,7 +11,7 @@ import torch
 import freezeout
 from freezeout.cache import cache as cache_module
 from freezeout.cache import confirm, fingerprint, passes, recorder, state
-from freezeout.hooks import tensors
+from freezeout.tensors import tensors
 from tests.helpers import cache_cases as cc
 from tests.helpers import cache_runs as cr
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from freezeout import FreezeOut, find_layers, param_groups
 from freezeout.layers import as_layers
-from freezeout.tracing import run_model
+from freezeout.tensors import run_model
 from tests.helpers.lookalikes import VisionTransformer
 
 hf = pytest.importorskip("tests.helpers.hf", exc_type=ImportError, reason="needs the [transformers] extra")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from freezeout import FreezeOut, freeze_times, learning_rates, param_groups, saved_tensor_bytes
-from freezeout.measure import SavedStorages
+from freezeout.freezing.saved import SavedStorages
 from tests.helpers.models import OPTIMIZERS, batch, modes_in_call, train_step
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from freezeout import find_layers
 from freezeout.groups import default_no_decay
-from freezeout.norms import is_norm
+from freezeout.layers import is_norm
 
 
 class ScaleNorm(nn.Module):

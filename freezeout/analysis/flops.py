@@ -15,10 +15,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-from ..hooks import map_tensors, tensors
+from ..freezing.mode import eval_mode
 from ..layers import Layer, LayerLike, as_layers
-from ..measure import eval_mode
-from ..tracing import first_tensor, run_model
+from ..tensors import first_tensor, map_tensors, run_model, tensors
 from .workload import copy_model
 
 __all__ = ["batch_size_of", "check_forward_path", "layer_flops", "layer_flops_meta"]

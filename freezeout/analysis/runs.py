@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.timing import sync
 from ..controller import FreezeOut
-from ..measure import sync
 from .workload import copy_model, make_optimizer, train_step
 
 __all__ = ["BenchRun", "lockstep", "lockstep_runs", "sched_step_seconds", "timed_run"]

@@ -21,16 +21,21 @@ from torch import nn
 
 from ..checks import check_int
 from ..freezing import FrozenPrefix
-from ..hooks import map_tensors
+from ..freezing.saved import saved_tensor_bytes
 from ..layers import LayerLike, as_layers, check_layers
-from ..measure import saved_tensor_bytes, sync
 from ..options import FreezeOutOptions
-from ..tracing import first_tensor, run_model
+from ..tensors import first_tensor, map_tensors, run_model
 from .cost import interpolate_step_times
 from .flops import batch_size_of
 from .workload import LossFn, copy_model, make_optimizer, model_loss, random_targets, train_step
 
-__all__ = ["Rounds", "curve_from_samples", "default_ks", "merge_curves", "set_frozen_prefix", "step_time_curve"]
+__all__ = ["Rounds", "curve_from_samples", "default_ks", "merge_curves", "set_frozen_prefix", "step_time_curve", "sync"]
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so that a wall-clock reading covers it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 _prefixes: weakref.WeakKeyDictionary[nn.Module, FrozenPrefix] = weakref.WeakKeyDictionary()

@@ -16,11 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..freezing.mode import eval_mode
 from ..groups import param_groups, unwrap
-from ..hooks import map_tensors
 from ..layers import LayerLike, as_layers
-from ..measure import eval_mode
-from ..tracing import first_tensor, run_model
+from ..tensors import first_tensor, map_tensors, run_model
 
 __all__ = [
     "LossFn",

@@ -28,7 +28,7 @@ from ..compat import is_tracing, outermost_module
 from ..controller import FreezeOut
 from ..freezing import OwnedHook
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
-from ..hooks import tensors
+from ..tensors import tensors
 from .confirm import check_runner, rows_independent, spot_check
 from .fingerprint import fingerprints
 from .passes import Checking, Diverged, Recording, Serving, rng_state, set_rng_state

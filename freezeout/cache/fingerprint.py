@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..hooks import tensors
+from ..tensors import tensors
 
 __all__ = ["fingerprints", "structure_key"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..hooks import map_tensors, tensors
+from ..tensors import map_tensors, tensors
 from .proof import CallRecord, Proof, call_signature
 from .recorder import Recorder
 from .rows import StoredRows

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..compat import forward_hooks, global_hooks
 from ..freezing import OwnedHook
-from ..hooks import tensors
+from ..tensors import tensors
 from .rows import StoredRows
 from .state import Read, StateWatch
 from .store import LeafSpec

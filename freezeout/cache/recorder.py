@@ -28,7 +28,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..compat import tensor_version
-from ..hooks import tensors
+from ..tensors import tensors
 from .proof import PLAIN, others
 from .state import Holder, Read, stamp
 

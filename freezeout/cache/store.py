@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..hooks import map_tensors, tensors
+from ..tensors import map_tensors, tensors
 
 __all__ = ["LeafSpec", "RowTable", "fill", "leaf_specs", "skeleton"]
 

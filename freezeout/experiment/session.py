@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from .. import __version__
-from ..measure import sync
+from ..analysis.timing import sync
 from . import engine
 from .engine import evaluate
 from .launch import Launch

@@ -19,8 +19,8 @@ from ..freezing.cut import Prefix
 from ..freezing.effect import Effect
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
 from ..freezing.mode import requested_training
-from ..hooks import tensors
 from ..layers import Layer
+from ..tensors import tensors
 from .pairs import FoldPair, border_map, call_pairs, foldable, folded_weights
 
 __all__ = ["BatchNormFold", "FoldWarning", "active_fold", "find_fold", "fold_effects", "folds_running"]

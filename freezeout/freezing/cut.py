@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from ..compat import in_backward, is_tracing, outermost_call, saved_tensors_hooks_outer
-from ..groups import unwrap
-from ..hooks import Names, leaves, map_tensors, tensors
+from ..groups import ParameterNames, unwrap
 from ..layers import Layer
-from ..measure import SavedStorages
+from ..tensors import leaves, map_tensors, tensors
 from .effect import Effect, OwnedHook
+from .saved import SavedStorages
 
 __all__ = ["GraphCut", "Leak", "Prefix"]
 
@@ -66,7 +66,7 @@ class Prefix:
         self._exit_handle: Any = None
         self._exit_at: nn.Module | None = None
         self.root: nn.Module | None = None  # the model the training loop calls (known after its first training pass)
-        self._names: Names | None = None
+        self._names: ParameterNames | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # a copy (deepcopy, pickle) starts clean: ids in the name cache and open contexts belong to the original
@@ -82,12 +82,12 @@ class Prefix:
         """The module that carries the hook ending the prefix now (``set_exit``)."""
         return self._exit_at
 
-    def names(self, sources: Sequence[torch.Tensor]) -> Names:
+    def names(self, sources: Sequence[torch.Tensor]) -> ParameterNames:
         """The model's parameter names, read again when a source is a parameter they miss (FSDP2 registers
         gathered copies during its forward; a deep copy has parameters of its own)."""
         if self._names is None or any(isinstance(t, nn.Parameter) and id(t) not in self._names.params for t in sources):
             call = outermost_call()
-            self._names = Names(unwrap(call[0])) if call is not None else Names(nn.Module())
+            self._names = ParameterNames(unwrap(call[0])) if call is not None else ParameterNames(nn.Module())
         return self._names
 
     def kept(self, sources: Sequence[torch.Tensor]) -> tuple[str, list[torch.Tensor]]:

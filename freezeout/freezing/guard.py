@@ -23,8 +23,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from ..compat import in_backward, outermost_module
-from ..groups import check_ties, unwrap
-from ..hooks import Hook, Names
+from ..groups import ParameterNames, check_ties, unwrap
 from ..layers import Layer
 from .cut import INPUT, PARAMETER, Leak
 
@@ -33,6 +32,24 @@ __all__ = ["FirstPass", "FrozenInputWarning", "judge"]
 
 class FrozenInputWarning(UserWarning):
     """A trainable tensor flows into a frozen layer, so autograd still records the frozen layers."""
+
+
+class _InertInCopies:
+    """A hook that a pickled or deep-copied model keeps as a no-op: it belongs to this process's FreezeOut, not
+    to the model (``torch.save(model)`` and ``copy.deepcopy`` must work while FreezeOut watches it)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _InertInCopies, (_inert,)
+
+
+def _inert(*args: Any) -> None:
+    return None
 
 
 class FirstPass:
@@ -50,7 +67,7 @@ class FirstPass:
         # kept (as no-ops once judged) until their layer freezes: a module's hooks then change once, not twice,
         # and each change costs a compiled layer (compile_blocks) a recompile
         self.handles: dict[int, list[RemovableHandle]] = {
-            layer.index: [m.register_forward_pre_hook(Hook(self._enter(layer.index))) for m in layer.modules]
+            layer.index: [m.register_forward_pre_hook(_InertInCopies(self._enter(layer.index))) for m in layer.modules]
             for layer in self.layers
         }
 
@@ -100,7 +117,7 @@ class FirstPass:
         if missing:
             warnings.warn(f"layers{missing} never ran in the training forward pass: freezing them saves nothing",
                           FrozenInputWarning, stacklevel=4)  # fmt: skip
-        names = Names(root)
+        names = ParameterNames(root)
         if all(id(m) in names.modules for layer in self.layers for m in layer.modules):
             check_ties(root, self.layers)
         return True

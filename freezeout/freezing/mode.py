@@ -6,6 +6,8 @@ METHOD.md, "What frozen means")."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from torch import nn
@@ -13,7 +15,7 @@ from torch import nn
 from ..layers import Layer
 from .effect import Effect
 
-__all__ = ["InferenceMode", "in_inference_mode", "lock_eval", "requested_training", "unlock_eval"]
+__all__ = ["InferenceMode", "eval_mode", "in_inference_mode", "lock_eval", "requested_training", "unlock_eval"]
 
 _CLASSES: dict[type, type] = {}  # base class -> its frozen subclass, made once per class
 
@@ -105,3 +107,20 @@ class InferenceMode(Effect):
         for m in self.locked:
             unlock_eval(m)
         self.locked = []
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Every module of ``model`` in eval mode inside the block, each one's own mode restored after.
+
+    A probe (a traced pass, a FLOP count) must leave BatchNorm statistics and modes as found: each module gets back
+    the mode it was asked for, a frozen one too (which reads ``False`` while frozen, ``freezing.mode``).
+    """
+    modes = [(m, requested_training(m)) for m in model.modules()]
+    try:
+        for m, _ in modes:
+            m.training = False
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode

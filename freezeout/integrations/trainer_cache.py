@@ -23,7 +23,7 @@ import torch
 
 from ..cache import PrefixCache
 from ..controller import FreezeOut
-from ..hooks import tensors
+from ..tensors import tensors
 
 __all__ = ["CacheOptions", "TrainerCache", "check_cache"]
 

@@ -82,7 +82,7 @@ def counting(cls: type, counts: list[int]):
     real = cls.forward
 
     def forward(self, *args, **kwargs):
-        first = next(freezeout.hooks.tensors((args, kwargs)))
+        first = next(freezeout.tensors.tensors((args, kwargs)))
         counts.append(first.shape[0])
         return real(self, *args, **kwargs)
 

@@ -7,20 +7,20 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from . import compat
-from .checks import check_int
-from .driving import StepWatch
-from .freezing import FirstPass, FrozenPrefix, judge
-from .groups import check_optimizer, group_owners, split_groups
-from .layers import LayerLike, as_layers, check_layers
-from .options import FreezeOutOptions
-from .schedule import (
+from .. import compat
+from ..checks import check_int
+from ..freezing import FirstPass, FrozenPrefix, judge
+from ..groups import check_optimizer, group_owners, split_groups
+from ..layers import LayerLike, as_layers, check_layers
+from ..options import FreezeOutOptions
+from ..schedule import (
     freeze_times,
     layer_lr,
     num_frozen_at,
     progress,
     validate_total_steps,
 )
+from .driving import StepWatch
 from .scheduler import ALONE, SchedulerSurface
 
 __all__ = ["FreezeOut", "ScheduleWarning"]
@@ -31,7 +31,7 @@ _DEFAULT = FreezeOutOptions()  # the signature's defaults are the options' own: 
 
 class ScheduleWarning(UserWarning):
     """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups; or FreezeOut is
-    driven wrong (``freezeout.driving``: a resumed optimizer without FreezeOut's state, ``step()`` called less often
+    driven wrong (``freezeout.controller.driving``: a resumed optimizer without FreezeOut's state, ``step()`` called less often
     than ``optimizer.step()``)."""
 
 
@@ -64,8 +64,8 @@ class FreezeOut(SchedulerSurface):
     ``FrozenInputWarning`` (a trainable parameter with ``strict=True``: ``ValueError``). An optimizer that keeps
     one parameter group (LBFGS), or layers another open ``FreezeOut`` froze: ``ValueError``.
 
-    To the ecosystem FreezeOut is a torch ``LRScheduler`` (``freezeout.scheduler``: accelerate, Lightning, torch's
-    compositions, ``torch.compile``); how it is driven is watched (``freezeout.driving``): a resumed optimizer
+    To the ecosystem FreezeOut is a torch ``LRScheduler`` (``freezeout.controller.scheduler``: accelerate, Lightning, torch's
+    compositions, ``torch.compile``); how it is driven is watched (``freezeout.controller.driving``): a resumed optimizer
     whose FreezeOut state was not loaded, or ``step()`` called less often than ``optimizer.step()``, is a
     ``ScheduleWarning`` saying so.
     """

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch.optim.lr_scheduler import LRScheduler
 
-from . import compat
+from .. import compat
 
 __all__ = ["ALONE", "SchedulerSurface"]
 

@@ -1,17 +1,13 @@
-"""Measuring a model without changing it: bytes autograd keeps for backward, a synced clock, a probe in eval mode."""
+"""The bytes autograd keeps for backward: what freezing is measured by (docs/METHOD.md, "What frozen means")."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
 
-from .freezing.mode import requested_training
-
-__all__ = ["SavedStorages", "eval_mode", "saved_tensor_bytes", "sync"]
+__all__ = ["SavedStorages", "saved_tensor_bytes"]
 
 
 class SavedStorages:
@@ -40,26 +36,3 @@ def saved_tensor_bytes(fn: Callable[[], Any]) -> tuple[Any, int]:
     with torch.autograd.graph.saved_tensors_hooks(saved.add, lambda t: t):
         out = fn()
     return out, saved.nbytes
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for queued GPU work, so that a wall-clock reading covers it."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Every module of ``model`` in eval mode inside the block, each one's own mode restored after.
-
-    A probe (a traced pass, a FLOP count) must leave BatchNorm statistics and modes as found: each module gets back
-    the mode it was asked for, a frozen one too (which reads ``False`` while frozen, ``freezing.mode``).
-    """
-    modes = [(m, requested_training(m)) for m in model.modules()]
-    try:
-        for m, _ in modes:
-            m.training = False
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode

@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 from torch import nn
 
-from .norms import is_norm
-from .tracing import Call
+from ..layers import is_norm
+from .trace import Call
 
 __all__ = ["auto_units", "depth_units", "has_params"]
 

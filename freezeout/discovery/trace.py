@@ -9,7 +9,7 @@ with its last use, so a weight that a later module also uses (a token embedding 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +17,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .hooks import tensors
-from .measure import eval_mode
+from ..freezing.mode import eval_mode
+from ..tensors import first_tensor, reads_values, run_model
 
-__all__ = ["Call", "Trace", "first_tensor", "run_model", "trace"]
+__all__ = ["Call", "Trace", "trace"]
 
 
 @dataclass(eq=False)
@@ -48,38 +48,13 @@ class Trace:
     last_use: dict[int, int]  # ... and at its last
 
 
-def first_tensor(value: Any) -> torch.Tensor | None:
-    """The first tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one)."""
-    return next(tensors(value), None)
-
-
-def run_model(model: nn.Module, example_input: Any) -> Any:
-    """``model(**x)`` for a mapping (a dict, a ``BatchEncoding``), ``model(*x)`` for a tuple, else ``model(x)``."""
-    if isinstance(example_input, Mapping):
-        return model(**example_input)
-    if isinstance(example_input, tuple):
-        return model(*example_input)
-    return model(example_input)
-
-
-# Attribute reads reach the mode too; of those only these read a parameter's values (the rest, ``dtype``, ``shape``,
-# ``device``, ..., are metadata: Hugging Face reads ``next(model.parameters()).dtype`` before any layer runs).
-_VALUE_GETTERS = frozenset({"T", "mT", "H", "mH", "data", "real", "imag"})
-
-
-def _reads_values(func: Any) -> bool:
-    if getattr(func, "__name__", None) != "__get__":
-        return True
-    return getattr(getattr(func, "__self__", None), "__name__", None) in _VALUE_GETTERS
-
-
 class _Uses(TorchFunctionMode):
     def __init__(self, clock: list[int], first_use: dict[int, int], last_use: dict[int, int]) -> None:
         super().__init__()
         self.clock, self.first_use, self.last_use = clock, first_use, last_use
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        if _reads_values(func):
+        if reads_values(func):
             for a in (*args, *(kwargs or {}).values()):
                 for t in a if isinstance(a, (list, tuple)) else (a,):  # torch.cat([model.cls_token, x])
                     if isinstance(t, nn.Parameter):

@@ -5,9 +5,9 @@ The rule (``granularity="auto"``):
 1. Run ``model(example_input)`` once in eval mode under ``torch.no_grad`` (BatchNorm statistics do not
    move; each module's train/eval mode is restored afterwards) with hooks on every module, recording the
    *call tree* (which module ran inside which, in execution order) and when each parameter is used
-   (``freezeout.tracing``). Modules that never run are ignored; an ``nn.ModuleList`` never runs itself, so
+   (``freezeout.discovery.trace``). Modules that never run are ignored; an ``nn.ModuleList`` never runs itself, so
    its members show up as children of the module looping over it.
-2. Find the *blocks* (``freezeout.structure``): members of a run of two or more consecutive sibling calls of
+2. Find the *blocks* (``freezeout.discovery.structure``): members of a run of two or more consecutive sibling calls of
    one class, each holding a submodule with parameters, that hold no such run themselves. A transformer's
    stack of layers is one run; a CNN's stages give one run each, and a stage of one block beside them its
    block; a residual block made of conv-norm-act units is a block, its units are not. This reads structure
@@ -56,11 +56,11 @@ from typing import Any
 
 from torch import nn
 
-from .checks import check_int
-from .groups import unwrap
-from .layers import LayerLike, check_layers
+from ..checks import check_int
+from ..groups import unwrap
+from ..layers import LayerLike, check_layers
 from .structure import Units, auto_units, depth_units, has_params
-from .tracing import Call, Trace, trace
+from .trace import Call, Trace, trace
 
 __all__ = ["find_layers"]
 
