@@ -28,20 +28,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ..compat import tensor_version
-from ..tensors import tensors
+from ..tensors import reads_values, tensors
 from .proof import PLAIN, others
 from .state import Holder, Read, stamp
 
 __all__ = ["Recorder", "trained_read"]
 
-_METADATA = frozenset(
-    {
-        "size", "dim", "ndimension", "stride", "numel", "nelement", "is_contiguous", "is_floating_point",
-        "is_complex", "element_size", "get_device", "__len__", "storage_offset", "data_ptr", "has_names",
-        "is_pinned", "untyped_storage", "is_inference",
-    }
-)  # fmt: skip
-_VALUE_GETTERS = frozenset({"T", "mT", "H", "mH", "data", "real", "imag", "grad"})
 # ops that pick rows of their first argument by a tensor of indices or a mask, along the dimension given (None:
 # they flatten it): a row of the result may be another example's, which example depending on the values
 _ROW_PICKERS = {
@@ -49,13 +41,6 @@ _ROW_PICKERS = {
     "index_copy": 1, "index_copy_": 1, "index_add": 1, "index_add_": 1, "index_put": None, "index_put_": None,
     "scatter": 1, "scatter_": 1, "masked_select": None, "take": None,
 }  # fmt: skip
-
-
-def _metadata(func: Any) -> bool:
-    name = getattr(func, "__name__", None)
-    if name == "__get__":
-        return getattr(getattr(func, "__self__", None), "__name__", None) not in _VALUE_GETTERS
-    return name in _METADATA
 
 
 def _picks_rows(name: str, args: Any, kwargs: Mapping[str, Any], batch: int, data: Callable[[Any], bool]) -> bool:
@@ -139,7 +124,7 @@ class Recorder(TorchFunctionMode):
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if _metadata(func):
+        if not reads_values(func):
             return out
         self._note_reads((args, kwargs), out)
         if self.inside:

@@ -29,46 +29,36 @@ log = logging.getLogger(__name__)
 _DEFAULT = FreezeOutOptions()  # the signature's defaults are the options' own: one definition
 
 
+def _option(name: str) -> property:
+    """A read of ``FreezeOutOptions`` field ``name``: the options are stored once, in ``self.options``."""
+    return property(lambda self: getattr(self.options, name), doc=f"``self.options.{name}``")
+
+
 class ScheduleWarning(UserWarning):
-    """Something other than FreezeOut changed the learning rates it sets, or the optimizer's groups; or FreezeOut is
-    driven wrong (``freezeout.controller.driving``: a resumed optimizer without FreezeOut's state, ``step()`` called less often
-    than ``optimizer.step()``)."""
+    """Something other than FreezeOut changed the LRs it sets or the optimizer's groups, or it is driven wrong (a
+    resume without its state, ``step()`` called less often than ``optimizer.step()``: ``controller.driving``)."""
 
 
 class FreezeOut(SchedulerSurface):
-    """Per-layer cosine annealing that freezes layers input side first (Brock et al., 2017): the LR schedule.
+    """FreezeOut (Brock et al., 2017) as the LR schedule of ``optimizer``: per-layer cosine annealing, each of
+    ``layers`` (modules, or lists of modules and parameters, input side first) frozen at its time ``t_i``
+    (docs/METHOD.md, "The schedule"; frozen as by hand: "What frozen means").
 
-    ``layers``: the freezable layers in forward order, each an ``nn.Module`` or a list/tuple of modules and
-    parameters that freeze together. ``optimizer`` is taken as built: a group holding parameters of several
-    layers (``AdamW(model.parameters())``, nanoGPT's decay / no-decay groups) is split into one group per layer
-    and one for the rest, each keeping the group's options (``freezeout.groups.split_groups``);
-    ``param_groups(model, layers)`` builds such groups from scratch. A group's ``lr_scale`` (timm's layer-wise
-    decay) multiplies its LR. Each group
-    follows its own layer's schedule from its own base LR, its LR when FreezeOut was built (``lr / t_i`` when
-    scaled); the rest's groups follow the head's cosine (``t_i = 1``, never scaled).
+    Call ``step()`` once per optimizer step, after ``optimizer.step()`` (or ``step_to(n)``). Right after
+    construction the optimizer holds the LRs for ``t = 0``; after the ``s``-th ``step()`` those for
+    ``t = s / total_steps``, every layer with ``t_i <= t`` frozen. The optimizer is taken as built: a group
+    spanning layers is split per layer, each keeping its options; a group's ``lr_scale`` multiplies its LR; the
+    rest's groups follow the head's cosine (``t_i = 1``). The options are ``FreezeOutOptions``'. ``close()`` (or
+    leaving a ``with`` block) gives the model back as handed in, with its trained weights. ``state_dict()`` /
+    ``load_state_dict()`` resume exactly (load the model's and the optimizer's first).
 
-    Call ``step()`` once per optimizer step, after ``optimizer.step()``. Right after construction the optimizer
-    holds the LRs for ``t = 0``; after the ``s``-th ``step()`` those for ``t = s / total_steps``, and every layer
-    with ``t_i <= t`` is frozen. ``warmup_steps=W`` multiplies every LR by ``min(1, s / W)``; freeze times do
-    not change. With no trainable parameter in the rest's groups (only adapters inside the layers train, say),
-    the last layer trains to the end with the rest's schedule (``t_i = 1``) instead of freezing.
-
-    Freezing a layer makes it what a copy frozen by hand would be (docs/METHOD.md, "What frozen means"; the effects
-    of ``freezeout.freezing``): no gradient, inference mode however it is called, the graph cut where a tied weight
-    or hooked activation flows in, and with ``fuse=True`` its BatchNorms folded where each call proves it. The
-    model's parameters, buffers and state_dict are untouched. ``close()`` (or leaving a ``with`` block) removes
-    every effect: the model is as it was handed in, with its trained weights.
-
-    The first training forward is checked (``freezeout.freezing.guard``): layers out of forward order or tied to
-    the rest raise ``ValueError``; a trainable tensor flowing into frozen layers keeps its gradient and is a
-    ``FrozenInputWarning`` (a trainable parameter with ``strict=True``: ``ValueError``). An optimizer that keeps
-    one parameter group (LBFGS), or layers another open ``FreezeOut`` froze: ``ValueError``.
-
-    To the ecosystem FreezeOut is a torch ``LRScheduler`` (``freezeout.controller.scheduler``: accelerate, Lightning, torch's
-    compositions, ``torch.compile``); how it is driven is watched (``freezeout.controller.driving``): a resumed optimizer
-    whose FreezeOut state was not loaded, or ``step()`` called less often than ``optimizer.step()``, is a
-    ``ScheduleWarning`` saying so.
+    ``ValueError``: bad arguments, an optimizer that keeps one group (LBFGS), layers another open FreezeOut froze,
+    layers out of forward order or tied to the rest (at the first ``step()``). To libraries it is a torch
+    ``LRScheduler`` that composes with no other (``controller.scheduler``).
     """
+
+    t0, schedule, scale_lr = _option("t0"), _option("schedule"), _option("scale_lr")
+    warmup_steps, strict, fuse = _option("warmup_steps"), _option("strict"), _option("fuse")
 
     def __init__(
         self,
@@ -88,9 +78,6 @@ class FreezeOut(SchedulerSurface):
         self._layers = as_layers(self.layers)
         self.total_steps = validate_total_steps(total_steps)
         self.options = FreezeOutOptions(t0, schedule, scale_lr, warmup_steps=warmup_steps, strict=strict, fuse=fuse)
-        o = self.options
-        self.t0, self.schedule, self.scale_lr = o.t0, o.schedule, o.scale_lr
-        self.warmup_steps, self.strict, self.fuse = o.warmup_steps, o.strict, o.fuse
         check_optimizer(optimizer)
         # before anything is changed: refuses layers that another FreezeOut, still open, froze
         self._frozen = FrozenPrefix(self._layers, fuse=self.fuse)
@@ -175,10 +162,8 @@ class FreezeOut(SchedulerSurface):
             raise RuntimeError("FreezeOut.step() after close(): build a fresh FreezeOut to train with it again")
         if self._check is not None:
             self._check.finish()
-            if self._frozen.prefix.root is None:  # the model, whose mode says when folds may run
-                self._frozen.prefix.root = self._check.root
-        reports, self._frozen.prefix.reports = self._frozen.prefix.reports, []
-        judge(reports, self.strict)
+            self._frozen.learn_model(self._check.root)
+        judge(self._frozen.take_reports(), self.strict)
         self._adopt_new_groups()
         rare = self._watch.too_rare()  # counts afresh from here on, also after step_to (an explicit clock)
         if rare and counted:

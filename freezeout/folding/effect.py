@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters, tensor_slot
-from ..freezing.cut import Prefix
+from ..freezing.cut import CutState
 from ..freezing.effect import Effect
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
 from ..freezing.mode import requested_training
@@ -268,9 +268,9 @@ class BatchNormFold(Effect):
 
     name = "BatchNorm folding"
 
-    def __init__(self, layer: Layer, prefix: Prefix | None = None) -> None:
+    def __init__(self, layer: Layer, cut: CutState | None = None) -> None:
         super().__init__()
-        self.layer, self.prefix = layer, prefix
+        self.layer, self.cut = layer, cut
         self.layer_name = f"layers[{layer.index}]"
         # keyed by the modules themselves, so that a deep copy's effect is keyed by the copy's modules
         self.scopes: dict[nn.Module, _Scope] = {}
@@ -285,7 +285,7 @@ class BatchNormFold(Effect):
     def folding_call(self, module: nn.Module) -> bool:
         """A training forward (autograd on; the model, or the layer frozen by hand, in the mode the user set:
         training), outside a program trace, with no global module hook to see the real modules."""
-        root = self.prefix.root if self.prefix is not None else None
+        root = self.cut.root if self.cut is not None else None
         training = root.training if root is not None else requested_training(module)
         return training and torch.is_grad_enabled() and not is_tracing() and not global_hooks()
 
@@ -315,9 +315,10 @@ class BatchNormFold(Effect):
         self.forwards, self.scopes, self.folds = {}, {}, {}
 
 
-def fold_effects(layer: Layer, prefix: Prefix | None = None) -> list[Effect]:
-    """What ``fuse=True`` installs on a frozen layer (of ``prefix``'s model, which says when it trains)."""
-    return [BatchNormFold(layer, prefix)]
+def fold_effects(layer: Layer, cut: CutState | None = None) -> list[Effect]:
+    """What ``fuse=True`` installs on a frozen layer (``cut``: the frozen layers' shared state, which knows the model
+    whose mode says when it trains)."""
+    return [BatchNormFold(layer, cut)]
 
 
 def find_fold(layer: nn.Module) -> BatchNormFold | None:

@@ -23,14 +23,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from ..tensors import METADATA_METHODS, VALUE_ATTRIBUTES
+
 __all__ = ["Tail", "find_tail"]
 
 log = logging.getLogger(__name__)
 
 _BN_ARGS = inspect.signature(F.batch_norm)
 _OWN = ("running_mean", "running_var", "weight", "bias", "num_batches_tracked")
-_META_ATTRS = frozenset({"ndim", "shape", "dtype", "device"})
-_META_METHODS = frozenset({"dim", "size"})
 # what an assertion on the input's metadata is made of: x.ndim == 4, _assert(...)
 _GUARD_FUNCTIONS = frozenset(
     {torch._assert, operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge, operator.getitem}
@@ -92,8 +92,8 @@ def _is_norm(node: torch.fx.Node, x: torch.fx.Node, bn: nn.Module) -> bool:
 def _metadata(node: torch.fx.Node) -> bool:
     """A read of a tensor's metadata (``x.ndim``, ``x.shape``, ``x.size()``): no value of it comes out."""
     if node.op == "call_function" and node.target is builtins.getattr:
-        return node.args[1] in _META_ATTRS
-    return node.op == "call_method" and node.target in _META_METHODS
+        return node.args[1] not in VALUE_ATTRIBUTES
+    return node.op == "call_method" and node.target in METADATA_METHODS
 
 
 def _guard(node: torch.fx.Node) -> bool:

@@ -14,7 +14,7 @@ frozen layer (``FrozenLayer``), and removed by ``FreezeOut.close()``:
 first training forward and say what the cut found.
 """
 
-from .cut import GraphCut, Leak, Prefix
+from .cut import CutState, GraphCut, Leak
 from .effect import Effect, FrozenLayer, OwnedHook
 from .forwards import OwnedForward, pop_forward, push_forward
 from .grads import StopGradients
@@ -24,6 +24,7 @@ from .prefix import FrozenPrefix, freeze_layer, is_frozen
 from .strip import has_effects, remove_effects
 
 __all__ = [
+    "CutState",
     "Effect",
     "FirstPass",
     "FrozenInputWarning",
@@ -34,7 +35,6 @@ __all__ = [
     "Leak",
     "OwnedForward",
     "OwnedHook",
-    "Prefix",
     "StopGradients",
     "freeze_layer",
     "has_effects",

@@ -20,7 +20,7 @@ from ..tensors import leaves, map_tensors, tensors
 from .effect import Effect, OwnedHook
 from .saved import SavedStorages
 
-__all__ = ["GraphCut", "Leak", "Prefix"]
+__all__ = ["CutState", "GraphCut", "Leak"]
 
 PARAMETER, INPUT, HELD = "parameter", "input", "held"  # what a kept source is (``Leak.kind``)
 
@@ -52,8 +52,9 @@ class _Forward:
     outside: tuple[set[int], dict[int, str]] | None = None  # the model's inputs' leaves and module-held tensors
 
 
-class Prefix:
-    """What a model's frozen layers share: how many are frozen, the cut's state in this forward, what it found."""
+class CutState:
+    """What a model's frozen layers share for the cut: how many are frozen, the state of the running forward, the
+    decisions kept, what was found (``reports``, handed to the controller)."""
 
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.layers = list(layers)
@@ -208,13 +209,13 @@ def _regrad(t: torch.Tensor) -> torch.Tensor:
 
 
 class _CutIn(OwnedHook):
-    def __init__(self, prefix: Prefix, index: int) -> None:
-        self.prefix, self.index = prefix, index
+    def __init__(self, state: CutState, index: int) -> None:
+        self.state, self.index = state, index
 
     def __call__(self, module: nn.Module, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         if not (_any_graded(args) or (kwargs and _any_graded(kwargs))):
             return None  # nothing flows in that autograd would record: the frozen layer leaves it by itself
-        p = self.prefix
+        p = self.state
         if torch.compiler.is_compiling():
             if torch.compiler.is_exporting():
                 return None
@@ -235,7 +236,7 @@ class _CutIn(OwnedHook):
 # run eagerly wherever they are called from (under compile, a graph break, once per layer: the decision is kept).
 @torch.compiler.disable
 def _decide(hook: _CutIn, args: Any, kwargs: Any) -> bool:
-    p, index = hook.prefix, hook.index
+    p, index = hook.state, hook.index
     if p.now is None:
         p.now = _Forward()
     if p.now.leaking:
@@ -250,16 +251,16 @@ def _decide(hook: _CutIn, args: Any, kwargs: Any) -> bool:
 
 
 @torch.compiler.disable
-def _open(p: Prefix, module: nn.Module, index: int) -> None:
+def _open(p: CutState, module: nn.Module, index: int) -> None:
     p.open(module, index)
 
 
 class _CutOut(OwnedHook):
-    def __init__(self, prefix: Prefix) -> None:
-        self.prefix = prefix
+    def __init__(self, state: CutState) -> None:
+        self.state = state
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> Any:
-        p = self.prefix
+        p = self.state
         if not torch.compiler.is_compiling() and (p.now is None or in_backward() or is_tracing()):
             return None
         if module is not p.exit:
@@ -272,23 +273,23 @@ class _CutOut(OwnedHook):
 
 
 class GraphCut(Effect):
-    """Frozen ``layer`` cuts what flows into it in every forward (see the module doc); ``prefix`` is shared by all
-    of a model's frozen layers. The newest frozen layer's last module also ends the prefix (``Prefix.set_exit``)."""
+    """Frozen ``layer`` cuts what flows into it in every forward (see the module doc); ``state`` is shared by all
+    of a model's frozen layers. The newest frozen layer's last module also ends the prefix (``CutState.set_exit``)."""
 
     name = "graph cut"
 
-    def __init__(self, prefix: Prefix, layer: Layer) -> None:
+    def __init__(self, state: CutState, layer: Layer) -> None:
         super().__init__()
-        self.prefix, self.layer = prefix, layer
+        self.state, self.layer = state, layer
         self.exit_before: nn.Module | None = None
 
     def install(self) -> None:
         for m in self.layer.modules:
-            self.hook(m, _CutIn(self.prefix, self.layer.index), kwargs=True)
-        self.exit_before = self.prefix.exit_module
-        self.prefix.set_exit(self.layer.modules[-1])
+            self.hook(m, _CutIn(self.state, self.layer.index), kwargs=True)
+        self.exit_before = self.state.exit_module
+        self.state.set_exit(self.layer.modules[-1])
 
     def remove(self) -> None:
         super().remove()
-        if self.prefix.exit_module is self.layer.modules[-1]:
-            self.prefix.set_exit(self.exit_before)  # the layer frozen before it ends the prefix again
+        if self.state.exit_module is self.layer.modules[-1]:
+            self.state.set_exit(self.exit_before)  # the layer frozen before it ends the prefix again

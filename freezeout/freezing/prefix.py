@@ -18,7 +18,7 @@ from torch import nn
 
 from ..folding import fold_effects
 from ..layers import Layer, LayerLike, as_layers
-from .cut import GraphCut, Prefix
+from .cut import CutState, GraphCut
 from .effect import Effect, FrozenLayer
 from .grads import StopGradients
 from .mode import InferenceMode, in_inference_mode
@@ -32,12 +32,12 @@ log = logging.getLogger(__name__)
 _OWNERS: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, StopGradients]] = weakref.WeakKeyDictionary()
 
 
-def _effects(layer: Layer, groups: Sequence[dict[str, Any]], optimizer: Any, prefix: Prefix | None, fuse: bool):
+def _effects(layer: Layer, groups: Sequence[dict[str, Any]], optimizer: Any, cut: CutState | None, fuse: bool):
     effects: list[Effect] = [StopGradients(list(layer.parameters()), groups, optimizer), InferenceMode(layer)]
-    if prefix is not None:
-        effects.append(GraphCut(prefix, layer))
+    if cut is not None:
+        effects.append(GraphCut(cut, layer))
     if fuse:
-        effects.extend(fold_effects(layer, prefix))
+        effects.extend(fold_effects(layer, cut))
     return effects
 
 
@@ -78,7 +78,7 @@ class FrozenPrefix:
 
     def __init__(self, layers: Sequence[Layer], *, fuse: bool = False) -> None:
         self.layers, self.fuse = list(layers), fuse
-        self.prefix = Prefix(self.layers)
+        self.cut = CutState(self.layers)  # what the frozen layers' graph cut shares
         self.records: list[FrozenLayer] = []
         self._take_over()
 
@@ -100,14 +100,24 @@ class FrozenPrefix:
             found = remove_effects(stale)
             log.info("removed %d FreezeOut effects already on the layers (a copy of a frozen model?)", found)
 
+    def take_reports(self) -> list:
+        """What the graph cut found since the last call (``Leak``s), handed over once."""
+        reports, self.cut.reports = self.cut.reports, []
+        return reports
+
+    def learn_model(self, root: nn.Module | None) -> None:
+        """The model the training loop calls, once known (the first training pass): its mode says when folds run."""
+        if self.cut.root is None:
+            self.cut.root = root
+
     @property
     def num_frozen(self) -> int:
         return len(self.records)
 
     def freeze_next(self, groups: Sequence[dict[str, Any]] = (), optimizer: Any = None) -> FrozenLayer:
         layer = self.layers[self.num_frozen]
-        self.prefix.frozen = self.num_frozen + 1
-        record = _install(layer.index, _effects(layer, groups, optimizer, self.prefix, self.fuse))
+        self.cut.frozen = self.num_frozen + 1
+        record = _install(layer.index, _effects(layer, groups, optimizer, self.cut, self.fuse))
         self.records.append(record)
         grads = record.effects[0]
         for m in layer.modules:
@@ -123,9 +133,9 @@ class FrozenPrefix:
             record.remove()
             for m in self.layers[record.index].modules:
                 _OWNERS.pop(m, None)
-            self.prefix.frozen = self.num_frozen
+            self.cut.frozen = self.num_frozen
 
     def close(self) -> None:
         """Remove every effect, newest first: the layers train as before they froze."""
         self.freeze_to(0)
-        self.prefix.decision.clear()
+        self.cut.decision.clear()
