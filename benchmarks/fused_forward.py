@@ -1,11 +1,11 @@
-"""Frozen forward with BatchNorm folding (accel.fuse) against the plain frozen forward, and their outputs.
+"""Frozen forward with BatchNorm folding (accel.fold) against the plain frozen forward, and their outputs.
 
 Every freezable layer frozen (``freeze_layer``), the model in training mode with autograd on (a training step's
 forward), channels-last by default. Variants, timed alternating round robin (order reversed every other round),
 medians, as ratios to ``plain`` measured in the same rounds, at each thread count given:
 
 - ``plain``: frozen layers as ``FreezeOut(..., fuse=False)`` leaves them;
-- ``fold``: BatchNorms folded (``fuse_layer``), DenseNet's frozen fast path off (DenseNet only);
+- ``fold``: BatchNorms folded (``fold_layer``), DenseNet's frozen fast path off (DenseNet only);
 - ``fused``: what ``FreezeOut`` does by default: folded, plus DenseNet's fast path (rectified features handed
   on, transitions pool first: ``experiment/models/densenet.py``);
 - ``compiled`` (``--compile``): ``fused`` with ``compile_blocks`` (inductor) on top.
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import compile_blocks, freeze_layer, param_groups
-from freezeout.accel.fuse import fuse_layer
+from freezeout.accel.fold import fold_layer
 from freezeout.analysis.timing import sync
 from freezeout.experiment.models import build_example, densenet
 from freezeout.experiment.runfiles import atomic_json
@@ -51,7 +51,7 @@ def frozen_copy(model: nn.Module, fuse: bool) -> tuple[nn.Module, list[nn.Module
     for i, layer in enumerate(m.layers):
         freeze_layer(layer, opt.param_groups[i], opt)
         if fuse:
-            fuse_layer(layer)
+            fold_layer(layer)
     return m, m.layers, opt
 
 

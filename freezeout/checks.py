@@ -1,4 +1,5 @@
-"""Argument checks shared by the whole package: each raises ``ValueError`` naming the argument and its range.
+"""Argument checks shared by the whole package: each raises ``ValueError`` naming the argument and its range; and
+``Once``, by which a warning or a log line is given once.
 
 Integers are taken in any integer type (``numpy.int64``, a 0-d integer tensor: whatever has ``__index__``)
 and returned as a plain ``int``; ``True``/``False`` are not integers here, though Python counts them as such.
@@ -10,7 +11,20 @@ import math
 import operator
 from typing import Any
 
-__all__ = ["check_int", "check_number", "resolve_device"]
+__all__ = ["Once", "check_int", "check_number", "resolve_device"]
+
+
+class Once:
+    """The keys seen so far: ``first(key)`` is true the first time a key comes, so a thing is said once per run."""
+
+    def __init__(self) -> None:
+        self.seen: set[Any] = set()
+
+    def first(self, key: Any) -> bool:
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
 
 
 def _num(x: float) -> str:

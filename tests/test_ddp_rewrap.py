@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from freezeout import FreezeOut, param_groups
 from freezeout.accel.ddp import AllReduceCounter, counting_allreduce_hook, rewrap_ddp, trainable_bytes
-from freezeout.accel.fuse import is_fused
+from freezeout.accel.fold import is_folded
 
 TOTAL = 10
 
@@ -53,7 +53,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str, rewrap: bool, r
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     params = [name for name, _ in model.named_parameters()]
     out = {"state": state, "params": params, "rows": rows, "frozen_at": frozen_at, "total": total}
-    out["fused"] = [is_fused(layer) for layer in model.layers]
+    out["fused"] = [is_folded(layer) for layer in model.layers]
     torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
     del ddp
     leave_process_group()

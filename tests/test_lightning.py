@@ -10,7 +10,7 @@ from torch import nn
 pl = pytest.importorskip("lightning.pytorch", reason="the Lightning callback needs the [lightning] extra")
 
 import freezeout  # noqa: E402
-from freezeout.accel.fuse import is_fused  # noqa: E402
+from freezeout.accel.fold import is_folded  # noqa: E402
 from freezeout.integrations.lightning import FreezeOutCallback  # noqa: E402
 
 # Lightning's advice for tiny CPU runs, not problems of the code under test.
@@ -69,7 +69,7 @@ class Recorder(pl.Callback):
         for i in range(c.num_frozen):
             layer = c.layers[i]
             self.frozen_at.setdefault(i, {k: v.clone() for k, v in layer.state_dict().items()})
-            self.fused.setdefault(i, (freezeout.is_frozen(layer), is_fused(layer)))
+            self.fused.setdefault(i, (freezeout.is_frozen(layer), is_folded(layer)))
 
 
 def trainer(callbacks, **kw) -> pl.Trainer:
@@ -111,7 +111,7 @@ def test_lrs_follow_the_schedule_and_frozen_layers_stay_bit_identical():
     # every block's Conv -> BN ran folded (the stem has no BatchNorm): the checks above held with folding on
     assert [rec.fused[i] for i in range(4)] == [(True, False), (True, True), (True, True), (True, True)]
     # the end of fit closed FreezeOut: the module as it was handed in, with its trained weights
-    assert not any(freezeout.is_frozen(m) or is_fused(m) for m in model.modules())
+    assert not any(freezeout.is_frozen(m) or is_folded(m) for m in model.modules())
     assert all(p.requires_grad for p in model.parameters())
 
 

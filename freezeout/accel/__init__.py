@@ -3,12 +3,12 @@
 ``compile``: ``torch.compile`` per freezable layer, so that freezing recompiles each layer a bounded number of
 times instead of the whole model on every freeze. ``ddp``: ``DistributedDataParallel`` rebuilt over what still
 trains, so that frozen layers' gradients stop being all-reduced. ``fsdp``: FSDP2 modules of frozen layers
-gathered once and kept whole, so that they stop being all-gathered; DCP checkpoints; byte counts. ``fuse``:
+gathered once and kept whole, so that they stop being all-gathered; DCP checkpoints; byte counts. ``fold``:
 BatchNorm folding for layers frozen by hand (``FreezeOut`` folds its own, ``freezeout.folding``).
 """
 
 from . import ddp
 from .compile import compile_blocks, uncompile_blocks
-from .fuse import fuse_layer, is_fused, unfuse_layer
+from .fold import fold_layer, is_folded, unfold_layer
 
-__all__ = ["compile_blocks", "ddp", "fuse_layer", "is_fused", "uncompile_blocks", "unfuse_layer"]
+__all__ = ["compile_blocks", "ddp", "fold_layer", "is_folded", "uncompile_blocks", "unfold_layer"]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checks import check_int
+from ..checks import Once, check_int
 from ..compat import is_tracing, outermost_module
 from ..controller import FreezeOut
 from ..freezing import OwnedHook
@@ -99,7 +99,7 @@ class PrefixCache:
         self._indices: torch.Tensor | None = None  # the examples of the batch() under way
         self._pass: Recording | Serving | Checking | None = None  # the forward under way
         self._forwards: list[OwnedForward] = []
-        self._logged: set[str] = set()
+        self._logged = Once()
         self._off: str | None = None  # why the cache turned itself off
         self._credit = 0.0  # served rows owed a spot check
         self.storing = True
@@ -120,8 +120,7 @@ class PrefixCache:
         self._stored.clear()
 
     def _say(self, key: str, message: str) -> None:
-        if key not in self._logged:
-            self._logged.add(key)
+        if self._logged.first(key):
             log.warning("PrefixCache: %s", message)
 
     def _turn_off(self, why: str) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import compat
-from ..checks import check_int
+from ..checks import Once, check_int
 from ..freezing import FirstPass, FrozenPrefix, judge
 from ..groups import check_optimizer, group_owners, split_groups
 from ..layers import LayerLike, as_layers, check_layers
@@ -102,7 +102,7 @@ class FreezeOut(SchedulerSurface):
         self.closed = False
         self._recompiles: tuple[int, int] | None = None  # dynamo's recompile limit raised (old, new), once
         self._watch = StepWatch(optimizer)
-        self._warned: set[str] = set()
+        self._said = Once()
         self._check: FirstPass | None = FirstPass(self._layers)  # the first training forward: order and ties
         self._apply()
 
@@ -243,8 +243,7 @@ class FreezeOut(SchedulerSurface):
         self._last_lr = list(self._set)
 
     def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
+        if self._said.first(key):
             warnings.warn(message, ScheduleWarning, stacklevel=5)
 
     def _adopt_new_groups(self) -> None:

@@ -56,7 +56,7 @@ from typing import Any
 
 from torch import nn
 
-from ..checks import check_int
+from ..checks import Once, check_int
 from ..groups import unwrap
 from ..layers import LayerLike, check_layers
 from .structure import Units, auto_units, depth_units, has_params
@@ -100,38 +100,40 @@ class _Holders:
             for p in module.parameters(recurse=False):
                 self.by.setdefault(id(p), []).append(module)
 
-    def idle(self, call: Call) -> list[nn.Parameter] | None:
-        """``None`` if ``call``'s module is tied to something outside it; else its parameters that one module
-        outside it holds too, a module that never ran (listed with the layer, ``check_ties`` accepts them)."""
+    def tied(self, call: Call) -> bool:
+        """Whether ``call``'s module shares a parameter with something outside it that runs (an op outside the
+        module's call uses it, or a module outside holds it and is called, or more than one does)."""
         inside = {id(m) for m in call.module.modules()}
-        idle = []
         for p in call.module.parameters():
             if self.tr.first_use.get(id(p), call.start) < call.start or self.tr.last_use.get(id(p), 0) > call.end:
-                return None  # used by an op outside the module's call
+                return True  # used by an op outside the module's call
             held = self.by[id(p)]
             outside = [m for m in held if id(m) not in inside]
             if len(held) - len(outside) > 1 or len(outside) > 1 or any(id(m) in self.tr.counts for m in outside):
-                return None
-            if outside:
-                idle.append(p)
-        return idle
+                return True
+        return False
+
+    def idle_holders(self, call: Call) -> list[nn.Parameter]:
+        """Of an untied ``call``'s parameters, those that one module outside it holds too, a module that never
+        ran: listed with the layer (``check_ties`` accepts them)."""
+        inside = {id(m) for m in call.module.modules()}
+        return [p for p in call.module.parameters() if any(id(m) not in inside for m in self.by[id(p)])]
 
 
-def _keep(calls: list[Call], tr: Trace, holders: _Holders, split: bool, warned: set[int]) -> list[Call]:
+def _keep(calls: list[Call], tr: Trace, holders: _Holders, split: bool, warned: Once) -> list[Call]:
     """``calls`` without those that run more than once or are tied; with ``split``, a tied call's parts."""
     out: list[Call] = []
     for c in calls:
         runs = tr.counts[id(c.module)]
         if runs > 1:
-            if id(c.module) not in warned:
-                warned.add(id(c.module))
+            if warned.first(id(c.module)):
                 warnings.warn(
                     f"module '{c.name}' runs {runs} times in one forward pass (weight sharing): left out of the "
                     "freezable layers, it trains with the rest",
                     UserWarning,
                     stacklevel=3,
                 )
-        elif holders.idle(c) is not None:
+        elif not holders.tied(c):
             out.append(c)
         elif split:
             out.extend(_keep([x for x in c.children if has_params(x.module)], tr, holders, split, warned))
@@ -192,7 +194,7 @@ def find_layers(
     else:
         units = depth_units(tr.root, granularity)
     holders = _Holders(model, tr)
-    warned: set[int] = set()
+    warned = Once()
     units = [_keep(u, tr, holders, grouped and i == 0, warned) for i, u in enumerate(units)]
     units = [u for u in units if u]
     if not units:
@@ -202,6 +204,6 @@ def find_layers(
         )
     layers: list[LayerLike] = []
     for unit, loose in zip(units, _attach_loose(model, units, tr, holders)):
-        members = [c.module for c in unit] + [p for c in unit for p in holders.idle(c) or ()] + loose
+        members = [c.module for c in unit] + [p for c in unit for p in holders.idle_holders(c)] + loose
         layers.append(members[0] if len(members) == 1 else members)
     return check_layers(layers)

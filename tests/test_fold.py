@@ -1,4 +1,4 @@
-"""BatchNorm folding of frozen layers (accel.fuse): exact for each pattern, run only in training forwards, never
+"""BatchNorm folding of frozen layers (accel.fold): exact for each pattern, run only in training forwards, never
 stale, invisible in the model's parameters, buffers and state_dict."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import FreezeOut, freeze_layer
-from freezeout.accel.fuse import fuse_layer, is_fused, unfuse_layer
+from freezeout.accel.fold import fold_layer, is_folded, unfold_layer
 from freezeout.experiment.models import ResNet
 from freezeout.folding import active_fold, find_fold
 from tests.helpers.models import randomise_batchnorm
@@ -109,7 +109,7 @@ def test_each_pattern_folds_exactly_and_skips_its_batchnorm(name, dtype, tol):
     layer = make().to(dtype)
     randomise_batchnorm(layer)
     oracle = copy.deepcopy(layer).eval()  # the plain frozen layer: real modules, running statistics
-    assert fuse_layer(frozen(layer)) == 1  # it holds a pair that could fold: its calls are proven
+    assert fold_layer(frozen(layer)) == 1  # it holds a pair that could fold: its calls are proven
     x = torch.randn(shape, dtype=dtype)
     layer.train()  # a training forward: the model asked for training mode, autograd on
     with torch.no_grad():
@@ -130,7 +130,7 @@ def test_a_border_fold_serves_every_input_size_and_follows_new_statistics():
     torch.manual_seed(0)
     layer = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)).double()
     randomise_batchnorm(layer)
-    assert fuse_layer(frozen(layer)) == 1
+    assert fold_layer(frozen(layer)) == 1
     layer.train()
     for _ in range(2):
         oracle = copy.deepcopy(layer).eval()
@@ -151,7 +151,7 @@ def test_a_border_fold_runs_its_real_modules_inside_a_compiled_graph():
     layer = nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 3, padding=1)).double()
     randomise_batchnorm(layer)
     oracle = copy.deepcopy(layer).eval()
-    assert fuse_layer(frozen(layer)) == 1
+    assert fold_layer(frozen(layer)) == 1
     layer.train()
     x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
     graphs = []
@@ -175,7 +175,7 @@ def test_linear_bn_fold_only_holds_for_2d_input():
     layer = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
     randomise_batchnorm(layer)
     oracle = copy.deepcopy(layer).eval()
-    assert fuse_layer(frozen(layer)) == 1
+    assert fold_layer(frozen(layer)) == 1
     x = torch.randn(2, 3, 4)
     layer.train()
     assert torch.equal(layer(x), oracle(x))
@@ -193,7 +193,7 @@ def fused_model(seed: int = 0) -> tuple[ResNet, ResNet]:
     model = small_resnet(seed)
     oracle = copy.deepcopy(model).eval()
     for layer in model.layers:
-        fuse_layer(frozen(layer))
+        fold_layer(frozen(layer))
     return model, oracle
 
 
@@ -230,7 +230,7 @@ def test_active_fold_gives_the_folded_weights_inside_a_training_forward_only():
     bn, conv = nn.BatchNorm2d(6), nn.Conv2d(6, 5, 1, bias=False)
     layer = frozen(nn.Sequential(nn.ReLU(), bn, conv, nn.BatchNorm2d(5), nn.Conv2d(5, 3, 3, padding=1)))
     randomise_batchnorm(layer)
-    fuse_layer(layer)
+    fold_layer(layer)
     x = torch.randn(2, 6, 4, 4)
     layer.train()
     layer(x)  # proves and confirms the folds
@@ -299,7 +299,7 @@ def test_the_model_sees_no_change_parameters_buffers_state_dict_pickle():
     model = copy.deepcopy(plain)
     params = list(model.parameters())
     for layer in model.layers:
-        fuse_layer(frozen(layer))
+        fold_layer(frozen(layer))
     model.train()
     model(torch.randn(2, 3, 8, 8))  # folds built and run
     assert [p for p in model.parameters()] == params and all(a is b for a, b in zip(model.parameters(), params))
@@ -307,22 +307,22 @@ def test_the_model_sees_no_change_parameters_buffers_state_dict_pickle():
     sd, want = model.state_dict(), plain.state_dict()
     assert list(sd) == list(want) and all(torch.equal(sd[k], want[k]) for k in want)
     clone = pickle.loads(pickle.dumps(model))  # folds are dropped and rebuilt from the clone's own tensors
-    assert all(is_fused(layer) for layer in clone.layers)
+    assert all(is_folded(layer) for layer in clone.layers)
     x = torch.randn(2, 3, 8, 8)
     clone.train()
     assert torch.equal(clone(x), model(x))
 
 
-def test_unfuse_and_the_arguments():
+def test_unfold_and_the_arguments():
     layer = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4))
-    with pytest.raises(ValueError, match=r"must be frozen before fusing"):
-        fuse_layer(layer)
+    with pytest.raises(ValueError, match=r"must be frozen before folding"):
+        fold_layer(layer)
     with pytest.raises(ValueError, match=r"layer must be an nn\.Module"):
-        fuse_layer([layer])
-    fuse_layer(frozen(layer))
-    assert is_fused(layer) and fuse_layer(layer) == 1  # a second call changes nothing
-    unfuse_layer(layer)
-    assert not is_fused(layer) and all("forward" not in m.__dict__ for m in layer.modules())
+        fold_layer([layer])
+    fold_layer(frozen(layer))
+    assert is_folded(layer) and fold_layer(layer) == 1  # a second call changes nothing
+    unfold_layer(layer)
+    assert not is_folded(layer) and all("forward" not in m.__dict__ for m in layer.modules())
     assert not layer._forward_pre_hooks and not layer._forward_hooks  # a freeze of its own puts no hook on it
     model = small_resnet()
     with pytest.raises(ValueError, match="fuse must be True or False"):

@@ -14,7 +14,7 @@ import torch._dynamo
 import torch.nn.functional as F
 
 from freezeout import FreezeOut, FreezeOutOptions, compile_blocks, param_groups, remove_effects
-from freezeout.accel.fuse import is_fused
+from freezeout.accel.fold import is_folded
 from freezeout.experiment.models import DenseNetBC, ResNet, densenet
 from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
 
@@ -50,7 +50,7 @@ def test_frozen_layers_stay_bit_identical_and_nothing_leaks_into_the_state(make)
             assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), off.state_dict().values()))
         for i in range(sched.num_frozen):
             frozen_at.setdefault(i, snapshot(model.layers[i]))
-    assert sched.num_frozen == len(model.layers) and all(is_fused(layer) for layer in model.layers[1:])
+    assert sched.num_frozen == len(model.layers) and all(is_folded(layer) for layer in model.layers[1:])
     for i, layer in enumerate(model.layers):
         now = layer.state_dict()
         assert all(torch.equal(frozen_at[i][k], now[k]) for k in now), f"layer {i} moved after freezing"
@@ -77,7 +77,7 @@ def test_resume_with_fusion_is_bit_identical(stop):
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["opt"])
     sched.load_state_dict(ckpt["sched"])
-    assert sched.num_frozen > 0 and all(is_fused(layer) for layer in model.layers[1 : sched.num_frozen])
+    assert sched.num_frozen > 0 and all(is_folded(layer) for layer in model.layers[1 : sched.num_frozen])
     for step in range(stop, TOTAL):
         train_step(model, opt, sched, step)
     resumed = model.state_dict()
@@ -105,7 +105,7 @@ def test_fuse_false_is_the_plain_frozen_forward_bit_for_bit():
         model, opt, sched = build(fuse=False)
         for step in range(TOTAL):
             train_step(model, opt, sched, step)
-    assert not any(is_fused(layer) for layer in model.layers)
+    assert not any(is_folded(layer) for layer in model.layers)
     assert all(frozen_outputs_equal_eval_copies(model))
     fused, opt, sched = build()  # the same check sees fusion: the oracle can tell the two apart
     for step in range(TOTAL):

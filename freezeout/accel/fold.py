@@ -12,13 +12,13 @@ from ..folding import BatchNormFold, find_fold
 from ..freezing import in_inference_mode
 from ..layers import as_layers
 
-__all__ = ["fuse_layer", "is_fused", "unfuse_layer"]
+__all__ = ["fold_layer", "is_folded", "unfold_layer"]
 
 
-def fuse_layer(layer: nn.Module) -> int:
+def fold_layer(layer: nn.Module) -> int:
     """Fold the BatchNorms of the frozen ``layer`` into its convolutions for its training forwards, where each call's
     dataflow proves it and its first call of each kind confirms it; returns how many of its modules prove their calls
-    (0: nothing in it could fold, and nothing is installed). A no-op on a layer fused already.
+    (0: nothing in it could fold, and nothing is installed). A no-op on a layer folded already.
 
     ``layer`` must be frozen (``freeze_layer``: inference mode, no parameter requiring grad), else ``ValueError``:
     a fold is exact only while the weights and statistics it copies stay fixed.
@@ -30,7 +30,7 @@ def fuse_layer(layer: nn.Module) -> int:
         return len(effect.scopes)
     if not in_inference_mode(layer) or any(p.requires_grad for p in layer.parameters()):
         raise ValueError(
-            f"layer ({type(layer).__name__}) must be frozen before fusing (freezeout.freeze_layer): folded "
+            f"layer ({type(layer).__name__}) must be frozen before folding (freezeout.freeze_layer): folded "
             "weights are exact only while the weights and BatchNorm statistics they copy stay fixed"
         )
     effect = BatchNormFold(as_layers([layer])[0])
@@ -38,13 +38,13 @@ def fuse_layer(layer: nn.Module) -> int:
     return len(effect.scopes)
 
 
-def unfuse_layer(layer: nn.Module) -> None:
-    """Undo ``fuse_layer``: the layer runs its real modules in every forward again (a no-op if not fused)."""
+def unfold_layer(layer: nn.Module) -> None:
+    """Undo ``fold_layer``: the layer runs its real modules in every forward again (a no-op if not folded)."""
     effect = find_fold(layer)
     if effect is not None:
         effect.remove()
 
 
-def is_fused(layer: nn.Module) -> bool:
-    """Whether BatchNorms of ``layer`` may fold (by ``FreezeOut`` or ``fuse_layer``)."""
+def is_folded(layer: nn.Module) -> bool:
+    """Whether BatchNorms of ``layer`` may fold (by ``FreezeOut`` or ``fold_layer``)."""
     return find_fold(layer) is not None
