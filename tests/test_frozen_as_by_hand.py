@@ -15,6 +15,7 @@ from torch import nn
 
 from freezeout import FoldWarning, FreezeOut, FrozenInputWarning, is_frozen, param_groups
 from freezeout.folding import effect as fold_effect
+from freezeout.folding import fold as fold_weights
 from freezeout.folding import pairs as fold_pairs
 from tests.helpers.models import randomise_batchnorm
 
@@ -189,8 +190,8 @@ def test_a_wrong_fold_is_caught_on_real_tensors_and_runs_unfolded(monkeypatch):
         return model(torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1)))
 
     plain = run(False)
-    real = fold_effect.folded_weights
-    monkeypatch.setattr(fold_effect, "folded_weights", lambda pair: tuple(1.01 * t for t in real(pair)))
+    real = fold_weights.folded_weights
+    monkeypatch.setattr(fold_weights, "folded_weights", lambda pair: tuple(1.01 * t for t in real(pair)))
     with pytest.warns(FoldWarning, match="runs unfolded"):
         assert torch.equal(run(True), plain)  # every block's fold refused: the real modules
     monkeypatch.setattr(fold_effect, "_close", lambda got, want: None)  # mutated: the check always agrees

@@ -8,150 +8,31 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections import OrderedDict
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..compat import child_modules, conv_forward, global_hooks, has_hooks, is_tracing, own_parameters, tensor_slot
+from ..compat import global_hooks, is_tracing
 from ..freezing.cut import CutState
 from ..freezing.effect import Effect
 from ..freezing.forwards import OwnedForward, pop_forward, push_forward
 from ..freezing.mode import requested_training
 from ..layers import Layer
 from ..tensors import tensors
-from .pairs import FoldPair, border_map, call_pairs, foldable, folded_weights
+from .fold import Fold, FoldedForward
+from .pairs import FoldPair, call_pairs, foldable
 
 __all__ = ["BatchNormFold", "FoldWarning", "active_fold", "find_fold", "fold_effects", "folds_running"]
 
 log = logging.getLogger(__name__)
 
-_MAPS = 8  # border maps kept per fold: one per input size in use (a multi-scale run keeps the recent sizes)
 # how far a folded output may be from the real one: a few hundred roundings of the dtype, relative to its scale
 _TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
 
 
 class FoldWarning(UserWarning):
     """Folding a frozen layer's BatchNorms changed what the layer returns: it runs unfolded."""
-
-
-class _Fold:
-    """One pair's folded weight and bias, rebuilt when any source tensor changed, and whether it runs now."""
-
-    def __init__(self, pair: FoldPair, scope: nn.Module) -> None:
-        self.pair, self.scope = pair, scope
-        self.border = pair.border  # a plain bool: read in every folded forward, compiled ones included
-        self.active = False
-        self.weight: torch.Tensor | None = None
-        self.bias: torch.Tensor | None = None
-        self._eps: float | None = None
-        self._slots: list[tuple[dict, str]] | None = None  # where the sources live (``compat.tensor_slot``)
-        self._stamp: list[tuple[Any, int, int]] = []  # each source as folded: the tensor, its version, its storage
-        self._maps: OrderedDict[tuple[int, ...], torch.Tensor] = OrderedDict()
-        self.parts = [path.split(".") if path else [] for path in pair.paths]
-
-    def _sources(self) -> list[torch.Tensor | None]:
-        if self._slots is None:
-            bn, target = self.pair.bn, self.pair.target
-            names = [(target, "weight"), (target, "bias"), (bn, "weight"), (bn, "bias")]
-            self._slots = [tensor_slot(m, n) for m, n in (*names, (bn, "running_mean"), (bn, "running_var"))]
-        return [holder.get(name) for holder, name in self._slots]
-
-    def _stale(self, sources: list[torch.Tensor | None]) -> bool:
-        if len(sources) != len(self._stamp):
-            return True
-        for t, (old, version, storage) in zip(sources, self._stamp):
-            if t is not old or (t is not None and (t._version != version or t.data_ptr() != storage)):
-                return True
-        return False
-
-    def valid(self) -> bool:
-        """The pair is still the one proven: in place, unhooked, not training, with statistics (read at every
-        folded call, so kept to attribute reads)."""
-        pair = self.pair
-        for m, parts in zip((pair.first, pair.second), self.parts):
-            found = self.scope
-            for part in parts:
-                found = child_modules(found).get(part)
-            if found is not m or has_hooks(m):
-                return False  # replaced, or a hook (a user's, a library's) that must see the real tensors
-            for p in own_parameters(m):
-                if p is not None and p.requires_grad:
-                    return False  # trains again: the real path carries its gradient
-        bn = pair.bn
-        return bn.running_var is not None and (pair.tail is None or pair.tail.eps == bn.eps)
-
-    def refresh(self) -> None:
-        """The folded weights, rebuilt if any source is another tensor, edited in place or moved since."""
-        sources = self._sources()
-        if not self._stale(sources) and self._eps == self.pair.bn.eps:
-            return
-        weight, bias = folded_weights(self.pair)
-        source = self.pair.target.weight
-        with torch.no_grad():
-            # in place where the layout allows: a compiled layer keeps reading the same tensors, no recompile
-            self.weight = _store(self.weight, weight, torch.empty_like(source))
-            self.bias = _store(self.bias, bias, torch.empty(bias.shape, dtype=source.dtype, device=source.device))
-        self._stamp = [(t, 0, 0) if t is None else (t, t._version, t.data_ptr()) for t in sources]
-        self._eps = self.pair.bn.eps
-        self._maps.clear()
-
-    def map_for(self, spatial: tuple[int, ...]) -> torch.Tensor:
-        """The bias map of a zero-padding BN -> Conv fold for inputs of this spatial size (``pairs.border_map``)."""
-        out = self._maps.get(spatial)
-        if out is None:
-            w = self.weight
-            out = self._maps[spatial] = border_map(self.pair, spatial).to(dtype=w.dtype, device=w.device)
-            if len(self._maps) > _MAPS:
-                self._maps.popitem(last=False)
-        else:
-            self._maps.move_to_end(spatial)
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        # a pickled or copied model rebuilds its folds from its own tensors on its first folded call
-        cleared = {"weight": None, "bias": None, "_slots": None, "_stamp": [], "_eps": None, "_maps": OrderedDict()}
-        return {**self.__dict__, **cleared}
-
-
-def _layout(t: torch.Tensor) -> tuple:
-    return t.shape, t.dtype, t.device, t.stride()
-
-
-def _store(old: torch.Tensor | None, value: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
-    # ``fresh`` comes from empty_like(source weight): its dtype, device and memory format (channels_last)
-    out = old if old is not None and _layout(old) == _layout(fresh) else fresh
-    return out.copy_(value)
-
-
-class _FoldedForward(OwnedForward):
-    """A folded module's ``forward``: its pair's fold while the fold is active, the module's own otherwise. The
-    BatchNorm passes its input through (or runs its tail); the conv/linear runs with the folded weights. Both test
-    the same switch and the input rank (a batched call), so the two halves of a pair always agree."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__(module)
-        self.fold: _Fold | None = None  # the pair this module is folded in for the running call
-
-    def __call__(self, input: torch.Tensor) -> torch.Tensor:  # torch's name: module(input=x) works too
-        fold = self.fold
-        # a border fold's per-size map cache is Python state a compiled graph would not keep: eager only
-        if (
-            fold is None
-            or self.inert
-            or not fold.active
-            or input.dim() != fold.pair.rank
-            or (fold.border and torch.compiler.is_compiling())
-        ):
-            return self.below(input)
-        if self.module is fold.pair.bn:
-            return input if fold.pair.tail is None else fold.pair.tail(self.module, input)
-        if fold.pair.kind == "linear-bn":
-            return nn.functional.linear(input, fold.weight, fold.bias)
-        if fold.border:
-            return conv_forward(self.module, input, fold.weight, None).add_(fold.map_for(tuple(input.shape[2:])))
-        return conv_forward(self.module, input, fold.weight, fold.bias)
 
 
 def _key(value: Any) -> Any:
@@ -198,7 +79,7 @@ class _Scope(OwnedForward):
     def __init__(self, module: nn.Module, effect: BatchNormFold) -> None:
         super().__init__(module)
         self.effect = effect
-        self.kinds: dict[tuple, list[_Fold]] = {}
+        self.kinds: dict[tuple, list[Fold]] = {}
         self.on = False  # this call runs folded (for a model's own frozen fast path: ``folds_running``)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:  # every call of the module: no extra dispatch
@@ -216,7 +97,7 @@ class _Scope(OwnedForward):
             return self.below(*args, **kwargs)
         return self._folded(live, args, kwargs)
 
-    def _folded(self, folds: list[_Fold], args: tuple, kwargs: dict, announce: bool = True) -> Any:
+    def _folded(self, folds: list[Fold], args: tuple, kwargs: dict, announce: bool = True) -> Any:
         """The call with ``folds`` active; ``announce``: a model's own fast path may see it (``folds_running``)."""
         forwards = self.effect.forwards
         for fold in folds:
@@ -274,8 +155,8 @@ class BatchNormFold(Effect):
         self.layer_name = f"layers[{layer.index}]"
         # keyed by the modules themselves, so that a deep copy's effect is keyed by the copy's modules
         self.scopes: dict[nn.Module, _Scope] = {}
-        self.forwards: dict[nn.Module, _FoldedForward] = {}
-        self.folds: dict[tuple[nn.Module, nn.Module], _Fold] = {}
+        self.forwards: dict[nn.Module, FoldedForward] = {}
+        self.folds: dict[tuple[nn.Module, nn.Module], Fold] = {}
         self.running = False  # inside a folded call: the scopes within it pass through
 
     def install(self) -> None:
@@ -298,14 +179,14 @@ class BatchNormFold(Effect):
         for child in module.children():
             self._scope(child)
 
-    def fold_for(self, pair: FoldPair, scope: nn.Module) -> _Fold:
+    def fold_for(self, pair: FoldPair, scope: nn.Module) -> Fold:
         key = (pair.first, pair.second)
         fold = self.folds.get(key)
         if fold is None or fold.scope is not scope or fold.pair.paths != pair.paths:
-            fold = self.folds[key] = _Fold(pair, scope)
+            fold = self.folds[key] = Fold(pair, scope)
         for m in key:
             if m not in self.forwards:
-                self.forwards[m] = push_forward(_FoldedForward(m))
+                self.forwards[m] = push_forward(FoldedForward(m))
         return fold
 
     def remove(self) -> None:
@@ -347,9 +228,9 @@ def active_fold(module: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tenso
     BatchNorm folded into ``module`` (a conv or linear) and the folded weights, while that fold is active and a plain
     one (no border map); else ``None``, and the module's own call is the way to run it."""
     forward = module.__dict__.get("forward")
-    while isinstance(forward, OwnedForward) and not isinstance(forward, _FoldedForward):
+    while isinstance(forward, OwnedForward) and not isinstance(forward, FoldedForward):
         forward = forward.previous
-    if not isinstance(forward, _FoldedForward) or forward.fold is None or not forward.fold.active:
+    if not isinstance(forward, FoldedForward) or forward.fold is None or not forward.fold.active:
         return None
     fold = forward.fold
     if module is not fold.pair.target or fold.border:
