@@ -1,9 +1,10 @@
 """The package's layout is its architecture: the import graph, read from the source, keeps to it.
 
-Every import counts, also one inside a function (a deferred import is still a dependency). The core (the
-modules at the top of the package, and ``effects``) is what a training loop needs and imports nothing of the rest,
-as the package docstring says; the package's ``__init__`` (the facade a user imports) also offers ``accel``'s
-per-layer compile.
+Every import counts, also one inside a function (a deferred import is still a dependency). The core (the modules
+at the top of the package, and its subsystems: freezing, discovery, controller, cache) is what a training loop
+needs and imports nothing of the rest, as the package docstring says; within it each subsystem imports only what
+lies below it (``CORE``). The package's ``__init__`` (the facade a user imports) also offers ``accel``'s per-layer
+compile.
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "freezeout"
 
-# What each part may import, besides itself. The CLI may import everything; nothing imports the CLI.
+# What each part may import, besides itself. The core is what a training loop needs: the modules at the top of the
+# package (the base every part uses) and its subsystems, each a package. The CLI may import everything; nothing
+# imports the CLI.
+CORE = {
+    "base": {"base"},
+    "freezing": {"base", "freezing"},  # what a freeze does to the user's modules, its folds included
+    "discovery": {"base", "freezing", "discovery"},  # find_layers (it probes a model in eval mode: freezing.mode)
+    "controller": {"base", "freezing", "controller"},  # FreezeOut
+    "cache": {"base", "freezing", "controller", "cache"},  # PrefixCache, over a FreezeOut's frozen layers
+}
 ALLOWED = {
     "facade": {"core", "accel"},
     "core": {"core"},
@@ -71,6 +81,7 @@ def test_the_walk_sees_the_whole_package():
     assert "freezeout.analysis.timing" in GRAPH["freezeout.analysis.estimate"]
     assert "freezeout.experiment.trainer" in GRAPH["freezeout.experiment.sweep"]  # imported inside a function
     assert part("freezeout.freezing.cut") == part("freezeout.controller") == "core"
+    assert core_part("freezeout.freezing.folding.pairs") == "freezing" and core_part("freezeout.layers") == "base"
 
 
 def test_the_package_docstring_says_what_the_graph_shows():
@@ -79,6 +90,25 @@ def test_the_package_docstring_says_what_the_graph_shows():
     assert "imports nothing of the rest" in freezeout.__doc__
     core = [m for m in GRAPH if part(m) == "core"]
     assert core and all(part(n) == "core" for m in core for n in GRAPH[m])
+
+
+def core_part(module: str) -> str:
+    """The core's subsystem of a core module: its package, or ``base`` for a module at the top of the package."""
+    pieces = module.split(".")
+    return pieces[1] if len(pieces) > 2 or (len(pieces) == 2 and pieces[1] in CORE) else "base"
+
+
+@pytest.mark.parametrize("module", sorted(m for m in MODULES if part(m) == "core"))
+def test_the_cores_subsystems_import_only_what_lies_below_them(module):
+    allowed = CORE[core_part(module)]
+    wrong = sorted(m for m in GRAPH[module] if part(m) == "core" and core_part(m) not in allowed)
+    assert not wrong, f"{module} ({core_part(module)}) imports {wrong}"
+
+
+def test_the_top_of_the_package_holds_at_most_ten_modules():
+    top = [m for m, p in MODULES.items() if p.parent == ROOT]
+    assert len(top) <= 10, sorted(top)
+    assert set(CORE) - {"base"} <= {m.split(".")[1] for m in MODULES if m.count(".") >= 1}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -116,6 +146,13 @@ def test_the_checks_see_a_violation(monkeypatch):
     monkeypatch.setitem(GRAPH, "freezeout.checks", {"freezeout.schedule"})  # schedule imports checks
     with pytest.raises(AssertionError, match="import cycle"):
         test_no_import_cycles()
+    # and a subsystem of the core that reaches up: freezing into the cache, the base into freezing
+    monkeypatch.setitem(GRAPH, "freezeout.freezing.cut", {"freezeout.cache.cache"})
+    with pytest.raises(AssertionError, match=r"freezing\) imports \['freezeout.cache.cache'\]"):
+        test_the_cores_subsystems_import_only_what_lies_below_them("freezeout.freezing.cut")
+    monkeypatch.setitem(GRAPH, "freezeout.layers", {"freezeout.freezing.mode"})
+    with pytest.raises(AssertionError, match=r"\(base\) imports"):
+        test_the_cores_subsystems_import_only_what_lies_below_them("freezeout.layers")
 
 
 def exported_imports(source: str) -> list[str]:

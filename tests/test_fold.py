@@ -15,7 +15,7 @@ from torch import nn
 from freezeout import FreezeOut, freeze_layer
 from freezeout.accel.fold import fold_layer, is_folded, unfold_layer
 from freezeout.experiment.models import ResNet
-from freezeout.folding import active_fold, find_fold
+from freezeout.freezing.folding import active_fold, find_fold
 from tests.helpers.models import randomise_batchnorm
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from freezeout import FreezeOut, param_groups
 from freezeout.experiment.models import DenseNetBC
-from freezeout.folding import find_fold
+from freezeout.freezing.folding import find_fold
 from tests.helpers.models import randomise_batchnorm
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from freezeout import FoldWarning, FreezeOut, FrozenInputWarning, is_frozen, param_groups
-from freezeout.folding import effect as fold_effect
-from freezeout.folding import fold as fold_weights
-from freezeout.folding import pairs as fold_pairs
+from freezeout.freezing.folding import effect as fold_effect
+from freezeout.freezing.folding import fold as fold_weights
+from freezeout.freezing.folding import pairs as fold_pairs
 from tests.helpers.models import randomise_batchnorm
 
 

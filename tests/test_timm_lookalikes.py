@@ -12,7 +12,7 @@ from torch import nn
 
 from freezeout import FreezeOut, find_layers, param_groups
 from freezeout.compat import BatchNormBase
-from freezeout.folding.tail import find_tail
+from freezeout.freezing.folding.tail import find_tail
 from freezeout.layers import as_layers
 from tests.helpers.models import randomise_batchnorm
 from tests.helpers.timm_lookalikes import (

@@ -4,7 +4,7 @@
 times instead of the whole model on every freeze. ``ddp``: ``DistributedDataParallel`` rebuilt over what still
 trains, so that frozen layers' gradients stop being all-reduced. ``fsdp``: FSDP2 modules of frozen layers
 gathered once and kept whole, so that they stop being all-gathered; DCP checkpoints; byte counts. ``fold``:
-BatchNorm folding for layers frozen by hand (``FreezeOut`` folds its own, ``freezeout.folding``).
+BatchNorm folding for layers frozen by hand (``FreezeOut`` folds its own, ``freezeout.freezing.folding``).
 """
 
 from . import ddp

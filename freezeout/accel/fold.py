@@ -1,15 +1,15 @@
 """Fold the BatchNorms of a layer frozen by hand (``freezeout.freeze_layer``) into its convolutions.
 
-``FreezeOut(..., fuse=True)`` folds each layer as it freezes (``freezeout.folding`` says when a fold runs and why it
-is exact); these functions do the same for a layer frozen outside a ``FreezeOut``.
+``FreezeOut(..., fuse=True)`` folds each layer as it freezes (``freezeout.freezing.folding`` says when a fold runs
+and why it is exact); these functions do the same for a layer frozen outside a ``FreezeOut``.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from ..folding import BatchNormFold, find_fold
 from ..freezing import in_inference_mode
+from ..freezing.folding import BatchNormFold, find_fold
 from ..layers import as_layers
 
 __all__ = ["fold_layer", "is_folded", "unfold_layer"]

@@ -8,7 +8,7 @@ frozen layer (``FrozenLayer``), and removed by ``FreezeOut.close()``:
   however it is called and whatever sets its mode;
 - ``GraphCut``: what flows into the frozen layers is cut when it is a tied weight or an activation made to require
   grad inside the forward, so they stay out of autograd; anything else keeps its gradient, and is named;
-- with ``fuse=True``, the folds of ``freezeout.folding``.
+- with ``fuse=True``, the folds of ``freezeout.freezing.folding``.
 
 ``FrozenPrefix`` holds a model's frozen layers; ``FirstPass`` and ``judge`` (``guard``) check the layers on the
 first training forward and say what the cut found.

@@ -16,10 +16,10 @@ from typing import Any
 
 from torch import nn
 
-from ..folding import fold_effects
 from ..layers import Layer, LayerLike, as_layers
 from .cut import CutState, GraphCut
 from .effect import Effect, FrozenLayer
+from .folding import fold_effects
 from .grads import StopGradients
 from .mode import InferenceMode, in_inference_mode
 from .strip import has_effects, remove_effects

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...checks import check_int
-from ...folding import active_fold, folds_running
+from ...freezing.folding import active_fold, folds_running
 
 __all__ = ["DenseBlock", "DenseLayer", "DenseNetBC", "FrozenPath", "Transition", "check_depth", "densenet_bc"]
 

@@ -23,9 +23,9 @@ import torch.fx
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights, fuse_linear_bn_weights
 
-from ..compat import BatchNormBase, conv_forward, conv_pads, stock_conv
-from ..freezing.effect import OwnedHook
-from ..freezing.mode import eval_mode
+from ...compat import BatchNormBase, conv_forward, conv_pads, stock_conv
+from ..effect import OwnedHook
+from ..mode import eval_mode
 from .tail import Tail, find_tail
 
 __all__ = ["FoldPair", "border_map", "call_pairs", "foldable", "folded_weights"]

@@ -23,7 +23,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..tensors import METADATA_METHODS, VALUE_ATTRIBUTES
+from ...tensors import METADATA_METHODS, VALUE_ATTRIBUTES
 
 __all__ = ["Tail", "find_tail"]
 

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import global_hooks, is_tracing
-from ..freezing.cut import CutState
-from ..freezing.effect import Effect
-from ..freezing.forwards import OwnedForward, pop_forward, push_forward
-from ..freezing.mode import requested_training
-from ..layers import Layer
-from ..tensors import tensors
+from ...compat import global_hooks, is_tracing
+from ...layers import Layer
+from ...tensors import tensors
+from ..cut import CutState
+from ..effect import Effect
+from ..forwards import OwnedForward, pop_forward, push_forward
+from ..mode import requested_training
 from .fold import Fold, FoldedForward
 from .pairs import FoldPair, call_pairs, foldable
 

@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compat import child_modules, conv_forward, has_hooks, own_parameters, tensor_slot
-from ..freezing.forwards import OwnedForward
+from ...compat import child_modules, conv_forward, has_hooks, own_parameters, tensor_slot
+from ..forwards import OwnedForward
 from .pairs import FoldPair, border_map, folded_weights
 
 __all__ = ["Fold", "FoldedForward"]
