@@ -3,7 +3,7 @@
 - **freezeout**: the first ``k`` layers frozen as ``FreezeOut(fuse=False)`` freezes them (no backward, eval-mode
   forward);
 - **fused**: the same as ``FreezeOut`` does by default: frozen layers' BatchNorms folded into their convs, and
-  DenseNet-BC's frozen fast path (``accel.fuse``, ``experiment/models/densenet.py``);
+  DenseNet-BC's frozen fast path (``fuse=True``, ``experiment/models/densenet.py``);
 - **split**: the same, plus no input gradient for frozen channels inside a dense block (``Split``, a lever
   beyond the paper: in a partly frozen block every trainable layer reads the concatenation of frozen and
   trainable features, and autograd forms the ReLU and BatchNorm input gradient of all of it, then drops

@@ -17,7 +17,7 @@ ENTRY = re.compile(r"^ {4}(freezeout/(?:\w+/)*)(?=\s)", re.M)
 
 
 def map_entries(text: str) -> dict[str, str]:
-    """Each folder named in the map (``freezeout/effects/``) and the text of its entry, up to the next entry or the
+    """Each folder named in the map (``freezeout/freezing/``) and the text of its entry, up to the next entry or the
     end of the indented block."""
     starts = list(ENTRY.finditer(text))
     entries = {}

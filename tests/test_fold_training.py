@@ -1,4 +1,4 @@
-"""FreezeOut's fusion (on by default) in real training loops: frozen weights untouched, exact resume, fuse=False as
+"""FreezeOut's folding (fuse=True) in real training loops: frozen weights untouched, exact resume, fuse=False as
 before, compile_blocks on top, and DenseNet-BC's frozen fast path."""
 
 from __future__ import annotations

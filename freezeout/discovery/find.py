@@ -1,50 +1,6 @@
-"""Find a model's freezable layers in the order data meets them, from one traced forward pass.
-
-The rule (``granularity="auto"``):
-
-1. Run ``model(example_input)`` once in eval mode under ``torch.no_grad`` (BatchNorm statistics do not
-   move; each module's train/eval mode is restored afterwards) with hooks on every module, recording the
-   *call tree* (which module ran inside which, in execution order) and when each parameter is used
-   (``freezeout.discovery.trace``). Modules that never run are ignored; an ``nn.ModuleList`` never runs itself, so
-   its members show up as children of the module looping over it.
-2. Find the *blocks* (``freezeout.discovery.structure``): members of a run of two or more consecutive sibling calls of
-   one class, each holding a submodule with parameters, that hold no such run themselves. A transformer's
-   stack of layers is one run; a CNN's stages give one run each, and a stage of one block beside them its
-   block; a residual block made of conv-norm-act units is a block, its units are not. This reads structure
-   and execution only, never class or module names.
-3. The layers: the *input group* (every module with parameters that the data meets before the first block:
-   an embedding, a stem; one layer, a list when it has several members), then each block, and each other
-   call with parameters between blocks (a DenseNet's transitions), in the order they ran. Every module
-   holding a block is looked through (``BertModel`` inside ``BertForSequenceClassification``); a block
-   never is. Other modules are looked through when they are containers of composite modules
-   (``Sequential``/``ModuleList``/``ModuleDict``, or a module without parameters of its own whose children
-   chain one into the next).
-4. What runs after the last block is the *head* (a final norm, a pooler, a classifier) and trains to the end
-   with the rest; a model that ends with a block keeps that block as its head. A model without blocks: the
-   head is the last call with parameters and the normalisation-only calls right before it, and a model
-   whose root holds a single module with parameters is looked through to it (a wrapper).
-
-``granularity=g`` (an int >= 1) replaces steps 2-4: every call whose qualified name has fewer than ``g``
-dot-separated parts is expanded (1: the root's children, 2: ``layer1.0``, ...), each call with parameters is
-a layer, the head as for a model without blocks. ``patterns`` replaces them all: the modules whose qualified
-names match any of the ``fnmatch`` patterns (``*`` also matches dots), outermost match only, in forward order;
-the head is not removed.
-
-Then, whatever picked them:
-
-- A module that runs more than once in the pass (weight sharing) is left out with a warning: it cannot
-  freeze as part of an input-side prefix.
-- A module *tied* to something outside it (a parameter that another module which runs also holds, or that
-  an op outside the module's call uses: a language model's token embedding and its head) is left to the rest,
-  so the head keeps training it; FreezeOut cuts its flow into frozen layers (``freezeout.freezing.cut``). In the
-  input group a tied module is replaced by its parts, so the rest of the embedding still freezes (BERT-MLM:
-  position and token-type embeddings and the LayerNorm; GPT-2: the position embedding). A parameter that a
-  module which never runs also holds (T5's ``shared``, tied to the encoder's ``embed_tokens``) is no tie:
-  it is listed with the layer, which says that freezing it is meant.
-- Parameters held directly by a module that holds layers (a ViT's root ``cls_token``/``pos_embed``) join
-  the layer they are first used in, or the one before the gap they are used in, so nothing trainable flows
-  into a frozen prefix; tied ones, and those used after the last layer, stay with the rest.
-"""
+"""Find a model's freezable layers in the order data meets them, from one traced forward pass: the input group, then
+each repeated block, the head left to train; from execution and structure alone, never class names. The rule,
+step by step, is in docs/LAYERS.md ("The rule")."""
 
 from __future__ import annotations
 
