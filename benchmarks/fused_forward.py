@@ -6,7 +6,7 @@ medians, as ratios to ``plain`` measured in the same rounds, at each thread coun
 
 - ``plain``: frozen layers as ``FreezeOut(..., fuse=False)`` leaves them;
 - ``fold``: BatchNorms folded (``fold_layer``), DenseNet's frozen fast path off (DenseNet only);
-- ``fused``: what ``FreezeOut`` does by default: folded, plus DenseNet's fast path (rectified features handed
+- ``fused``: what ``FreezeOut(..., fuse=True)`` does: folded, plus DenseNet's fast path (rectified features handed
   on, transitions pool first: ``experiment/models/densenet.py``);
 - ``compiled`` (``--compile``): ``fused`` with ``compile_blocks`` (inductor) on top.
 
@@ -104,7 +104,7 @@ def main() -> None:
     model, x = model.to(args.device), x.to(args.device)
     y = torch.randint(0, 10, (args.batch,), generator=torch.Generator().manual_seed(1)).to(args.device)
     dense = args.model == "densenet-bc"
-    no_fast = mock.patch.object(densenet, "_fast", lambda layer: False)
+    no_fast = mock.patch.object(densenet, "_fast", lambda layer, x: False)
     variants: dict[str, tuple] = {"plain": (*frozen_copy(model, False), contextlib.nullcontext)}
     if dense:
         variants["fold"] = (*frozen_copy(model, True), lambda: no_fast)
