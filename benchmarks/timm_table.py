@@ -102,9 +102,9 @@ def folds(model: nn.Module, layers: list, x: torch.Tensor) -> tuple[int, int]:
     prefix = FrozenPrefix(items, fuse=True)
     prefix.freeze_to(len(items))
     model.train()
-    model(x)  # a training forward: the folds proven per call (a stem held by the model) prove themselves
+    model(x)  # a training forward: each frozen layer's first call proves and confirms its folds
     effects = [e for record in prefix.records for e in record.effects]
-    ran = {id(f.pair.bn) for e in effects for f in getattr(e, "folds", ()) if f.weight is not None}
+    ran = {id(f.pair.bn) for e in effects for f in getattr(e, "folds", {}).values() if f.weight is not None}
     prefix.close()
     bns = {id(m) for layer in items for m in layer.all_modules() if isinstance(m, BatchNormBase)}
     return len(ran & bns), len(bns)
