@@ -14,6 +14,7 @@ __all__ = [
     "METADATA_METHODS",
     "VALUE_ATTRIBUTES",
     "first_tensor",
+    "items",
     "leaves",
     "map_tensors",
     "reads_values",
@@ -43,16 +44,22 @@ def reads_values(func: Any) -> bool:
     return name not in METADATA_METHODS
 
 
-def tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one), in order."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (list, tuple)):
+def items(value: Any) -> Iterator[Any]:
+    """Every leaf of a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one), tensor or not, in
+    order."""
+    if isinstance(value, (list, tuple)):
         for v in value:
-            yield from tensors(v)
+            yield from items(v)
     elif isinstance(value, Mapping):
         for v in value.values():
-            yield from tensors(v)
+            yield from items(v)
+    else:
+        yield value
+
+
+def tensors(value: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or mapping (a tokenizer's ``BatchEncoding`` is one), in order."""
+    return (v for v in items(value) if isinstance(v, torch.Tensor))
 
 
 def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -5,7 +5,7 @@ made, and the tensors it read before the frontier) or why there is none; ``Proof
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from ..compat import forward_hooks, global_hooks
 from ..freezing import OwnedHook
-from ..tensors import tensors
+from ..tensors import items, tensors
 from .rows import StoredRows
 from .state import Read, StateWatch
 from .store import LeafSpec
@@ -27,18 +27,9 @@ PLAIN = (type(None), bool, int, float, str, torch.dtype, torch.device)  # values
 _MAX_CHANGES = 3  # a tensor read before the frontier that changes this often changes at every step
 
 
-def others(value: Any) -> Iterable[Any]:
+def others(value: Any) -> Iterator[Any]:
     """The non-tensor leaves of a nested structure."""
-    if isinstance(value, torch.Tensor):
-        return
-    if isinstance(value, (list, tuple)):
-        for v in value:
-            yield from others(v)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from others(v)
-    else:
-        yield value
+    return (v for v in items(value) if not isinstance(v, torch.Tensor))
 
 
 def call_signature(value: Any, batch: int) -> int:
