@@ -106,7 +106,7 @@ def test_bench_end_to_end_writes_json(tmp_path, lockstep):
     assert lines[lines.index(header) + 1].split()[-1] == f"{100 * row['sched_step_fraction']:.3f}%"
     sched = result["sched_step"]
     assert (
-        "step()+frz = the run's sched.step() calls, the freezes and BatchNorm folds included, over the rest of its "
+        "step()+frz = the run's sched.step() calls, freezes included (folds: next forward), over the rest of its "
         f"training time; a steady sched.step() alone (no freeze): {1e6 * sched['seconds_per_call']:.1f} us "
         f"= {100 * sched['fraction_of_step']:.4f}% of a baseline step"
     ) in out.stdout

@@ -170,7 +170,7 @@ def test_bench_flags_rows_whose_freezes_outweigh_the_run():
     ]
     first, second = warnings({"rows": rows}, 12)
     assert first.startswith("no layer froze before the last of the 12 steps in c:")
-    assert second.startswith("in b the freezes' one-off work (tracing, folding) took up to 50% of the training time")
+    assert second.startswith("in b the freezes' one-off work in sched.step() took up to 50% of the training time")
     assert warnings({"rows": rows[:1]}, 12) == []
 
 

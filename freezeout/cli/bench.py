@@ -146,7 +146,7 @@ def print_result(result: BenchResult, args: argparse.Namespace) -> None:
     print("paper* = with the authors' x1.3 for linear")
     print("0-cost = frozen layers at no cost (paper's FLOPs): the bound of the frozen-prefix cache (docs/CACHE.md)")
     print(
-        "step()+frz = the run's sched.step() calls, the freezes and BatchNorm folds included, over the rest of its "
+        "step()+frz = the run's sched.step() calls, freezes included (folds: next forward), over the rest of its "
         f"training time; a steady sched.step() alone (no freeze): {1e6 * sched['seconds_per_call']:.1f} us "
         f"= {100 * sched['fraction_of_step']:.4f}% of a baseline step"
     )
@@ -174,7 +174,7 @@ def warnings(result: BenchResult, steps: int) -> list[str]:
     if heavy:
         worst = max(row["sched_step_fraction"] for row in heavy)
         out.append(
-            f"in {', '.join(row['name'] for row in heavy)} the freezes' one-off work (tracing, folding) took up to "
+            f"in {', '.join(row['name'] for row in heavy)} the freezes' one-off work in sched.step() took up to "
             f"{worst:.0%} of the training time: {plural(steps, 'step')} are too few for it to vanish as in a real "
             "run, so realized is low; use more --steps (default 40)"
         )
