@@ -175,8 +175,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "Params frozen: the share of the model's parameters in the layers (the rest, the head, trains to the end). "
         f"Step: the median of {meta['repeats']} timed steps per k (SGD), the three k's alternated round robin. "
         "BatchNorms folded: those of the layers that fold into a convolution with all layers frozen "
-        "(docs/METHOD.md); timm's `BatchNormAct2d` folds and keeps its activation, a BatchNorm before a convolution "
-        "with an activation between (DenseNet's pre-activation) cannot fold.",
+        "(`fuse=True`, each kind of call proven and confirmed on its first real tensors: docs/METHOD.md); timm's "
+        "`BatchNormAct2d` folds and keeps its activation; a stem made of several top modules (`conv1+...`) keeps "
+        "its BatchNorm; a BatchNorm before a convolution with an activation between (DenseNet's pre-activation) "
+        "cannot fold, and in DenseNet-121 no call of a layer is proven, so none folds: it runs as `fuse=False`.",
         "",
         f"Measured on {meta['machine']}. {busy(meta['load_average'], meta['cpus'])}",
         "",
