@@ -1,6 +1,7 @@
 """The figures the docs quote are those of the files they name: docs/BENCHMARKS.md's table of current figures,
-row by row, against its JSON sources, the README's quotes of them, and DISTRIBUTED.md's table of a torchrun
-training against a fresh run of the command beside it."""
+row by row, against its JSON sources, the README's quotes of them, the measurement log's table of the code before and
+now against the stored files, and DISTRIBUTED.md's table of a torchrun training against a fresh run of the command
+beside it."""
 
 from __future__ import annotations
 
@@ -220,3 +221,22 @@ def test_the_distributed_pages_torchrun_table_is_what_its_command_prints(tmp_pat
         for e in records
     ]  # fmt: skip
     assert ran == shown
+
+
+def test_the_logs_before_and_now_table_is_what_bench_compare_prints():
+    """The dated log entry that sets the code before beside the code now: its table from the stored files."""
+    r = subprocess.run([sys.executable, "benchmarks/bench_compare.py"], capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    printed = {line.split(":")[0].split()[0] + " " + line.split(":")[0].split()[-1]: line.split(": ", 1)[1]
+               for line in r.stdout.splitlines() if " folding " in line}  # fmt: skip
+    log = BENCHMARKS.read_text().split("**The paper's setting, the code before and now.**", 1)[1]
+    table = re.findall(
+        r"^\| (before|now) \| (on|off)[^|]* \| ([^|]+) \| ([^|]+) \| ([\d.]+) % \| ([^|]+) \|$", log, re.M
+    )
+    assert len(table) == 4
+    for version, fuse, repeats, medians, trimmed, frozen in table:
+        cells = [c.strip() for c in printed[f"{version} {fuse}"].split("|")]
+        assert repeats.replace(",", " /").split() == cells[0].split(), (version, fuse)
+        assert medians.replace(" %", "").strip() == cells[1], (version, fuse)
+        assert f"(mean {trimmed} %)" in cells[2] and frozen.strip() == cells[4], (version, fuse)
