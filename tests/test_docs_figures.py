@@ -36,6 +36,7 @@ def row(data: dict, name: str) -> dict:
 
 PAPER_DEFAULT = "bench_paper_default_160steps.json"
 HARDER = "bench_cubic_t0_0.5_40steps.json"
+EARLIER_OVERHEAD = ("run1_40rounds", "run2_100rounds")
 
 
 def paper_default() -> list[str]:
@@ -144,6 +145,9 @@ def by_hand() -> list[str]:
         f"transformer {pair('transformer', 1)}, {pair('transformer', 32)}",
         f"ResNet-20 {pair('resnet', 1)}, {pair('resnet', 16)}",
         f"`sched.step()` {d['sched_step_us']:.1f} µs per call",
+        f"{d['setup']['rounds']} alternated rounds",
+        "two earlier runs of the script: worst "
+        + " and ".join(f"{load(f'frozen_overhead_{run}.json')['worst_ratio']:.2f}" for run in EARLIER_OVERHEAD),
     ]
 
 
