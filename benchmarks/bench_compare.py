@@ -33,9 +33,9 @@ def row_figures(bench: dict[str, Any], row: dict[str, Any], warm: int) -> dict[s
     ratio = [c / curve[0] for c in curve]
     frozen = row["step_frozen"]
     first_freeze = next(s for s, k in enumerate(frozen) if k)
-    per_repeat, trimmed, excess = [], [], []
+    per_repeat = [1 - r / b for r, b in zip(row["runs_seconds"], bench["baseline"]["runs_seconds"], strict=True)]
+    trimmed, excess = [], []
     for run, b in zip(row["runs_step_seconds"], base, strict=True):
-        per_repeat.append(1 - sum(run) / sum(b))
         trimmed.append(1 - sum(run[warm:]) / sum(b[warm:]))
         after = range(first_freeze, len(run))
         excess.append(statistics.mean(run[s] / b[s] - ratio[frozen[s]] for s in after))

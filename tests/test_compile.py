@@ -11,10 +11,10 @@ from torch._dynamo.utils import counters
 
 from freezeout import FreezeOut, compile_blocks, param_groups, uncompile_blocks
 from freezeout.experiment.models import DenseNetBC
+from tests.helpers.dynamo import DYNAMO_GRAD_PROBE
 
 STEPS = 12
-# Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
-pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+pytestmark = DYNAMO_GRAD_PROBE
 
 
 @pytest.fixture(autouse=True)

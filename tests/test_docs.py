@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import freezeout
 from freezeout import freeze_times, learning_rates
 from tests.helpers.doc_blocks import ROOT, block, distributed_blocks, doc_files, python_blocks, run
+from tests.helpers.dynamo import DYNAMO_GRAD_PROBE
 from tests.helpers.models import TinyNet, batch
 from tests.helpers.ranks import spawn_ranks
 
@@ -133,7 +134,7 @@ def test_the_cli_pages_estimate_block():
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # inductor's import
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")  # dynamo's probe
+@DYNAMO_GRAD_PROBE
 def test_the_compile_block():
     torch.manual_seed(0)
     model = TinyNet()

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from freezeout import FreezeOut, FreezeOutOptions, compile_blocks, param_groups, remove_effects
 from freezeout.accel.fold import is_folded
 from freezeout.experiment.models import DenseNetBC, ResNet, densenet
+from tests.helpers.dynamo import DYNAMO_GRAD_PROBE
 from tests.helpers.models import OPTIMIZERS, randomise_batchnorm, train_step
 
 TOTAL = 12
-# Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
-pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+pytestmark = DYNAMO_GRAD_PROBE
 
 
 def build(make=lambda: DenseNetBC(10, 4), fuse: bool = True):

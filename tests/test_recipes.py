@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import freezeout
 from tests.helpers import accelerate_runs, doc_blocks
 from tests.helpers.drop_in import NanoGPT, closed_form_lr, create_optimizer_v2, get_batch
+from tests.helpers.dynamo import DYNAMO_GRAD_PROBE
 from tests.helpers.lookalikes import VisionTransformer
 from tests.helpers.models import TinyNet, batch
 
@@ -145,9 +146,7 @@ def test_a_nanogpt_resume_without_freezeouts_state_says_so(tmp_path):
 
 
 @pytest.mark.slow  # dynamo traces of the model: 15-35 s
-# dynamo probes the .grad of the activations a resumed frame starts from (after the cut's decision breaks the graph);
-# torch hides that warning itself, except where warnings are errors, as here
-@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+@DYNAMO_GRAD_PROBE
 def test_the_nanogpt_recipe_with_compile_stays_compiled_through_every_freeze(tmp_path, monkeypatch, caplog):
     import logging
 

@@ -16,21 +16,16 @@ from typing import Any
 
 import pytest
 
-from freezeout.cli import build_parser
+from freezeout.cli import build_parser, command_parser
 from tests.helpers.doc_blocks import ROOT
 
 STUDY = ROOT / "docs" / "study"
 COMPARED = ("num_frozen", "step", "train_loss", "test_loss", "test_error", "test_bpb")
 
 
-def train_parser() -> argparse.ArgumentParser:
-    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return commands.choices["train"]
-
-
 def command_line(config: dict[str, Any]) -> list[str]:
     """``freezeout train`` flags for every field of ``config``; a field with no flag must hold the default."""
-    actions = {a.dest: a for a in train_parser()._actions if a.option_strings}
+    actions = {a.dest: a for a in command_parser(build_parser(), "train")._actions if a.option_strings}
     argv: list[str] = []
     for field, value in config.items():
         action = actions.get(field)

@@ -14,9 +14,9 @@ import freezeout.experiment.engine as engine
 import freezeout.experiment.trainer as trainer
 from freezeout.experiment.config import TrainConfig
 from tests.helpers.cifar_files import one_thread
+from tests.helpers.dynamo import DYNAMO_GRAD_PROBE
 
-# Dynamo reads .grad of each compiled layer's (non-leaf) input while tracing; torch warns, harmlessly.
-pytestmark = pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")
+pytestmark = DYNAMO_GRAD_PROBE
 CONFIG = {"depth": 10, "growth": 2, "epochs": 2, "t0": 0.5, "device": "cpu"}
 
 

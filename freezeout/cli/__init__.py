@@ -12,7 +12,7 @@ from .. import __version__
 from .common import CLIError, OneLineParser
 from .output import in_flags
 
-__all__ = ["build_parser", "main", "no_command"]
+__all__ = ["build_parser", "command_parser", "main", "no_command"]
 
 # (module, command) pairs; a module provides add_parser(subparsers) that sets `func` on its parser.
 _COMMANDS = ("demo", "train", "estimate", "bench", "sweep", "plot")
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (CLIError, ValueError, OSError) as exc:
         given = [v for v in vars(args).values() if isinstance(v, (str, os.PathLike))]  # what the user typed
-        message = in_flags(_first_line(exc), _command_parser(parser, args.command), given)
+        message = in_flags(_first_line(exc), command_parser(parser, args.command), given)
         print(f"freezeout {args.command}: error: {message}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as exc:
@@ -63,7 +63,8 @@ def _commands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
 
 
-def _command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+def command_parser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of one ``command`` of ``parser`` (``build_parser()``)."""
     return _commands(parser).choices[command]
 
 
